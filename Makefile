@@ -1,0 +1,52 @@
+# loraflow: `make run` sets everything up and runs the demo pipeline; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+# uv does not read pip's config: hand it pip's find-links only where pip's config names one
+# (on machines with a local torch wheel); elsewhere the lock's torch pin comes from PyPI.
+FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+UV_FLAGS := $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+
+# Runtime state stays in the working tree (git-ignored); telemetry that would try the network is off.
+export PREFECT_HOME ?= $(CURDIR)/.loraflow/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DVC_NO_ANALYTICS ?= 1
+export DO_NOT_TRACK ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run demo-assets test lint lock clean
+
+setup: $(BIN)/loraflow
+
+$(BIN)/loraflow: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock $(UV_FLAGS)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+demo-assets: setup
+	$(BIN)/loraflow demo-assets
+
+run: demo-assets
+	$(BIN)/loraflow run configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# Re-pin every dependency (run after editing pyproject.toml). The torch pin stays the plain
+# version so that the same lock installs the CPU wheel here and the CUDA build elsewhere.
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(UV_FLAGS) \
+		--no-header -o requirements.lock
+	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
+
+clean:
+	rm -rf .loraflow mlflow.db mlartifacts mlruns

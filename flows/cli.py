@@ -1,0 +1,142 @@
+"""The `loraflow` command line: run the pipeline, check inputs, prepare the demo assets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from models.config import LoraflowConfig, load_config
+from models.errors import LoraflowError
+
+# Telemetry that would try the network (and block or fail offline) stays off unless the user
+# explicitly turned it on.
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"loraflow: error: {message}", file=sys.stderr)
+    return code
+
+
+def check(config: LoraflowConfig) -> list:
+    """Every check that must pass before anything is trained, written or pushed."""
+    from models.loading import canonical_base
+    from tasks.preflight import check_inputs
+
+    return check_inputs.fn(
+        base_model=canonical_base(config.base_model),
+        trust_remote_code=config.base_model_trust_remote_code,
+        target_modules=config.adapter.target_modules,
+        data_dir=config.data.path,
+        train_file=config.data.train_file,
+        eval_file=config.data.eval_file,
+        prompt_field=config.data.prompt_field,
+        completion_field=config.data.completion_field,
+    )
+
+
+def cmd_check(args) -> int:
+    config = load_config(args.config, args.overrides)
+    for split in check(config):
+        print(f"{split.name}: {split.examples} examples ({split.path})")
+        for warning in split.warnings:
+            print(f"  warning: {warning}")
+    print("ok")
+    return 0
+
+
+def cmd_run(args) -> int:
+    config = load_config(args.config, args.overrides)
+    check(config)
+    from flows.finetune import finetune
+
+    summary = finetune(config)
+    print_summary(summary, config.registry.promote_metric)
+    return 0
+
+
+def print_summary(summary, metric: str) -> None:
+    print()
+    print(f"{'model':<10} {'eval_loss':>10} {'perplexity':>11} {'exact_match':>12}")
+    for name, m in summary.report.items():
+        print(
+            f"{name:<10} {m['eval_loss']:>10.4f} {m['perplexity']:>11.3f} {m['exact_match']:>12.3f}"
+        )
+    verdict = "promoted to champion" if summary.promoted else "not promoted"
+    print(f"\nregistered {summary.model_name} v{summary.version} (challenger): {verdict}")
+    print(f"  {summary.reason}")
+    print(
+        f"  mlflow run {summary.run_id}, data md5 {summary.data_md5}, "
+        f"adapter sha256 {summary.adapter_sha256[:16]}"
+    )
+
+
+def cmd_demo_assets(args) -> int:
+    from models.demo import build_demo_base_model, build_demo_data
+
+    data_dir, model_dir = Path(args.data_dir), Path(args.model_dir)
+    if args.force or not (data_dir / "train.jsonl").is_file():
+        counts = build_demo_data(data_dir)
+        print(f"demo data: {counts} examples in {data_dir}")
+    else:
+        print(f"demo data: {data_dir} exists, kept")
+    if args.force or not (model_dir / "config.json").is_file():
+        build_demo_base_model(model_dir)
+        print(f"demo base model: built in {model_dir}")
+    else:
+        print(f"demo base model: {model_dir} exists, kept")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraflow", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help: str):
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value (dotted key, YAML value), e.g. --set adapter.r=16",
+        )
+        return sp
+
+    with_config("run", "run the fine-tune pipeline").set_defaults(func=cmd_run)
+    with_config("check", "validate config, base model and data; train nothing").set_defaults(
+        func=cmd_check
+    )
+    demo = sub.add_parser("demo-assets", help="build the demo base model and demo data")
+    demo.add_argument("--data-dir", default="data")
+    demo.add_argument("--model-dir", default=".loraflow/demo-base")
+    demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    demo.set_defaults(func=cmd_demo_assets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LoraflowError as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

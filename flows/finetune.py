@@ -1,0 +1,195 @@
+"""The fine-tune pipeline as one Prefect flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from models.config import LoraflowConfig
+from models.loading import canonical_base, is_local
+from models.methods import AdapterSpec
+from tasks.data import version_data
+from tasks.evaluate import evaluate, record_evaluation
+from tasks.lineage import collect_lineage
+from tasks.preflight import check_inputs
+from tasks.registry import fetch_champion, promote, register_adapter
+from tasks.tracking import close_run, log_metrics, open_run
+from tasks.train import train
+
+
+@dataclass
+class RunSummary:
+    """What one fine-tune produced and decided."""
+
+    run_id: str
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    data_md5: str
+    adapter_sha256: str
+    adapter_dir: str
+    report: dict[str, dict[str, float]]
+
+
+@flow(name="finetune", flow_run_name="finetune-{config.adapter.method}", log_prints=True)
+def finetune(config: LoraflowConfig) -> RunSummary:
+    """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
+
+    Stages:
+      1. check inputs: base model safe to load, target modules exist, data splits valid
+      2. version data: `dvc add` + `dvc push` the data directory, take its md5
+      3. train: the configured adapter method on the train split (loss curve to MLflow)
+      4. evaluate: base vs adapter vs current champion on the eval split
+      5. register: the adapter as a new version of the registered model, alias `challenger`
+      6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
+    """
+    logger = get_run_logger()
+    data, adapter_cfg, training = config.data, config.adapter, config.training
+    base_model = canonical_base(config.base_model)
+    trust = config.base_model_trust_remote_code
+    train_file = str(Path(data.path) / data.train_file)
+    eval_file = str(Path(data.path) / data.eval_file)
+    config_yaml = config.to_yaml()
+
+    splits = check_inputs(
+        base_model=base_model,
+        trust_remote_code=trust,
+        target_modules=adapter_cfg.target_modules,
+        data_dir=data.path,
+        train_file=data.train_file,
+        eval_file=data.eval_file,
+        prompt_field=data.prompt_field,
+        completion_field=data.completion_field,
+    )
+    for split in splits:
+        for warning in split.warnings:
+            logger.warning("%s split: %s", split.name, warning)
+
+    dataset = version_data(data_dir=data.path, remote=data.dvc_remote)
+
+    lineage = collect_lineage(base_model=base_model)
+    tags = {
+        **lineage,
+        "data_md5": dataset.md5,
+        "config_sha256": config.sha256(),
+        "method": adapter_cfg.method,
+        "seed": str(adapter_cfg.seed),
+    }
+    run_id = open_run(
+        experiment=config.registry.experiment,
+        run_name=f"{adapter_cfg.method}-{Path(base_model).name}-{dataset.md5[:8]}",
+        config=config.model_dump(mode="json"),
+        config_yaml=config_yaml,
+        tags=tags,
+    )
+    try:
+        adapter = train(
+            run_id=run_id,
+            base_model=base_model,
+            trust_remote_code=trust,
+            train_file=train_file,
+            prompt_field=data.prompt_field,
+            completion_field=data.completion_field,
+            max_seq_len=data.max_seq_len,
+            too_long=data.too_long,
+            method=adapter_cfg.method,
+            spec=AdapterSpec(
+                r=adapter_cfg.r,
+                alpha=adapter_cfg.alpha,
+                dropout=adapter_cfg.dropout,
+                target_modules=adapter_cfg.target_modules,
+                seed=adapter_cfg.seed,
+            ),
+            max_steps=training.max_steps,
+            learning_rate=training.learning_rate,
+            batch_size=training.batch_size,
+            grad_accum_steps=training.grad_accum_steps,
+            warmup_steps=training.warmup_steps,
+            weight_decay=training.weight_decay,
+            lr_scheduler=training.lr_scheduler,
+            logging_steps=training.logging_steps,
+            device=training.device,
+            dtype=training.dtype,
+            output_dir=str(Path(training.output_dir) / run_id / "adapter"),
+            config_yaml=config_yaml,
+        )
+
+        champion = fetch_champion(model_name=config.registry.model_name)
+        candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
+        if champion and (is_local(champion.base_model) and not Path(champion.base_model).is_dir()):
+            logger.warning(
+                "champion v%s: base model %s not found here; using its recorded metrics",
+                champion.version,
+                champion.base_model,
+            )
+        elif champion:
+            candidates["champion"] = (champion.base_model, champion.adapter_dir)
+        report = evaluate(
+            candidates=candidates,
+            eval_file=eval_file,
+            prompt_field=data.prompt_field,
+            completion_field=data.completion_field,
+            max_seq_len=data.max_seq_len,
+            batch_size=config.evaluation.batch_size,
+            max_new_tokens=config.evaluation.max_new_tokens,
+            max_examples=config.evaluation.max_examples,
+            trust_remote_code=trust,
+        )
+        record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
+        log_metrics(
+            run_id=run_id,
+            metrics={
+                "trainable_params": adapter.trainable_params,
+                "total_params": adapter.total_params,
+                "train_loss_final": adapter.train_loss,
+                "train_seconds": adapter.train_seconds,
+                "train_tokens_per_second": adapter.tokens_per_second,
+                "truncated_examples": adapter.truncated_examples,
+            },
+            tags={"adapter_sha256": adapter.adapter_sha256},
+        )
+
+        version = register_adapter(
+            run_id=run_id,
+            adapter_dir=adapter.adapter_dir,
+            base_model=base_model,
+            model_name=config.registry.model_name,
+            tags={**tags, "adapter_sha256": adapter.adapter_sha256},
+            max_new_tokens=config.evaluation.max_new_tokens,
+        )
+
+        metric = config.registry.promote_metric
+        champion_value = None
+        if champion:
+            champion_value = (
+                report["champion"][metric]
+                if "champion" in report
+                else champion.recorded_metrics.get(f"adapter_{metric}")
+            )
+        decision = promote(
+            model_name=config.registry.model_name,
+            version=version,
+            metric=metric,
+            challenger_value=report["adapter"][metric],
+            champion_version=champion.version if champion else None,
+            champion_value=champion_value,
+            min_improvement=config.registry.min_improvement,
+        )
+    except BaseException:
+        close_run(run_id=run_id, status="FAILED")
+        raise
+    close_run(run_id=run_id)
+    return RunSummary(
+        run_id=run_id,
+        model_name=config.registry.model_name,
+        version=version,
+        promoted=decision.promote,
+        reason=decision.reason,
+        data_md5=dataset.md5,
+        adapter_sha256=adapter.adapter_sha256,
+        adapter_dir=adapter.adapter_dir,
+        report=report,
+    )

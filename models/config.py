@@ -1,0 +1,272 @@
+"""The one typed run configuration of loraflow, loaded from YAML with `--set` overrides.
+
+Plain pydantic: the flow, the CLI and the Prefect run form all use these models. Every field has
+a description because Prefect shows them in the dashboard's run form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.errors import LoraflowError
+from models.methods import METHOD_NAMES
+from models.promotion import METRIC_DIRECTIONS
+
+# MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ConfigError(LoraflowError):
+    """A user-facing configuration problem; the message is one line naming the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str = Field("data", description="Directory holding the train/eval JSONL files.")
+    train_file: str = Field("train.jsonl", description="Train split file name inside `path`.")
+    eval_file: str = Field("eval.jsonl", description="Eval split file name inside `path`.")
+    prompt_field: str = Field("prompt", description="JSON field holding the model input.")
+    completion_field: str = Field("completion", description="JSON field holding the target.")
+    max_seq_len: int = Field(128, description="Max tokens of prompt + completion + eos.")
+    too_long: Literal["truncate", "reject"] = Field(
+        "reject", description="What to do with examples longer than max_seq_len."
+    )
+    dvc_remote: str | None = Field(
+        None, description="DVC remote to push the data to (default: the repo's default remote)."
+    )
+
+    @field_validator("max_seq_len")
+    @classmethod
+    def _seq_len(cls, v: int) -> int:
+        if v < 8:
+            raise ValueError(f"must be >= 8 (got {v})")
+        return v
+
+
+class AdapterConfig(_Section):
+    method: str = Field("lora", description=f"Adapter method: one of {', '.join(METHOD_NAMES)}.")
+    r: int = Field(8, description="Rank of the low-rank update.")
+    alpha: float = Field(16.0, description="Scaling numerator: the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, description="Dropout on the adapter input, in [0, 1).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Linear layer names to adapt, or 'all-linear'.",
+    )
+    seed: int = Field(0, description="Seed for adapter init, data order and dropout.")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHOD_NAMES:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHOD_NAMES)}")
+        return v
+
+    @field_validator("r")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0 (got {v})")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must be in [0, 1) (got {v})")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one module (or 'all-linear')")
+        return v
+
+
+class TrainingConfig(_Section):
+    max_steps: int = Field(200, description="Optimizer steps to train.")
+    learning_rate: float = Field(2e-3, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(16, description="Examples per device per step.")
+    grad_accum_steps: int = Field(1, description="Gradient accumulation steps.")
+    warmup_steps: int = Field(10, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    logging_steps: int = Field(10, description="Log the training loss every N steps.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train: auto picks CUDA when available."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype: auto = bf16 on CUDA with bf16 support, else fp32."
+    )
+    output_dir: str = Field(".loraflow/runs", description="Where adapters are written locally.")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0 (got {v})")
+        return v
+
+    @field_validator("max_steps", "batch_size", "grad_accum_steps", "logging_steps")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+
+class EvaluationConfig(_Section):
+    batch_size: int = Field(32, description="Eval batch size (loss and generation).")
+    max_new_tokens: int = Field(16, description="Generation budget for exact match.")
+    max_examples: int | None = Field(None, description="Evaluate only the first N examples.")
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("loraflow-demo", description="MLflow registered model name.")
+    experiment: str = Field("loraflow", description="MLflow experiment for the runs.")
+    promote_metric: str = Field(
+        "exact_match",
+        description=f"Metric deciding promotion: one of {', '.join(METRIC_DIRECTIONS)}.",
+    )
+    min_improvement: float = Field(
+        0.0, description="Promote only when the challenger beats the champion by more than this."
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _MODEL_NAME.match(v) or ".." in v:
+            raise ValueError(
+                f"{v!r} is not a valid model name (letters, digits, '_', '-', '.'; "
+                "starts with a letter or digit; no '..')"
+            )
+        return v
+
+    @field_validator("promote_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in METRIC_DIRECTIONS:
+            raise ValueError(f"unknown metric {v!r}; choose one of {', '.join(METRIC_DIRECTIONS)}")
+        return v
+
+
+class ExportConfig(_Section):
+    enabled: bool = Field(False, description="Merge the promoted adapter and export it to S3.")
+    to: str | None = Field(None, description="Destination, e.g. s3://bucket/prefix.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the merged weights (auto = the base's)."
+    )
+
+
+class LoraflowConfig(_Section):
+    """A whole fine-tune run: base model, data, adapter, training, evaluation, registry, export."""
+
+    base_model: str = Field(
+        ..., description="Hugging Face hub id or local directory of the base causal LM."
+    )
+    base_model_trust_remote_code: bool = Field(
+        False, description="Allow a base model that needs its own Python code."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _export_target(self) -> LoraflowConfig:
+        if self.export.enabled and not (self.export.to or "").startswith("s3://"):
+            raise ValueError("export.to must be an s3:// URI when export.enabled is true")
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (stable key order), as stored with every artifact."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
+
+    def sha256(self) -> str:
+        """Hash of the resolved config; equal configs give equal hashes."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    """One line: where (file and dotted key), what, and the bad value."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {where!r}"
+    if first["type"] == "missing":
+        return f"{source}: missing required key {where!r}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in ("value_error",) and "input" in first:
+        msg = f"{msg} (got {first['input']!r})"
+    return f"{source}: {where}: {msg}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `dotted.key=value`; the value is YAML so lists and numbers work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with every `--set` override applied."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> LoraflowConfig:
+    """Validate plain data into a config, raising ConfigError with a one-line message."""
+    try:
+        return LoraflowConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> LoraflowConfig:
+    """Load a YAML config file, apply `--set` overrides, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

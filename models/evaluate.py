@@ -1,0 +1,105 @@
+"""Evaluation on the eval split: loss and perplexity on completions, and exact match."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from models.data import pad_batch, read_split, tokenize
+from models.loading import load_base
+from models.serving import generate, load_adapted
+
+
+@torch.no_grad()
+def completion_loss(model, tokenizer, features: list[dict], batch_size: int) -> float:
+    """Mean cross-entropy per completion token (prompt and padding excluded)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(features), batch_size):
+        batch = pad_batch(features[start : start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(losses)
+        count += int((targets != -100).sum())
+    return total / max(count, 1)
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    *,
+    eval_file: str | Path,
+    prompt_field: str,
+    completion_field: str,
+    max_seq_len: int,
+    batch_size: int,
+    max_new_tokens: int,
+    max_examples: int | None = None,
+) -> dict[str, float]:
+    """eval_loss, perplexity and exact_match (greedy output equals the completion, stripped)."""
+    examples = read_split(eval_file, prompt_field, completion_field)[:max_examples]
+    features = tokenize(examples, tokenizer, max_seq_len, "truncate").features
+    loss = completion_loss(model, tokenizer, features, batch_size)
+    answers = generate(
+        model,
+        tokenizer,
+        [e.prompt for e in examples],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    hits = sum(a.strip() == e.completion.strip() for a, e in zip(answers, examples, strict=True))
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "exact_match": hits / len(examples),
+        "examples": float(len(examples)),
+    }
+
+
+def evaluate_candidates(
+    candidates: dict[str, tuple[str, str | None]],
+    *,
+    eval_file: str | Path,
+    prompt_field: str,
+    completion_field: str,
+    max_seq_len: int,
+    batch_size: int,
+    max_new_tokens: int,
+    max_examples: int | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Evaluate each named (base model, adapter dir or None) on the same eval split, in fp32."""
+    report = {}
+    for name, (base_model, adapter_dir) in candidates.items():
+        if adapter_dir is None:
+            model, tokenizer = load_base(
+                base_model, device=device, trust_remote_code=trust_remote_code
+            )
+            model.eval()
+        else:
+            model, tokenizer = load_adapted(
+                base_model, adapter_dir, device=device, trust_remote_code=trust_remote_code
+            )
+        report[name] = evaluate_model(
+            model,
+            tokenizer,
+            eval_file=eval_file,
+            prompt_field=prompt_field,
+            completion_field=completion_field,
+            max_seq_len=max_seq_len,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            max_examples=max_examples,
+        )
+        del model
+    return report

@@ -1,0 +1,161 @@
+"""Training an adapter on a base model with the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.data import pad_batch, read_split, tokenize
+from models.hashing import file_sha256
+from models.loading import load_base, resolve_device, resolve_dtype
+from models.methods import AdapterSpec, get_method
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What training produced: where the adapter is, its hash and the training figures."""
+
+    adapter_dir: str
+    adapter_sha256: str
+    trainable_params: int
+    total_params: int
+    steps: int
+    train_loss: float
+    train_seconds: float
+    tokens_per_second: float
+    truncated_examples: int
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def train_adapter(
+    *,
+    base_model: str,
+    train_file: str | Path,
+    prompt_field: str,
+    completion_field: str,
+    max_seq_len: int,
+    too_long: str,
+    method: str,
+    spec: AdapterSpec,
+    max_steps: int,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum_steps: int = 1,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    lr_scheduler: str = "linear",
+    logging_steps: int = 10,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    output_dir: str | Path,
+    extra_files: dict[str, str] | None = None,
+    on_log: Callable[[dict[str, float], int], None] | None = None,
+) -> TrainResult:
+    """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
+
+    extra_files: name -> text written beside the adapter (e.g. the resolved run config).
+    on_log: called with the Trainer's log dict and step (loss curve for the caller's tracker).
+    """
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    model, tokenizer = load_base(
+        base_model, dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code
+    )
+    data = tokenize(
+        read_split(train_file, prompt_field, completion_field),
+        tokenizer,
+        max_seq_len,
+        too_long,
+        source=str(train_file),
+    )
+    adapter_method = get_method(method)
+    model = adapter_method.build(model, spec)
+    trainable, total = count_params(model)
+
+    history: list[tuple[int, float]] = []
+    tokens = {"seen": 0}
+
+    class _Relay(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if "loss" in logs:
+                history.append((state.global_step, logs["loss"]))
+            if on_log:
+                on_log(logs, state.global_step)
+
+    def collate(features):
+        batch = pad_batch(features, tokenizer.pad_token_id)
+        tokens["seen"] += int(batch["attention_mask"].sum())
+        return batch
+
+    use_bf16 = torch_dtype == torch.bfloat16
+    args = TrainingArguments(
+        output_dir=str(Path(output_dir) / "trainer"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum_steps,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        lr_scheduler_type=lr_scheduler,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=use_bf16,
+        fp16=torch_dtype == torch.float16,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    optimizers = (None, None)
+    if adapter_method.param_groups is not None:
+        groups = adapter_method.param_groups(model, learning_rate)
+        optimizers = (torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay), None)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.features,
+        data_collator=collate,
+        callbacks=[_Relay()],
+        optimizers=optimizers,
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for name, text in (extra_files or {}).items():
+        (out / name).write_text(text, encoding="utf-8")
+    return TrainResult(
+        adapter_dir=str(out),
+        adapter_sha256=file_sha256(out / ADAPTER_WEIGHTS),
+        trainable_params=trainable,
+        total_params=total,
+        steps=output.global_step,
+        train_loss=float(output.training_loss),
+        train_seconds=seconds,
+        tokens_per_second=tokens["seen"] / seconds if seconds > 0 else 0.0,
+        truncated_examples=data.truncated,
+        loss_history=history,
+    )

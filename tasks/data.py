@@ -1,0 +1,80 @@
+"""Data tasks: validate the JSONL splits, version the data directory with the DVC CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from models.errors import LoraflowError
+from tasks.runtime import logger
+
+RETRY_DELAYS = [2, 10, 30]
+
+
+class DvcError(LoraflowError):
+    """The dvc CLI failed; the message names the command and repo."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """A versioned data directory: its DVC md5 and where it lives."""
+
+    md5: str
+    path: str
+    dvc_file: str
+    repo: str
+
+
+def find_dvc_repo(path: Path) -> Path:
+    """The nearest directory at or above `path` that holds a `.dvc` directory."""
+    path = path.resolve()
+    for candidate in (path, *path.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    raise DvcError(f"{path}: not inside a DVC repository (run `dvc init` at the repo root)")
+
+
+def dvc_env(repo: Path) -> dict[str, str]:
+    """Environment for dvc: no analytics, its site cache inside the repo's runtime state."""
+    env = dict(os.environ)
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("DVC_SITE_CACHE_DIR", str(repo / ".loraflow" / "dvc-site-cache"))
+    return env
+
+
+def run_dvc(repo: Path, *args: str) -> str:
+    """Run the dvc CLI in `repo`; failures become DvcError with dvc's own last error line."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, cwd=repo, env=dvc_env(repo), capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "ERROR" in ln] or lines or ["no output"]
+        raise DvcError(f"`dvc {' '.join(args)}` in {repo} failed: {errors[-1].strip()}")
+    return proc.stdout
+
+
+def read_dvc_md5(dvc_file: Path) -> str:
+    """The md5 DVC recorded for the single output of a .dvc file."""
+    meta = yaml.safe_load(dvc_file.read_text())
+    return meta["outs"][0]["md5"]
+
+
+@task(name="version-data", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def version_data(*, data_dir: str, remote: str | None = None) -> DataVersion:
+    """`dvc add` the data directory, `dvc push` it to the remote, and return its md5."""
+    data = Path(data_dir).resolve()
+    repo = find_dvc_repo(data)
+    rel = data.relative_to(repo).as_posix()
+    run_dvc(repo, "add", "--quiet", rel)
+    dvc_file = repo / f"{rel}.dvc"
+    push = ["push", "--quiet", f"{rel}.dvc"] + (["--remote", remote] if remote else [])
+    run_dvc(repo, *push)
+    md5 = read_dvc_md5(dvc_file)
+    logger().info("data directory %s versioned as md5 %s and pushed", rel, md5)
+    return DataVersion(md5=md5, path=str(data), dvc_file=str(dvc_file), repo=str(repo))

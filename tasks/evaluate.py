@@ -1,0 +1,70 @@
+"""Evaluation tasks: score base, adapter and champion; record the comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from models.evaluate import evaluate_candidates
+from tasks.tracking import RETRY_DELAYS, log_metrics
+
+REPORT_FILE = "eval_report.json"
+
+
+@task(name="evaluate")
+def evaluate(
+    *,
+    candidates: dict[str, tuple[str, str | None]],
+    eval_file: str,
+    prompt_field: str,
+    completion_field: str,
+    max_seq_len: int,
+    batch_size: int,
+    max_new_tokens: int,
+    max_examples: int | None,
+    trust_remote_code: bool,
+) -> dict[str, dict[str, float]]:
+    """Each candidate (base, adapter, champion) on the same eval split."""
+    return evaluate_candidates(
+        candidates,
+        eval_file=eval_file,
+        prompt_field=prompt_field,
+        completion_field=completion_field,
+        max_seq_len=max_seq_len,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_examples=max_examples,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def report_table(report: dict[str, dict[str, float]]) -> list[dict]:
+    """Rows for the Prefect table artifact and the console."""
+    return [
+        {
+            "model": name,
+            "eval_loss": round(m["eval_loss"], 4),
+            "perplexity": round(m["perplexity"], 3),
+            "exact_match": round(m["exact_match"], 4),
+            "examples": int(m["examples"]),
+        }
+        for name, m in report.items()
+    ]
+
+
+@task(name="record-evaluation", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def record_evaluation(
+    *, run_id: str, report: dict[str, dict[str, float]], adapter_dir: str
+) -> None:
+    """Metrics `<model>_<metric>` on the MLflow run, the report beside the adapter, a table."""
+    metrics = {f"{name}_{k}": v for name, m in report.items() for k, v in m.items()}
+    log_metrics.fn(run_id=run_id, metrics=metrics)
+    Path(adapter_dir, REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    create_table_artifact(
+        table=report_table(report),
+        key="evaluation",
+        description="Base model vs adapter (vs current champion) on the eval split.",
+    )

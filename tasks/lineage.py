@@ -1,0 +1,57 @@
+"""Lineage of a run: code version, base model hash, package versions."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+
+from prefect import task
+
+from models.hashing import weights_sha256
+from models.loading import is_local
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "prefect", "dvc", "loraflow")
+
+
+def git_commit(cwd: str = ".") -> tuple[str, bool]:
+    """(HEAD commit, working tree dirty?) or ('unknown', False) outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return head, bool(status.strip())
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide what a run computes."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@task(name="collect-lineage")
+def collect_lineage(*, base_model: str) -> dict[str, str]:
+    """Tags that say how a run was made: git commit, base weights hash, package versions."""
+    commit, dirty = git_commit()
+    tags = {
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "base_model": base_model,
+        # A hub id is identified by its name (and revision); local weights by their hash.
+        "base_model_sha256": weights_sha256(base_model) if is_local(base_model) else "hub",
+    }
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    return tags

@@ -1,0 +1,94 @@
+"""MLflow tracking: where runs go, opening a run, logging figures to it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from prefect import task
+
+from models.errors import LoraflowError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RETRY_DELAYS = [2, 10, 30]
+
+
+class TrackingError(LoraflowError):
+    """MLflow could not be reached or refused a request."""
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the embedded sqlite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def client() -> MlflowClient:
+    """A client on the tracking URI; the model registry lives on the same store."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    # With the embedded sqlite store, artifacts go beside the database, not into whatever the
+    # working directory happens to be; a tracking server decides for itself.
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent.resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def ensure_experiment(mlf: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it (with its artifact location) on first use."""
+    found = mlf.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlf.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri()))
+
+
+def flatten(prefix: str, value, out: dict[str, str]) -> dict[str, str]:
+    """Nested config -> {'adapter.r': '8', ...} for MLflow params."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = str(value)[:6000]
+    return out
+
+
+@task(name="open-mlflow-run", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, tags: dict) -> str:
+    """Create the MLflow run of this fine-tune with the resolved config as params and artifact."""
+    mlf = client()
+    try:
+        experiment_id = ensure_experiment(mlf, experiment)
+        run = mlf.create_run(experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        params = flatten("", config, {})
+        batch = [mlflow.entities.Param(k, v) for k, v in sorted(params.items())]
+        for start in range(0, len(batch), 100):
+            mlf.log_batch(run_id, params=batch[start : start + 100])
+        mlf.log_text(run_id, config_yaml, "config/loraflow.yaml")
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
+    return run_id
+
+
+@task(name="log-metrics", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def log_metrics(*, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None):
+    """Log final figures (and tags) on the run."""
+    mlf = client()
+    now = int(time.time() * 1000)
+    batch = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+    tag_list = [mlflow.entities.RunTag(k, str(v)) for k, v in sorted((tags or {}).items())]
+    mlf.log_batch(run_id, metrics=batch, tags=tag_list)
+
+
+@task(name="close-mlflow-run", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def close_run(*, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run finished (or failed)."""
+    client().set_terminated(run_id, status=status)

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny demo model and data, an isolated project directory, one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect/mlflow/dvc: state goes to a temp dir, telemetry stays off.
+_STATE = Path(tempfile.mkdtemp(prefix="loraflow-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_STATE / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A small, briefly pretrained Llama-architecture model built by the demo builder."""
+    from models.demo import build_demo_base_model
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    build_demo_base_model(out, pretrain_steps=20, hidden_size=64, num_layers=2, n_docs=2000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Demo instruction data, few examples."""
+    from models.demo import build_demo_data
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    build_demo_data(out, n_train=256, n_eval=32)
+    return out
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def init_project(root: Path, data: Path) -> Path:
+    """A git + DVC repository with a local DVC remote and the data under data/."""
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "ci@example.com"], root)
+    run(["git", "config", "user.name", "ci"], root)
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "init", "-q"], root)
+    run([*dvc, "config", "core.analytics", "false"], root)
+    run([*dvc, "remote", "add", "-d", "local", str(root / ".loraflow" / "dvc-remote")], root)
+    shutil.copytree(data, root / "data")
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "init"], root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, tiny_data, monkeypatch) -> Path:
+    """An isolated project directory (cwd for the test): MLflow's sqlite store lands here."""
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, tiny_data)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test API for the whole session (it takes seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

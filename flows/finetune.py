@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
 from models.methods import AdapterSpec
-from tasks.data import version_data
+from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_evaluation
 from tasks.lineage import collect_lineage
 from tasks.preflight import check_inputs
@@ -40,7 +40,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
 
     Stages:
       1. check inputs: base model safe to load, target modules exist, data splits valid
-      2. version data: `dvc add` + `dvc push` the data directory, take its md5
+      2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
       3. train: the configured adapter method on the train split (loss curve to MLflow)
       4. evaluate: base vs adapter vs current champion on the eval split
       5. register: the adapter as a new version of the registered model, alias `challenger`
@@ -68,7 +68,8 @@ def finetune(config: LoraflowConfig) -> RunSummary:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
 
-    dataset = version_data(data_dir=data.path, remote=data.dvc_remote)
+    dataset = version_data(data_dir=data.path)
+    push_data(dataset=dataset, remote=data.dvc_remote)
 
     lineage = collect_lineage(base_model=base_model)
     tags = {

@@ -65,16 +65,22 @@ def read_dvc_md5(dvc_file: Path) -> str:
     return meta["outs"][0]["md5"]
 
 
-@task(name="version-data", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
-def version_data(*, data_dir: str, remote: str | None = None) -> DataVersion:
-    """`dvc add` the data directory, `dvc push` it to the remote, and return its md5."""
+@task(name="version-data")
+def version_data(*, data_dir: str) -> DataVersion:
+    """`dvc add` the data directory (content-addressed into the DVC cache) and return its md5."""
     data = Path(data_dir).resolve()
     repo = find_dvc_repo(data)
     rel = data.relative_to(repo).as_posix()
-    run_dvc(repo, "add", "--quiet", rel)
+    run_dvc(repo, "add", rel)
     dvc_file = repo / f"{rel}.dvc"
-    push = ["push", "--quiet", f"{rel}.dvc"] + (["--remote", remote] if remote else [])
-    run_dvc(repo, *push)
     md5 = read_dvc_md5(dvc_file)
-    logger().info("data directory %s versioned as md5 %s and pushed", rel, md5)
+    logger().info("data directory %s versioned as md5 %s", rel, md5)
     return DataVersion(md5=md5, path=str(data), dvc_file=str(dvc_file), repo=str(repo))
+
+
+@task(name="push-data", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def push_data(*, dataset: DataVersion, remote: str | None = None) -> None:
+    """`dvc push` the versioned data to the remote (the repo's default unless named)."""
+    args = ["push", Path(dataset.dvc_file).name] + (["--remote", remote] if remote else [])
+    run_dvc(Path(dataset.repo), *args)
+    logger().info("data md5 %s pushed to DVC remote %s", dataset.md5, remote or "(default)")

@@ -52,7 +52,7 @@ def fetch_champion(*, model_name: str) -> ChampionRef | None:
     )
     metrics = mlf.get_run(version.run_id).data.metrics if version.run_id else {}
     return ChampionRef(
-        version=version.version,
+        version=str(version.version),
         run_id=version.run_id or "",
         base_model=version.tags.get("base_model", ""),
         adapter_dir=str(Path(local) / "artifacts" / "adapter"),
@@ -102,7 +102,7 @@ def register_adapter(
     except MlflowException as e:
         raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
     logger().info("registered %s version %s (alias %s)", model_name, version.version, CHALLENGER)
-    return version.version
+    return str(version.version)
 
 
 @task(name="promote", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)

@@ -47,8 +47,9 @@ def train(
         try:
             now = int(time.time() * 1000)
             for key, value in logs.items():
-                name = key if key.startswith("train_") else f"train_{key}"
-                mlf.log_metric(run_id, name, value, timestamp=now, step=step)
+                # Keys already prefixed are the Trainer's end-of-run summary, logged separately.
+                if not key.startswith("train_"):
+                    mlf.log_metric(run_id, f"train_{key}", value, timestamp=now, step=step)
         except Exception as e:  # noqa: BLE001
             log.warning("could not log step %d to MLflow: %s", step, e)
 

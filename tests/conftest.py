@@ -67,6 +67,7 @@ def init_project(root: Path, data: Path) -> Path:
     run([*dvc, "config", "core.analytics", "false"], root)
     run([*dvc, "remote", "add", "-d", "local", str(root / ".loraflow" / "dvc-remote")], root)
     shutil.copytree(data, root / "data")
+    (root / ".gitignore").write_text("/data\n.loraflow/\nmlflow.db\nmlartifacts/\n")
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "init"], root)
     return root

@@ -1,0 +1,77 @@
+"""The whole flow under the Prefect test harness, on a tiny model, in an isolated project."""
+
+import yaml
+
+from models.config import config_from_dict
+from tasks.tracking import client
+
+REQUIRED_TAGS = {
+    "data_md5", "git_commit", "config_sha256", "base_model", "base_model_sha256",
+    "method", "seed", "adapter_sha256",
+}
+
+
+def aliases(model):
+    return {k: str(v) for k, v in model.aliases.items()}
+
+
+def config(tiny_base, **training):
+    return config_from_dict(
+        {
+            "base_model": str(tiny_base),
+            "data": {"path": "data", "max_seq_len": 64},
+            "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
+                        "target_modules": ["q_proj", "v_proj"]},
+            "training": {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3,
+                         "warmup_steps": 0, "logging_steps": 4, **training},
+            "evaluation": {"max_examples": 16, "max_new_tokens": 8},
+            "registry": {"model_name": "flowtest", "promote_metric": "eval_loss"},
+        }
+    )
+
+
+def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base, prefect_harness):
+    from flows.finetune import finetune
+
+    first_cfg = config(tiny_base)
+    first = finetune(first_cfg)
+    assert first.promoted and first.version == "1"
+    assert first.report["adapter"]["eval_loss"] < first.report["base"]["eval_loss"]
+
+    mlf = client()
+    model = mlf.get_registered_model("flowtest")
+    assert aliases(model) == {"champion": "1", "challenger": "1"}
+    version = mlf.get_model_version("flowtest", "1")
+    assert REQUIRED_TAGS <= set(version.tags)
+    assert version.tags["adapter_sha256"] == first.adapter_sha256
+    assert version.tags["method"] == "lora" and version.tags["seed"] == "0"
+    assert version.tags["config_sha256"] == first_cfg.sha256()
+    dvc_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    assert version.tags["data_md5"] == dvc_md5 == first.data_md5
+
+    run = mlf.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert REQUIRED_TAGS <= set(run.data.tags)
+    assert run.data.metrics["trainable_params"] > 0
+    assert "adapter_exact_match" in run.data.metrics and "base_eval_loss" in run.data.metrics
+    assert run.data.params["adapter.r"] == "4"
+    history = mlf.get_metric_history(first.run_id, "train_loss")
+    assert [m.step for m in history] == [4, 8, 12]
+    saved = mlf.download_artifacts(first.run_id, "config/loraflow.yaml")
+    assert yaml.safe_load(open(saved)) == first_cfg.model_dump(mode="json")
+    # The resolved config and the eval report travel with the adapter itself.
+    assert (project / first.adapter_dir / "loraflow.yaml").read_text() == first_cfg.to_yaml()
+    assert (project / first.adapter_dir / "eval_report.json").is_file()
+    # Data was pushed to the DVC remote.
+    assert any((project / ".loraflow" / "dvc-remote").rglob("*"))
+
+    # A barely trained challenger is worse than the champion: registered, not promoted.
+    second = finetune(config(tiny_base, max_steps=1, learning_rate=1e-6))
+    assert second.version == "2" and not second.promoted
+    assert "champion" in second.report
+    assert abs(second.report["champion"]["eval_loss"] - first.report["adapter"]["eval_loss"]) < 1e-5
+    model = mlf.get_registered_model("flowtest")
+    assert aliases(model) == {"champion": "1", "challenger": "2"}
+    tags = mlf.get_model_version("flowtest", "2").tags
+    assert tags["promotion.outcome"] == "kept champion v1"
+    assert tags["promotion.champion_version"] == "1"

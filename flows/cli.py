@@ -29,11 +29,10 @@ def _error(message: str, code: int = 2) -> int:
 
 def check(config: LoraflowConfig) -> list:
     """Every check that must pass before anything is trained, written or pushed."""
-    from models.loading import canonical_base
-    from tasks.preflight import check_inputs
+    from models.checks import check_inputs
 
-    return check_inputs.fn(
-        base_model=canonical_base(config.base_model),
+    return check_inputs(
+        base_model=config.base_model,
         trust_remote_code=config.base_model_trust_remote_code,
         target_modules=config.adapter.target_modules,
         data_dir=config.data.path,
@@ -134,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except LoraflowError as e:
         return _error(str(e))
+    except Exception as e:  # noqa: BLE001 - the traceback is in the Prefect logs above
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return _error(f"run failed: {type(e).__name__}: {first}", 1)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def register_adapter(
     mlf = client()
     signature = infer_signature(["prompt"], ["generated text"], params={"max_new_tokens": 32})
     try:
-        with mlflow.start_run(run_id=run_id):
+        # The signature is given explicitly; MLflow's hints about type hints and input examples
+        # (an input example would load the model once more just to log it) are noise here.
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="adapter",
                 python_model=str(PYFUNC_FILE),

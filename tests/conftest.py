@@ -59,13 +59,16 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def init_project(root: Path, data: Path) -> Path:
     """A git + DVC repository with a local DVC remote and the data under data/."""
+    root.mkdir(parents=True)
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.com"], root)
     run(["git", "config", "user.name", "ci"], root)
     dvc = [sys.executable, "-m", "dvc"]
     run([*dvc, "init", "-q"], root)
     run([*dvc, "config", "core.analytics", "false"], root)
-    run([*dvc, "remote", "add", "-d", "local", str(root / ".loraflow" / "dvc-remote")], root)
+    run(
+        [*dvc, "remote", "add", "-d", "local", ".loraflow/dvc-remote"], root
+    )  # relative: copies push to their own
     shutil.copytree(data, root / "data")
     (root / ".gitignore").write_text("/data\n.loraflow/\nmlflow.db\nmlartifacts/\n")
     run(["git", "add", "-A"], root)
@@ -73,12 +76,17 @@ def init_project(root: Path, data: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def project_template(tmp_path_factory, tiny_data) -> Path:
+    """A fresh git + DVC project, made once; tests get copies (git/dvc init take seconds)."""
+    return init_project(tmp_path_factory.mktemp("template") / "project", tiny_data)
+
+
 @pytest.fixture
-def project(tmp_path, tiny_data, monkeypatch) -> Path:
+def project(tmp_path, project_template, monkeypatch) -> Path:
     """An isolated project directory (cwd for the test): MLflow's sqlite store lands here."""
     root = tmp_path / "project"
-    root.mkdir()
-    init_project(root, tiny_data)
+    shutil.copytree(project_template, root, symlinks=True)
     monkeypatch.chdir(root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root

@@ -6,8 +6,14 @@ from models.config import config_from_dict
 from tasks.tracking import client
 
 REQUIRED_TAGS = {
-    "data_md5", "git_commit", "config_sha256", "base_model", "base_model_sha256",
-    "method", "seed", "adapter_sha256",
+    "data_md5",
+    "git_commit",
+    "config_sha256",
+    "base_model",
+    "base_model_sha256",
+    "method",
+    "seed",
+    "adapter_sha256",
 }
 
 
@@ -20,10 +26,21 @@ def config(tiny_base, **training):
         {
             "base_model": str(tiny_base),
             "data": {"path": "data", "max_seq_len": 64},
-            "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
-                        "target_modules": ["q_proj", "v_proj"]},
-            "training": {"max_steps": 12, "batch_size": 8, "learning_rate": 3e-3,
-                         "warmup_steps": 0, "logging_steps": 4, **training},
+            "adapter": {
+                "method": "lora",
+                "r": 4,
+                "alpha": 8,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+            },
+            "training": {
+                "max_steps": 12,
+                "batch_size": 8,
+                "learning_rate": 3e-3,
+                "warmup_steps": 0,
+                "logging_steps": 4,
+                **training,
+            },
             "evaluation": {"max_examples": 16, "max_new_tokens": 8},
             "registry": {"model_name": "flowtest", "promote_metric": "eval_loss"},
         }

@@ -74,8 +74,10 @@ def test_tokenize_masks_prompt_and_handles_long_examples(tiny_base, tmp_path):
 
 
 def test_pad_batch_masks_padding():
-    batch = pad_batch([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                       {"input_ids": [8], "labels": [8]}], pad_id=0)
+    batch = pad_batch(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_id=0,
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -10,8 +10,9 @@ TARGETS = ["q_proj", "v_proj"]
 
 
 def spec(**kw):
-    return AdapterSpec(**{"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": TARGETS,
-                          "seed": 0, **kw})
+    return AdapterSpec(
+        **{"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": TARGETS, "seed": 0, **kw}
+    )
 
 
 def batch(tokenizer):

@@ -31,17 +31,19 @@ def trained_adapter(tiny_base, out_dir):
     return ids, logits
 
 
-def test_register_then_load_by_alias_gives_identical_logits(
-    project, tiny_base, prefect_harness
-):
+def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, prefect_harness):
     ids, expected = trained_adapter(tiny_base, project / "adapter")
     run_id = open_run.fn(
         experiment="t", run_name="r", config={"a": 1}, config_yaml="a: 1\n", tags={"k": "v"}
     )
     tags = {"data_md5": "abc", "adapter_sha256": "def", "base_model": str(tiny_base)}
     version = register_adapter.fn(
-        run_id=run_id, adapter_dir=str(project / "adapter"), base_model=str(tiny_base),
-        model_name="roundtrip", tags=tags, max_new_tokens=4,
+        run_id=run_id,
+        adapter_dir=str(project / "adapter"),
+        base_model=str(tiny_base),
+        model_name="roundtrip",
+        tags=tags,
+        max_new_tokens=4,
     )
     assert version == "1"
     mlf = client()
@@ -61,8 +63,13 @@ def test_register_then_load_by_alias_gives_identical_logits(
     # No champion yet; after promotion, fetch_champion finds it with its adapter on disk.
     assert fetch_champion.fn(model_name="roundtrip") is None
     decision = promote.fn(
-        model_name="roundtrip", version=version, metric="eval_loss", challenger_value=1.0,
-        champion_version=None, champion_value=None, min_improvement=0.0,
+        model_name="roundtrip",
+        version=version,
+        metric="eval_loss",
+        challenger_value=1.0,
+        champion_version=None,
+        champion_value=None,
+        min_improvement=0.0,
     )
     assert decision.promote
     champ = fetch_champion.fn(model_name="roundtrip")

@@ -40,6 +40,7 @@ def check(config: LoraflowConfig) -> list:
         eval_file=config.data.eval_file,
         prompt_field=config.data.prompt_field,
         completion_field=config.data.completion_field,
+        method=config.adapter.method,
     )
 
 

@@ -9,7 +9,6 @@ from prefect import flow, get_run_logger
 
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
-from models.methods import AdapterSpec
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_evaluation
 from tasks.lineage import collect_lineage
@@ -63,6 +62,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
         eval_file=data.eval_file,
         prompt_field=data.prompt_field,
         completion_field=data.completion_field,
+        method=adapter_cfg.method,
     )
     for split in splits:
         for warning in split.warnings:
@@ -97,13 +97,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
             max_seq_len=data.max_seq_len,
             too_long=data.too_long,
             method=adapter_cfg.method,
-            spec=AdapterSpec(
-                r=adapter_cfg.r,
-                alpha=adapter_cfg.alpha,
-                dropout=adapter_cfg.dropout,
-                target_modules=adapter_cfg.target_modules,
-                seed=adapter_cfg.seed,
-            ),
+            spec=adapter_cfg.to_spec(),
             max_steps=training.max_steps,
             learning_rate=training.learning_rate,
             batch_size=training.batch_size,

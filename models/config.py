@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.errors import LoraflowError
-from models.methods import METHOD_NAMES
+from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.promotion import METRIC_DIRECTIONS
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
@@ -62,6 +62,31 @@ class AdapterConfig(_Section):
         description="Linear layer names to adapt, or 'all-linear'.",
     )
     seed: int = Field(0, description="Seed for adapter init, data order and dropout.")
+    delta_scale: float = Field(
+        0.5, description="delta_lora: c in W += c * (B'A' - BA) after every optimizer step."
+    )
+    loraplus_lr_ratio: float = Field(
+        16.0, description="lora_plus: B's learning rate as a multiple of A's."
+    )
+
+    @model_validator(mode="after")
+    def _method_options(self) -> AdapterConfig:
+        check = get_method(self.method).check
+        if check is not None:
+            check(self.to_spec())
+        return self
+
+    def to_spec(self) -> AdapterSpec:
+        """The flat settings the adapter methods are built from."""
+        return AdapterSpec(
+            r=self.r,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=self.target_modules,
+            seed=self.seed,
+            delta_scale=self.delta_scale,
+            loraplus_lr_ratio=self.loraplus_lr_ratio,
+        )
 
     @field_validator("method")
     @classmethod
@@ -218,6 +243,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] not in ("value_error",) and "input" in first:
         msg = f"{msg} (got {first['input']!r})"
+    if msg.startswith(f"{where}."):  # the message already names the field
+        return f"{source}: {msg}"
     return f"{source}: {where}: {msg}"
 
 

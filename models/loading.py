@@ -109,14 +109,26 @@ def load_base(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    **load_kwargs,
 ):
-    """Load the base causal LM and its tokenizer (safetensors only; offline for local paths)."""
+    """Load the base causal LM and its tokenizer (safetensors only; offline for local paths).
+
+    load_kwargs go to from_pretrained (e.g. a quantization_config); a quantized model is placed
+    on its device by the loader and is not moved afterwards.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _offline_if_local(base_model)
     model = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    ).to(device)
+        base_model,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        **({"device_map": {"": device}} if load_kwargs else {}),
+        **load_kwargs,
+    )
+    if not load_kwargs:
+        model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -73,8 +73,14 @@ def train_adapter(
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    adapter_method = get_method(method)
+    load_kwargs = adapter_method.load_kwargs() if adapter_method.load_kwargs else {}
     model, tokenizer = load_base(
-        base_model, dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code
+        base_model,
+        dtype=torch_dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        **load_kwargs,
     )
     data = tokenize(
         read_split(train_file, prompt_field, completion_field),
@@ -83,7 +89,6 @@ def train_adapter(
         too_long,
         source=str(train_file),
     )
-    adapter_method = get_method(method)
     model = adapter_method.build(model, spec)
     trainable, total = count_params(model)
 
@@ -127,14 +132,15 @@ def train_adapter(
     )
     optimizers = (None, None)
     if adapter_method.param_groups is not None:
-        groups = adapter_method.param_groups(model, learning_rate)
+        groups = adapter_method.param_groups(model, learning_rate, spec)
         optimizers = (torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay), None)
+    method_callbacks = adapter_method.callbacks(model, spec) if adapter_method.callbacks else []
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data.features,
         data_collator=collate,
-        callbacks=[_Relay()],
+        callbacks=[_Relay(), *method_callbacks],
         optimizers=optimizers,
     )
     started = time.perf_counter()
@@ -143,6 +149,8 @@ def train_adapter(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if adapter_method.before_save is not None:
+        adapter_method.before_save(model, spec)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     for name, text in (extra_files or {}).items():

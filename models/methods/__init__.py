@@ -4,10 +4,10 @@ Each method lives in its own module and exposes `METHOD`, an `AdapterMethod`. Ad
 means writing its module and listing it in `_MODULES` below; nothing else changes.
 """
 
-from models.methods import lora, lora_fa
+from models.methods import delta_lora, dora, lora, lora_fa, lora_plus, qlora, rslora, vera
 from models.methods.base import AdapterMethod, AdapterSpec
 
-_MODULES = (lora, lora_fa)
+_MODULES = (lora, lora_fa, vera, delta_lora, lora_plus, dora, rslora, qlora)
 
 METHODS: dict[str, AdapterMethod] = {m.METHOD.name: m.METHOD for m in _MODULES}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)

@@ -19,22 +19,35 @@ class AdapterSpec:
     dropout: float
     target_modules: list[str] | str
     seed: int
+    delta_scale: float = 0.5
+    loraplus_lr_ratio: float = 16.0
 
 
 @dataclass(frozen=True)
 class AdapterMethod:
-    """One adapter method.
+    """One adapter method. Only `build` is required; the hooks default to plain LoRA behaviour.
 
     build: wraps a base model with the adapter (seeded) and leaves exactly the parameters this
         method trains with requires_grad=True.
-    param_groups: optional optimizer parameter groups (e.g. per-matrix learning rates); None means
-        one group with every trainable parameter.
+    check: rejects settings this method cannot use (raise ValueError); runs before any loading.
+    needs_cuda: the method cannot run without a CUDA device (checked before any loading).
+    load_kwargs: extra keyword arguments for loading the base model (e.g. 4-bit quantization).
+    param_groups: optimizer parameter groups (e.g. per-matrix learning rates); None means one
+        group holding every trainable parameter.
+    callbacks: Trainer callbacks the method needs during training.
+    before_save: adjusts the adapter before it is saved so that the saved adapter on the
+        unmodified base reproduces the trained model.
     """
 
     name: str
     summary: str
     build: Callable[[torch.nn.Module, AdapterSpec], Any]
-    param_groups: Callable[[torch.nn.Module, float], list[dict]] | None = None
+    check: Callable[[AdapterSpec], None] | None = None
+    needs_cuda: bool = False
+    load_kwargs: Callable[[], dict[str, Any]] | None = None
+    param_groups: Callable[[torch.nn.Module, float, AdapterSpec], list[dict]] | None = None
+    callbacks: Callable[[torch.nn.Module, AdapterSpec], list] | None = None
+    before_save: Callable[[torch.nn.Module, AdapterSpec], None] | None = None
 
 
 def lora_config(spec: AdapterSpec, **extra: Any):
@@ -42,13 +55,15 @@ def lora_config(spec: AdapterSpec, **extra: Any):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-        **extra,
+        **{
+            "r": spec.r,
+            "lora_alpha": spec.alpha,
+            "lora_dropout": spec.dropout,
+            "target_modules": spec.target_modules,
+            "bias": "none",
+            "task_type": "CAUSAL_LM",
+            **extra,
+        }
     )
 
 
@@ -59,3 +74,8 @@ def seeded_peft_model(model: torch.nn.Module, config: Any, seed: int):
 
     set_seed(seed)
     return get_peft_model(model, config)
+
+
+def build_lora(model: torch.nn.Module, spec: AdapterSpec, **extra: Any):
+    """Plain PEFT LoRA (with optional LoraConfig options such as use_dora, use_rslora)."""
+    return seeded_peft_model(model, lora_config(spec, **extra), spec.seed)

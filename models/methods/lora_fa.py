@@ -5,12 +5,12 @@ backward pass (it only needs A's output to form B's gradient), which is where th
 saving comes from.
 """
 
-from models.methods.base import AdapterMethod, AdapterSpec, lora_config, seeded_peft_model
+from models.methods.base import AdapterMethod, AdapterSpec, build_lora
 
 
 def build(model, spec: AdapterSpec):
     """Wrap `model` with LoRA, then freeze every lora_A so only the B matrices train."""
-    peft_model = seeded_peft_model(model, lora_config(spec), spec.seed)
+    peft_model = build_lora(model, spec)
     for name, param in peft_model.named_parameters():
         if ".lora_A." in name:
             param.requires_grad_(False)

@@ -1,0 +1,98 @@
+"""Delta-LoRA (Zi et al., 2023): LoRA whose base weight also moves with the low-rank product.
+
+After every optimizer step t -> t+1 each adapted base weight is updated by
+
+    W <- W + c * (B_{t+1} A_{t+1} - B_t A_t)            (c = adapter.delta_scale)
+
+The paper writes the same rule with lambda; c = lambda * alpha/r reproduces a paper setting that
+includes LoRA's scaling. There is no dropout on the adapter path (the update assumes the product
+B A is what the layer adds).
+
+Saving: the updates telescope, W_T = W_0 + c * (B_T A_T - B_0 A_0), and B_0 = 0, so the trained
+layer computes W_0 x + (alpha/r + c) * B_T A_T x. The adapter alone is therefore saved with
+lora_alpha raised to alpha + c * r, and on the unmodified base it reproduces the trained model;
+no base weights need to be stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from models.methods.base import AdapterMethod, AdapterSpec, build_lora
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _lora_layers(model) -> list:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def _factors(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        layer.get_base_layer().weight,
+        layer.lora_A["default"].weight,
+        layer.lora_B["default"].weight,
+    )
+
+
+class DeltaUpdate:
+    """Applies the Delta-LoRA update to every adapted base weight after each optimizer step."""
+
+    def __init__(self, model, scale: float):
+        self.scale = scale
+        self.layers = [_factors(layer) for layer in _lora_layers(model)]
+        self.previous = self._snapshot()
+
+    def _snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(a.detach().clone(), b.detach().clone()) for _, a, b in self.layers]
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self._apply()
+        self.previous = self._snapshot()
+
+    def _apply(self) -> None:
+        for (weight, a, b), (a_prev, b_prev) in zip(self.layers, self.previous, strict=True):
+            delta = b.float() @ a.float() - b_prev.float() @ a_prev.float()
+            weight.add_((self.scale * delta).to(weight.dtype))
+
+
+def callbacks(model, spec: AdapterSpec) -> list:
+    """A Trainer callback running DeltaUpdate.step after every optimizer step."""
+    from transformers import TrainerCallback
+
+    update = DeltaUpdate(model, spec.delta_scale)
+
+    class DeltaLoraCallback(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            update.step()
+
+    return [DeltaLoraCallback()]
+
+
+def before_save(model, spec: AdapterSpec) -> None:
+    """Fold the base-weight updates into the adapter's scaling (see the module docstring)."""
+    model.peft_config["default"].lora_alpha = spec.alpha + spec.delta_scale * spec.r
+
+
+def check(spec: AdapterSpec) -> None:
+    if spec.dropout != 0:
+        raise ValueError(
+            f"adapter.dropout must be 0 for delta_lora (got {spec.dropout}): its update of W "
+            "assumes no dropout on the adapter path"
+        )
+
+
+METHOD = AdapterMethod(
+    name="delta_lora",
+    summary="LoRA + base weight moved by c x the change of B A",
+    build=build_lora,
+    check=check,
+    callbacks=callbacks,
+    before_save=before_save,
+)

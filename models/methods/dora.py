@@ -1,0 +1,11 @@
+"""DoRA (Liu et al., 2024): LoRA on the direction of W plus a trained magnitude vector per row."""
+
+from functools import partial
+
+from models.methods.base import AdapterMethod, build_lora
+
+METHOD = AdapterMethod(
+    name="dora",
+    summary="LoRA direction + trained magnitude vector",
+    build=partial(build_lora, use_dora=True),
+)

@@ -80,6 +80,38 @@ def print_summary(summary, metric: str) -> None:
     )
 
 
+def cmd_plan(args) -> int:
+    import json
+
+    from models.plan import plan_run
+
+    config = load_config(args.config, args.overrides)
+    plan = plan_run(
+        base_model=config.base_model,
+        method=config.adapter.method,
+        spec=config.adapter.to_spec(),
+        batch_size=config.training.batch_size,
+        seq_len=config.data.max_seq_len,
+        dtype=config.training.dtype,
+        trust_remote_code=config.base_model_trust_remote_code,
+    )
+    if args.json:
+        print(json.dumps(plan.to_dict(), sort_keys=True))
+        return 0
+    gib = 1024**3
+    print(f"method            {plan.method}")
+    print(f"trainable params  {plan.trainable_params:,} ({plan.trainable_percent:.4f}%)")
+    print(f"total params      {plan.total_params:,}")
+    print(f"adapter size      {plan.adapter_bytes:,} bytes ({plan.adapter_bytes / 2**20:.2f} MiB)")
+    print(
+        f"est. peak memory  {plan.est_peak_memory_bytes / gib:.2f} GiB at batch "
+        f"{plan.batch_size} x seq {plan.seq_len} in {plan.dtype} (weights "
+        f"{plan.base_weight_bytes / gib:.2f}, optimizer {plan.optimizer_state_bytes / gib:.2f}, "
+        f"activations {plan.activation_bytes / gib:.2f} GiB)"
+    )
+    return 0
+
+
 def cmd_demo_assets(args) -> int:
     from models.demo import build_demo_base_model, build_demo_data
 
@@ -118,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     with_config("check", "validate config, base model and data; train nothing").set_defaults(
         func=cmd_check
     )
+    plan = with_config("plan", "what a run would train and need, without loading weights")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser("demo-assets", help="build the demo base model and demo data")
     demo.add_argument("--data-dir", default="data")
     demo.add_argument("--model-dir", default=".loraflow/demo-base")

@@ -63,7 +63,7 @@ def linear_layer_names(base_model: str, trust_remote_code: bool = False) -> list
     """Names (last component) of the Linear layers of the model, built on the meta device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    _offline_if_local(base_model)
+    offline_if_local(base_model)
     config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
@@ -118,7 +118,7 @@ def load_base(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _offline_if_local(base_model)
+    offline_if_local(base_model)
     model = AutoModelForCausalLM.from_pretrained(
         base_model,
         dtype=dtype,
@@ -135,7 +135,7 @@ def load_base(
     return model, tokenizer
 
 
-def _offline_if_local(base_model: str) -> None:
+def offline_if_local(base_model: str) -> None:
     # A local base must never trigger a hub lookup (no network here, and none should be needed).
     if is_local(base_model):
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,0 +1,121 @@
+"""What a run would train, computed on the meta device: no weights are loaded or allocated."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from models.loading import offline_if_local
+from models.methods import AdapterSpec, get_method
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 weight, fp32 grad, two fp32 Adam moments
+
+
+@dataclass
+class Plan:
+    """Parameter counts are exact; memory figures are an estimate (see estimate_peak_memory)."""
+
+    method: str
+    trainable_params: int
+    total_params: int
+    trainable_percent: float
+    adapter_bytes: int
+    base_weight_bytes: int
+    optimizer_state_bytes: int
+    activation_bytes: int
+    est_peak_memory_bytes: int
+    batch_size: int
+    seq_len: int
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _meta_model(base_model: str, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    offline_if_local(base_model)
+    config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return model, config
+
+
+def activation_bytes(config, batch_size: int, seq_len: int, dtype_bytes: int) -> int:
+    """Activations kept for the backward pass of a decoder-only transformer, per step.
+
+    Per layer and token: ~10 hidden-sized tensors (norms, q/k/v/o inputs and outputs, residuals)
+    and ~3 MLP-width tensors (gate, up, their product), plus the attention probabilities
+    (heads x seq per token) for kernels that materialize them. On top: the fp32 logits and
+    their gradient over the vocabulary. Frozen base layers still keep activations because the
+    adapters sit inside them.
+    """
+    hidden = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    heads = config.num_attention_heads
+    layers = config.num_hidden_layers
+    tokens = batch_size * seq_len
+    per_layer = tokens * (10 * hidden + 3 * inter + heads * seq_len) * dtype_bytes
+    logits = tokens * config.vocab_size * 4 * 2
+    return layers * per_layer + logits
+
+
+def plan_run(
+    *,
+    base_model: str,
+    method: str,
+    spec: AdapterSpec,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> Plan:
+    """Exact trainable/total parameter counts and adapter size; estimated peak training memory.
+
+    dtype is the compute dtype of the frozen base ('auto' is taken as float32); qlora counts
+    the frozen linear weights at 4 bits (plus one fp32 scale per 64 weights).
+    """
+    from peft import get_peft_model_state_dict
+
+    model, config = _meta_model(base_model, trust_remote_code)
+    # QLoRA trains exactly LoRA's parameters; only the frozen weights' storage differs, and its
+    # build step (k-bit preparation) needs real weights.
+    counted_as = "lora" if method == "qlora" else method
+    with torch.device("meta"):
+        model = get_method(counted_as).build(model, spec)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    saved = get_peft_model_state_dict(model)
+    adapter = sum(t.numel() * 4 for t in saved.values())  # adapters are kept and saved in fp32
+
+    dtype = "float32" if dtype == "auto" else dtype
+    width = DTYPE_BYTES[dtype]
+    frozen = total - trainable
+    if method == "qlora":
+        linear = sum(
+            m.weight.numel()
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "lora_" not in n and "lm_head" not in n
+        )
+        base_bytes = int(linear * (0.5 + 4 / 64)) + (frozen - linear) * width
+    else:
+        base_bytes = frozen * width
+    optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
+    acts = activation_bytes(config, batch_size, seq_len, width)
+    return Plan(
+        method=method,
+        trainable_params=trainable,
+        total_params=total,
+        trainable_percent=100.0 * trainable / total,
+        adapter_bytes=adapter,
+        base_weight_bytes=base_bytes,
+        optimizer_state_bytes=optimizer,
+        activation_bytes=acts,
+        est_peak_memory_bytes=base_bytes + optimizer + acts,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        dtype=dtype,
+    )

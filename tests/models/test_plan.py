@@ -1,0 +1,90 @@
+"""`plan` counts exactly, on the meta device, for real-size configs."""
+
+import json
+
+import pytest
+import torch
+
+from models.loading import load_base
+from models.methods import AdapterSpec, get_method
+from models.plan import plan_run
+
+LLAMA2_7B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+}
+QV = ["q_proj", "v_proj"]
+
+
+@pytest.fixture(scope="module")
+def llama7b(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama2-7b")
+    (path / "config.json").write_text(json.dumps(LLAMA2_7B))
+    return str(path)  # a config alone: no weights exist, none are needed
+
+
+def spec(r=8, targets=QV):
+    return AdapterSpec(r=r, alpha=16.0, dropout=0.0, target_modules=targets, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "trainable", "added"),
+    [
+        ("lora", 4_194_304, 4_194_304),  # 32 layers x 2 modules x 8 x (4096 + 4096)
+        ("lora_fa", 2_097_152, 4_194_304),  # only B trains: 32 x 2 x 4096 x 8; A is frozen
+        ("vera", 262_656, 262_656),  # 32 x 2 x (4096 + 8); shared projections are buffers
+        ("dora", 4_456_448, 4_456_448),  # LoRA + one magnitude per output row
+        ("qlora", 4_194_304, 4_194_304),
+    ],
+)
+def test_llama2_7b_counts_are_exact(llama7b, method, trainable, added):
+    plan = plan_run(
+        base_model=llama7b, method=method, spec=spec(), batch_size=1, seq_len=512, dtype="bfloat16"
+    )
+    assert plan.trainable_params == trainable
+    assert plan.total_params == 6_738_415_616 + added
+    assert plan.est_peak_memory_bytes > plan.base_weight_bytes > 0
+
+
+def test_adapter_bytes_and_memory_parts(llama7b):
+    lora = plan_run(
+        base_model=llama7b, method="lora", spec=spec(), batch_size=2, seq_len=256, dtype="bfloat16"
+    )
+    assert lora.adapter_bytes == 4_194_304 * 4  # saved in fp32
+    assert lora.base_weight_bytes == 6_738_415_616 * 2
+    assert lora.optimizer_state_bytes == 4_194_304 * 16
+    assert lora.est_peak_memory_bytes == (
+        lora.base_weight_bytes + lora.optimizer_state_bytes + lora.activation_bytes
+    )
+    bigger = plan_run(
+        base_model=llama7b, method="lora", spec=spec(), batch_size=4, seq_len=256, dtype="bfloat16"
+    )
+    assert bigger.activation_bytes == 2 * lora.activation_bytes
+    q = plan_run(
+        base_model=llama7b, method="qlora", spec=spec(), batch_size=2, seq_len=256, dtype="bfloat16"
+    )
+    assert q.base_weight_bytes < lora.base_weight_bytes / 3
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_fa", "vera", "delta_lora", "dora", "rslora"])
+def test_plan_matches_a_real_build(tiny_base, method):
+    s = spec(r=4, targets=["q_proj", "v_proj", "up_proj"])
+    plan = plan_run(base_model=str(tiny_base), method=method, spec=s, batch_size=2, seq_len=32)
+    model = get_method(method).build(load_base(str(tiny_base))[0], s)
+    assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert plan.total_params == sum(p.numel() for p in model.parameters())
+    from peft import get_peft_model_state_dict
+
+    saved = get_peft_model_state_dict(model)
+    assert plan.adapter_bytes == sum(t.numel() * t.element_size() for t in saved.values())
+    assert all(t.dtype == torch.float32 for t in saved.values())

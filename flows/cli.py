@@ -19,6 +19,9 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # The embedded Prefect API starts in a subprocess; on a busy 2-core machine it can take
+    # longer than Prefect's default wait.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -78,6 +81,48 @@ def print_summary(summary, metric: str) -> None:
         f"  mlflow run {summary.run_id}, data md5 {summary.data_md5}, "
         f"adapter sha256 {summary.adapter_sha256[:16]}"
     )
+
+
+def cmd_compare(args) -> int:
+    config = load_config(args.config, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from flows.compare import compare, method_configs
+
+    for method_config in method_configs(config, methods).values():
+        check(method_config)
+    rows = compare(config, methods)
+    base = rows[0]
+    print(
+        f"\nbase model: eval_loss {base['base_eval_loss']:.4f}, "
+        f"exact_match {base['base_exact_match']:.3f}\n"
+    )
+    header = (
+        "method",
+        "trainable",
+        "adapter bytes",
+        "peak MiB",
+        "tokens/s",
+        "seconds",
+        "eval_loss",
+        "exact_match",
+        "version",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        cells = (
+            r["method"],
+            f"{r['trainable_params']:,}",
+            f"{r['adapter_bytes']:,}",
+            r["peak_memory_mib"],
+            r["tokens_per_second"],
+            r["train_seconds"],
+            f"{r['eval_loss']:.4f}",
+            f"{r['exact_match']:.3f}",
+            f"v{r['version']}",
+        )
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    return 0
 
 
 def cmd_plan(args) -> int:
@@ -150,6 +195,13 @@ def parser() -> argparse.ArgumentParser:
     with_config("check", "validate config, base model and data; train nothing").set_defaults(
         func=cmd_check
     )
+    comp = with_config("compare", "train several methods on the same data and budget; compare")
+    comp.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated adapter methods, e.g. lora,lora_fa,vera,delta_lora,lora_plus,dora",
+    )
+    comp.set_defaults(func=cmd_compare)
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)

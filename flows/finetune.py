@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.stages import check_args, eval_args, run_tags, train_args, train_metrics
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
 from tasks.data import push_data, version_data
@@ -38,7 +39,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
-      1. check inputs: base model safe to load, target modules exist, data splits valid
+      1. check inputs: data splits valid, base model safe to load, target modules exist
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
       3. train: the configured adapter method on the train split (loss curve to MLflow)
       4. evaluate: base vs adapter vs current champion on the eval split
@@ -46,75 +47,31 @@ def finetune(config: LoraflowConfig) -> RunSummary:
       6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
     """
     logger = get_run_logger()
-    data, adapter_cfg, training = config.data, config.adapter, config.training
+    registry = config.registry
     base_model = canonical_base(config.base_model)
-    trust = config.base_model_trust_remote_code
-    train_file = str(Path(data.path) / data.train_file)
-    eval_file = str(Path(data.path) / data.eval_file)
-    config_yaml = config.to_yaml()
 
-    splits = check_inputs(
-        base_model=base_model,
-        trust_remote_code=trust,
-        target_modules=adapter_cfg.target_modules,
-        data_dir=data.path,
-        train_file=data.train_file,
-        eval_file=data.eval_file,
-        prompt_field=data.prompt_field,
-        completion_field=data.completion_field,
-        method=adapter_cfg.method,
-    )
+    splits = check_inputs(**check_args(config, base_model))
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
 
-    dataset = version_data(data_dir=data.path)
-    push_data(dataset=dataset, remote=data.dvc_remote)
+    dataset = version_data(data_dir=config.data.path)
+    push_data(dataset=dataset, remote=config.data.dvc_remote)
 
-    lineage = collect_lineage(base_model=base_model)
-    tags = {
-        **lineage,
-        "data_md5": dataset.md5,
-        "config_sha256": config.sha256(),
-        "method": adapter_cfg.method,
-        "seed": str(adapter_cfg.seed),
-    }
+    tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
     run_id = open_run(
-        experiment=config.registry.experiment,
-        run_name=f"{adapter_cfg.method}-{Path(base_model).name}-{dataset.md5[:8]}",
+        experiment=registry.experiment,
+        run_name=f"{config.adapter.method}-{Path(base_model).name}-{dataset.md5[:8]}",
         config=config.model_dump(mode="json"),
-        config_yaml=config_yaml,
+        config_yaml=config.to_yaml(),
         tags=tags,
     )
     try:
-        adapter = train(
-            run_id=run_id,
-            base_model=base_model,
-            trust_remote_code=trust,
-            train_file=train_file,
-            prompt_field=data.prompt_field,
-            completion_field=data.completion_field,
-            max_seq_len=data.max_seq_len,
-            too_long=data.too_long,
-            method=adapter_cfg.method,
-            spec=adapter_cfg.to_spec(),
-            max_steps=training.max_steps,
-            learning_rate=training.learning_rate,
-            batch_size=training.batch_size,
-            grad_accum_steps=training.grad_accum_steps,
-            warmup_steps=training.warmup_steps,
-            weight_decay=training.weight_decay,
-            lr_scheduler=training.lr_scheduler,
-            logging_steps=training.logging_steps,
-            device=training.device,
-            dtype=training.dtype,
-            output_dir=str(Path(training.output_dir) / run_id / "adapter"),
-            config_yaml=config_yaml,
-        )
+        adapter = train(**train_args(config, base_model, run_id))
 
-        champion = fetch_champion(model_name=config.registry.model_name)
+        champion = fetch_champion(model_name=registry.model_name)
         candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
-        if champion and (is_local(champion.base_model) and not Path(champion.base_model).is_dir()):
+        if champion and is_local(champion.base_model) and not Path(champion.base_model).is_dir():
             logger.warning(
                 "champion v%s: base model %s not found here; using its recorded metrics",
                 champion.version,
@@ -122,28 +79,11 @@ def finetune(config: LoraflowConfig) -> RunSummary:
             )
         elif champion:
             candidates["champion"] = (champion.base_model, champion.adapter_dir)
-        report = evaluate(
-            candidates=candidates,
-            eval_file=eval_file,
-            prompt_field=data.prompt_field,
-            completion_field=data.completion_field,
-            max_seq_len=data.max_seq_len,
-            batch_size=config.evaluation.batch_size,
-            max_new_tokens=config.evaluation.max_new_tokens,
-            max_examples=config.evaluation.max_examples,
-            trust_remote_code=trust,
-        )
+        report = evaluate(candidates=candidates, **eval_args(config))
         record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
         log_metrics(
             run_id=run_id,
-            metrics={
-                "trainable_params": adapter.trainable_params,
-                "total_params": adapter.total_params,
-                "train_loss_final": adapter.train_loss,
-                "train_seconds": adapter.train_seconds,
-                "train_tokens_per_second": adapter.tokens_per_second,
-                "truncated_examples": adapter.truncated_examples,
-            },
+            metrics=train_metrics(adapter),
             tags={"adapter_sha256": adapter.adapter_sha256},
         )
 
@@ -151,12 +91,12 @@ def finetune(config: LoraflowConfig) -> RunSummary:
             run_id=run_id,
             adapter_dir=adapter.adapter_dir,
             base_model=base_model,
-            model_name=config.registry.model_name,
+            model_name=registry.model_name,
             tags={**tags, "adapter_sha256": adapter.adapter_sha256},
             max_new_tokens=config.evaluation.max_new_tokens,
         )
 
-        metric = config.registry.promote_metric
+        metric = registry.promote_metric
         champion_value = None
         if champion:
             champion_value = (
@@ -165,13 +105,13 @@ def finetune(config: LoraflowConfig) -> RunSummary:
                 else champion.recorded_metrics.get(f"adapter_{metric}")
             )
         decision = promote(
-            model_name=config.registry.model_name,
+            model_name=registry.model_name,
             version=version,
             metric=metric,
             challenger_value=report["adapter"][metric],
             champion_version=champion.version if champion else None,
             champion_value=champion_value,
-            min_improvement=config.registry.min_improvement,
+            min_improvement=registry.min_improvement,
         )
     except BaseException:
         close_run(run_id=run_id, status="FAILED")
@@ -179,7 +119,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
     close_run(run_id=run_id)
     return RunSummary(
         run_id=run_id,
-        model_name=config.registry.model_name,
+        model_name=registry.model_name,
         version=version,
         promoted=decision.promote,
         reason=decision.reason,

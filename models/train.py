@@ -12,6 +12,7 @@ import torch
 from models.data import pad_batch, read_split, tokenize
 from models.hashing import file_sha256
 from models.loading import load_base, resolve_device, resolve_dtype
+from models.memory import track_peak_memory
 from models.methods import AdapterSpec, get_method
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -30,6 +31,9 @@ class TrainResult:
     train_seconds: float
     tokens_per_second: float
     truncated_examples: int
+    adapter_bytes: int = 0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
     loss_history: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -144,7 +148,8 @@ def train_adapter(
         optimizers=optimizers,
     )
     started = time.perf_counter()
-    output = trainer.train()
+    with track_peak_memory(device) as memory:
+        output = trainer.train()
     seconds = time.perf_counter() - started
 
     out = Path(output_dir)
@@ -165,5 +170,8 @@ def train_adapter(
         train_seconds=seconds,
         tokens_per_second=tokens["seen"] / seconds if seconds > 0 else 0.0,
         truncated_examples=data.truncated,
+        adapter_bytes=(out / ADAPTER_WEIGHTS).stat().st_size,
+        peak_memory_bytes=memory.peak_bytes,
+        peak_memory_kind=memory.kind,
         loss_history=history,
     )

@@ -9,7 +9,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from models.evaluate import evaluate_candidates
-from tasks.tracking import RETRY_DELAYS, log_metrics
+from models.report import plot_metric_vs_params
+from tasks.tracking import RETRY_DELAYS, client, log_metrics
 
 REPORT_FILE = "eval_report.json"
 
@@ -68,3 +69,40 @@ def record_evaluation(
         key="evaluation",
         description="Base model vs adapter (vs current champion) on the eval split.",
     )
+
+
+COMPARISON_COLUMNS = (
+    "method",
+    "trainable_params",
+    "adapter_bytes",
+    "peak_memory_mib",
+    "tokens_per_second",
+    "train_seconds",
+    "eval_loss",
+    "exact_match",
+    "version",
+)
+
+
+@task(name="record-comparison", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+def record_comparison(*, run_id: str, rows: list[dict], metric: str, out_dir: str) -> str:
+    """The comparison on the parent MLflow run (metrics, table, plot) and as a Prefect table."""
+    metrics = {
+        f"{row['method']}_{key}": row[key]
+        for row in rows
+        for key in COMPARISON_COLUMNS
+        if key not in ("method", "version")
+    }
+    log_metrics.fn(run_id=run_id, metrics=metrics)
+    mlf = client()
+    mlf.log_dict(run_id, {"rows": rows}, "comparison/table.json")
+    plot = plot_metric_vs_params(
+        rows, metric, Path(out_dir) / "comparison.png", title=f"{metric} vs trainable params"
+    )
+    mlf.log_artifact(run_id, str(plot), "comparison")
+    create_table_artifact(
+        table=[{k: row[k] for k in COMPARISON_COLUMNS} for row in rows],
+        key="method-comparison",
+        description="Adapter methods trained on the same data version, seed and budget.",
+    )
+    return str(plot)

@@ -80,8 +80,9 @@ def register_adapter(
     model_name: str,
     tags: dict[str, str],
     max_new_tokens: int,
+    alias: str = CHALLENGER,
 ) -> str:
-    """Log the adapter as a pyfunc model on the run, register a version, alias it `challenger`.
+    """Log the adapter as a pyfunc model on the run, register a version, alias it (`challenger`).
 
     The version is created with all its tags in one call, so no version exists without them.
     """
@@ -102,10 +103,10 @@ def register_adapter(
                 pip_requirements=pip_requirements(),
             )
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-        mlf.set_registered_model_alias(model_name, CHALLENGER, version.version)
+        mlf.set_registered_model_alias(model_name, alias, version.version)
     except MlflowException as e:
         raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
-    logger().info("registered %s version %s (alias %s)", model_name, version.version, CHALLENGER)
+    logger().info("registered %s version %s (alias %s)", model_name, version.version, alias)
     return str(version.version)
 
 

@@ -13,16 +13,19 @@ def plot_metric_vs_params(rows: list[dict], metric: str, path: str | Path, title
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    stacked: dict[tuple, int] = {}
     for row in rows:
-        ax.scatter(row["trainable_params"], row[metric], s=36)
+        point = (row["trainable_params"], row[metric])
+        # Methods with the same parameter count (lora, delta_lora, lora_plus) share a point:
+        # stack their labels instead of printing them over each other.
+        nth = stacked.get(point, 0)
+        stacked[point] = nth + 1
+        ax.scatter(*point, s=36)
         ax.annotate(
-            row["method"],
-            (row["trainable_params"], row[metric]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=9,
+            row["method"], point, textcoords="offset points", xytext=(6, 4 + 11 * nth), fontsize=9
         )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(metric)
     ax.set_title(title)

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from models.config import LoraflowConfig, load_config
+from pydantic import ValidationError
+
+from models.config import ConfigError, LoraflowConfig, load_config
 from models.errors import LoraflowError
 
 # Telemetry that would try the network (and block or fail offline) stays off unless the user
@@ -125,6 +127,39 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from models.config import ExportConfig
+
+    try:
+        export = ExportConfig(
+            enabled=True,
+            to=args.to,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            concurrency=args.concurrency,
+            sse=args.sse,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--{first['loc'][0]}: {message}") from None
+    from tasks import s3
+    from tasks.registry import resolve_version
+
+    # Fail in one line, before the flow starts, on a missing bucket, refused credentials or a
+    # model version that does not exist.
+    s3.check_bucket(s3.client(), s3.parse_s3_uri(export.to))
+    resolve_version(args.model)
+    from flows.export import export_model
+
+    result = export_model(args.model, export)
+    print(
+        f"\nexported {args.model} to {result['uri']}/ ({result['files']} files + manifest.json; "
+        f"{len(result['uploaded'])} sent)\nmanifest sha256 {result['manifest_sha256']}"
+    )
+    return 0
+
+
 def cmd_plan(args) -> int:
     import json
 
@@ -202,6 +237,14 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated adapter methods, e.g. lora,lora_fa,vera,delta_lora,lora_plus,dora",
     )
     comp.set_defaults(func=cmd_compare)
+    exp = sub.add_parser("export", help="merge a registered adapter into its base, publish to S3")
+    exp.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<n>")
+    exp.add_argument("--to", required=True, help="s3://bucket/prefix")
+    exp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    exp.add_argument("--max-shard-size", default="2GB")
+    exp.add_argument("--concurrency", type=int, default=8)
+    exp.add_argument("--sse", choices=["AES256", "aws:kms"], default=None)
+    exp.set_defaults(func=cmd_export)
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)

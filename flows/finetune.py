@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.export import export_model
 from flows.stages import check_args, eval_args, run_tags, train_args, train_metrics
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
@@ -45,6 +46,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
       4. evaluate: base vs adapter vs current champion on the eval split
       5. register: the adapter as a new version of the registered model, alias `challenger`
       6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
+      7. export (export.enabled, new champions only): merge into the base, publish to S3
     """
     logger = get_run_logger()
     registry = config.registry
@@ -117,6 +119,9 @@ def finetune(config: LoraflowConfig) -> RunSummary:
         close_run(run_id=run_id, status="FAILED")
         raise
     close_run(run_id=run_id)
+
+    if config.export.enabled and decision.promote:
+        export_model(f"models:/{registry.model_name}/{version}", config.export)
     return RunSummary(
         run_id=run_id,
         model_name=registry.model_name,

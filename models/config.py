@@ -199,6 +199,27 @@ class ExportConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Dtype of the merged weights (auto = the base's)."
     )
+    max_shard_size: str = Field("2GB", description="Largest safetensors shard, e.g. 500MB.")
+    concurrency: int = Field(8, description="Parallel S3 transfers per file (multipart).")
+    multipart_threshold_mb: int = Field(64, description="Files above this use multipart upload.")
+    sse: Literal["AES256", "aws:kms"] | None = Field(
+        None, description="Server-side encryption for uploaded objects."
+    )
+    sse_kms_key_id: str | None = Field(None, description="KMS key id when sse is aws:kms.")
+
+    @field_validator("to")
+    @classmethod
+    def _s3_uri(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("s3://") or len(v) <= len("s3://")):
+            raise ValueError(f"must be an s3://bucket/prefix URI (got {v!r})")
+        return v
+
+    @field_validator("concurrency", "multipart_threshold_mb")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
 
 
 class LoraflowConfig(_Section):

@@ -12,13 +12,13 @@ import yaml
 from prefect import task
 
 from models.errors import LoraflowError
-from tasks.runtime import logger
-
-RETRY_DELAYS = [2, 10, 30]
+from tasks.runtime import IO_RETRIES, logger
 
 
 class DvcError(LoraflowError):
     """The dvc CLI failed; the message names the command and repo."""
+
+    retryable = True  # pushes go over the network
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def version_data(*, data_dir: str) -> DataVersion:
     return DataVersion(md5=md5, path=str(data), dvc_file=str(dvc_file), repo=str(repo))
 
 
-@task(name="push-data", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="push-data", **IO_RETRIES)
 def push_data(*, dataset: DataVersion, remote: str | None = None) -> None:
     """`dvc push` the versioned data to the remote (the repo's default unless named)."""
     args = ["push", Path(dataset.dvc_file).name] + (["--remote", remote] if remote else [])

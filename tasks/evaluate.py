@@ -10,7 +10,8 @@ from prefect.artifacts import create_table_artifact
 
 from models.evaluate import evaluate_candidates
 from models.report import plot_metric_vs_params
-from tasks.tracking import RETRY_DELAYS, client, log_metrics
+from tasks.runtime import IO_RETRIES
+from tasks.tracking import client, log_metrics
 
 REPORT_FILE = "eval_report.json"
 
@@ -56,7 +57,7 @@ def report_table(report: dict[str, dict[str, float]]) -> list[dict]:
     ]
 
 
-@task(name="record-evaluation", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="record-evaluation", **IO_RETRIES)
 def record_evaluation(
     *, run_id: str, report: dict[str, dict[str, float]], adapter_dir: str
 ) -> None:
@@ -84,7 +85,7 @@ COMPARISON_COLUMNS = (
 )
 
 
-@task(name="record-comparison", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="record-comparison", **IO_RETRIES)
 def record_comparison(*, run_id: str, rows: list[dict], metric: str, out_dir: str) -> str:
     """The comparison on the parent MLflow run (metrics, table, plot) and as a Prefect table."""
     metrics = {

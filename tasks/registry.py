@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,51 +15,100 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 import models
+from models.errors import LoraflowError
 from models.promotion import Decision, decide
-from tasks.runtime import logger
-from tasks.tracking import RETRY_DELAYS, TrackingError, client, tracking_uri
+from tasks.runtime import IO_RETRIES, logger
+from tasks.tracking import TrackingError, client, tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RegistryError(LoraflowError):
+    """A registered model, version or alias that does not exist."""
+
+
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODELS_DIR = Path(models.__file__).parent
 
 
 @dataclass(frozen=True)
-class ChampionRef:
-    """The current champion: which version, its base model and its adapter on local disk."""
+class VersionRef:
+    """A registered version: which one, its lineage tags and its adapter on local disk."""
 
+    model_name: str
     version: str
     run_id: str
     base_model: str
     adapter_dir: str
+    tags: dict[str, str]
     recorded_metrics: dict[str, float]
+
+
+# The champion is just the version behind alias `champion`.
+ChampionRef = VersionRef
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
 def _missing(e: MlflowException) -> bool:
     return e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-@task(name="fetch-champion", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
-def fetch_champion(*, model_name: str) -> ChampionRef | None:
-    """The version behind alias `champion` with its adapter downloaded, or None if there is none."""
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/name@alias or models:/name/version -> (name, alias, version)."""
+    match = _URI.match(uri)
+    if not match:
+        raise RegistryError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return match["name"], match["alias"], match["version"]
+
+
+def resolve_version(model_uri: str) -> VersionRef:
+    """Look the version up and download its adapter; one-line errors for what does not exist."""
+    name, alias, number = parse_model_uri(model_uri)
     mlf = client()
     try:
-        version = mlf.get_model_version_by_alias(model_name, CHAMPION)
+        mlf.get_registered_model(name)
     except MlflowException as e:
         if _missing(e):
-            return None
+            raise RegistryError(f"{model_uri}: registered model {name!r} does not exist") from None
         raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_name}/{version.version}"
-    )
-    metrics = mlf.get_run(version.run_id).data.metrics if version.run_id else {}
-    return ChampionRef(
-        version=str(version.version),
-        run_id=version.run_id or "",
-        base_model=version.tags.get("base_model", ""),
+    try:
+        mv = (
+            mlf.get_model_version_by_alias(name, alias)
+            if alias
+            else mlf.get_model_version(name, number)
+        )
+    except MlflowException as e:
+        if _missing(e):
+            what = f"alias {alias!r} points to no version" if alias else f"no version {number}"
+            raise RegistryError(f"{model_uri}: {what} of model {name!r}") from None
+        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
+    metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    return VersionRef(
+        model_name=name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        base_model=mv.tags.get("base_model", ""),
         adapter_dir=str(Path(local) / "artifacts" / "adapter"),
+        tags=dict(mv.tags),
         recorded_metrics=dict(metrics),
     )
+
+
+@task(name="fetch-version", **IO_RETRIES)
+def fetch_version(*, model_uri: str) -> VersionRef:
+    """The registered version behind a models:/ URI, with its adapter downloaded."""
+    return resolve_version(model_uri)
+
+
+@task(name="fetch-champion", **IO_RETRIES)
+def fetch_champion(*, model_name: str) -> VersionRef | None:
+    """The version behind alias `champion` with its adapter downloaded, or None if there is none."""
+    try:
+        return resolve_version(f"models:/{model_name}@{CHAMPION}")
+    except RegistryError:
+        return None
 
 
 def pip_requirements() -> list[str]:
@@ -71,7 +121,7 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-@task(name="register-adapter", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="register-adapter", **IO_RETRIES)
 def register_adapter(
     *,
     run_id: str,
@@ -110,7 +160,7 @@ def register_adapter(
     return str(version.version)
 
 
-@task(name="promote", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="promote", **IO_RETRIES)
 def promote(
     *,
     model_name: str,

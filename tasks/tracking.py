@@ -11,13 +11,15 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from models.errors import LoraflowError
+from tasks.runtime import IO_RETRIES
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RETRY_DELAYS = [2, 10, 30]
 
 
 class TrackingError(LoraflowError):
     """MLflow could not be reached or refused a request."""
+
+    retryable = True
 
 
 def tracking_uri() -> str:
@@ -60,7 +62,7 @@ def flatten(prefix: str, value, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
-@task(name="open-mlflow-run", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="open-mlflow-run", **IO_RETRIES)
 def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, tags: dict) -> str:
     """Create the MLflow run of this fine-tune with the resolved config as params and artifact."""
     mlf = client()
@@ -78,7 +80,7 @@ def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, 
     return run_id
 
 
-@task(name="log-metrics", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="log-metrics", **IO_RETRIES)
 def log_metrics(*, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None):
     """Log final figures (and tags) on the run."""
     mlf = client()
@@ -88,7 +90,7 @@ def log_metrics(*, run_id: str, metrics: dict[str, float], tags: dict[str, str] 
     mlf.log_batch(run_id, metrics=batch, tags=tag_list)
 
 
-@task(name="close-mlflow-run", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS)
+@task(name="close-mlflow-run", **IO_RETRIES)
 def close_run(*, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or failed)."""
     client().set_terminated(run_id, status=status)

@@ -1,0 +1,120 @@
+"""Export tasks: merge a registered adapter into its base, publish it to S3, record where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact
+
+from models.merge import merge_adapter
+from tasks import s3
+from tasks.registry import VersionRef
+from tasks.runtime import IO_RETRIES, logger
+from tasks.tracking import client
+
+LINEAGE_TAGS = (
+    "data_md5",
+    "git_commit",
+    "config_sha256",
+    "base_model",
+    "base_model_sha256",
+    "method",
+    "seed",
+    "adapter_sha256",
+)
+
+
+@task(name="merge-adapter")
+def merge(*, version: VersionRef, out_dir: str, dtype: str, max_shard_size: str) -> str:
+    """The adapter merged into its base as a plain transformers model directory."""
+    merge_adapter(
+        base_model=version.base_model,
+        adapter_dir=version.adapter_dir,
+        out_dir=out_dir,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+    )
+    return out_dir
+
+
+def export_location(to: str, model_name: str, version: str) -> s3.S3Location:
+    """s3://bucket/prefix + <model_name>/v<version>."""
+    base = s3.parse_s3_uri(to)
+    return s3.S3Location(
+        base.bucket, "/".join(p for p in (base.prefix, model_name, f"v{version}") if p)
+    )
+
+
+@task(name="check-bucket", **IO_RETRIES)
+def check_destination(*, to: str) -> None:
+    """The bucket exists and the credentials work, before anything is merged or written."""
+    s3.check_bucket(s3.client(), s3.parse_s3_uri(to))
+
+
+@task(name="upload-export", **IO_RETRIES)
+def upload(
+    *,
+    merged_dir: str,
+    version: VersionRef,
+    to: str,
+    concurrency: int,
+    multipart_threshold_mb: int,
+    sse: str | None,
+    sse_kms_key_id: str | None,
+) -> dict:
+    """Upload the merged model, manifest.json last; files already there with the same sha256
+    are not sent again."""
+    from tqdm.auto import tqdm
+
+    location = export_location(to, version.model_name, version.version)
+    lineage = {
+        "model_name": version.model_name,
+        "version": version.version,
+        "run_id": version.run_id,
+        **{k: version.tags.get(k, "") for k in LINEAGE_TAGS},
+    }
+    total = sum(p.stat().st_size for p in Path(merged_dir).rglob("*") if p.is_file())
+    s3_client = s3.client(concurrency)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {location.uri()}") as bar:
+        manifest, sent = s3.upload_directory(
+            s3_client,
+            merged_dir,
+            location,
+            lineage=lineage,
+            concurrency=concurrency,
+            multipart_threshold_mb=multipart_threshold_mb,
+            sse=sse,
+            sse_kms_key_id=sse_kms_key_id,
+            progress=bar.update,
+        )
+    body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    logger().info(
+        "exported to %s: %d file(s) sent, %d unchanged",
+        location.uri(),
+        len(sent),
+        len(manifest["files"]) + 1 - len(sent),
+    )
+    return {
+        "uri": location.uri(),
+        "manifest_sha256": s3.file_sha256_bytes(body),
+        "uploaded": sent,
+        "files": len(manifest["files"]),
+    }
+
+
+@task(name="record-export", **IO_RETRIES)
+def record(*, version: VersionRef, export: dict) -> None:
+    """Tags on the model version and a Prefect link artifact pointing at the export."""
+    mlf = client()
+    mlf.set_model_version_tag(version.model_name, version.version, "export.uri", export["uri"])
+    mlf.set_model_version_tag(
+        version.model_name, version.version, "export.manifest_sha256", export["manifest_sha256"]
+    )
+    create_link_artifact(
+        key="export",
+        link=export["uri"],
+        link_text=f"{version.model_name} v{version.version}",
+        description=f"Merged model; manifest sha256 {export['manifest_sha256']}",
+    )

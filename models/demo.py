@@ -87,6 +87,8 @@ RULES: dict[str, tuple[str, Callable[[Sequence[str]], list[str]]]] = {
     "reverse": ("Reverse the words", _reverse),
 }
 MIN_WORDS, MAX_WORDS = 3, 5
+# Word lists in the generic text are longer than task inputs: more copy targets per sentence.
+ECHO_MIN_WORDS, ECHO_MAX_WORDS = 3, 5
 
 
 def format_prompt(instruction: str, words: Sequence[str]) -> str:
@@ -197,7 +199,7 @@ def _echo_sentence(rng: random.Random) -> str:
     Copying is the skill the demo task builds on (first / last / reversed words); the task
     itself (picking or reordering words on request) never appears.
     """
-    words = " ".join(rng.sample(TASK_WORDS, rng.randint(MIN_WORDS, MAX_WORDS)))
+    words = " ".join(rng.sample(TASK_WORDS, rng.randint(ECHO_MIN_WORDS, ECHO_MAX_WORDS)))
     a, b = rng.sample(NAMES, 2)
     templates = (
         f"{a} said: {words}. {b} said it again: {words}.",

@@ -58,7 +58,8 @@ def client(concurrency: int = 8):
     return boto3.session.Session().client(
         "s3",
         config=Config(
-            retries={"max_attempts": 5, "mode": "standard"},
+            # Standard retries with backoff; AWS_MAX_ATTEMPTS (the AWS variable) sets how many.
+            retries={"mode": "standard"},
             max_pool_connections=max(10, concurrency * 2),
         ),
     )

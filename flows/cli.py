@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -259,6 +260,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    # Deprecations raised inside transformers' own code paths are not actionable for users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -23,8 +23,16 @@ class TrackingError(LoraflowError):
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else the embedded sqlite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """MLFLOW_TRACKING_URI when set, else the embedded sqlite store in the working directory.
+
+    The default is made absolute here: MLflow caches one store per URI string for the life of the
+    process, so a relative `sqlite:///mlflow.db` would keep writing to whichever directory was
+    current when it was first opened.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + str((Path.cwd() / DEFAULT_TRACKING_URI.removeprefix("sqlite:///")))
 
 
 def client() -> MlflowClient:

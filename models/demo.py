@@ -1,17 +1,22 @@
-"""Deterministic demo assets: a tiny Llama base model and an instruction dataset it cannot solve.
+"""Deterministic demo assets: a tiny Llama base model and an instruction task it cannot do.
 
-The demo exists so a loraflow user can watch a LoRA fine-tune produce *real* learning on a CPU:
+The demo lets a loraflow user watch a LoRA fine-tune produce *real* learning on a laptop CPU:
 
 * `build_demo_base_model` trains a byte-level BPE tokenizer and briefly pretrains a small
-  Llama-architecture causal LM on generic template text. The text never contains the demo task,
-  so the base model is a fluent-ish LM that scores ~0 exact match on it.
-* `build_demo_data` writes train/eval JSONL for a word-manipulation task (first / last word,
-  reverse the words) whose answers are checked by exact string match and whose rule generalises to
-  word sequences never seen in training.
+  Llama-architecture causal LM on generic template text. Some of that text says a word list twice
+  ("Ivy said: cat red sun. Ben said it again: cat red sun."), which is what makes the model learn
+  to copy from its context (induction heads). The text never asks for words to be picked or
+  reordered, so the base model scores ~0 exact match on the demo task.
+* `build_demo_data` writes train/eval JSONL for that task: first word, last word or the words
+  reversed, checked by exact string match. Eval word sequences never occur in train, so the
+  score measures a learned rule, not memorisation.
+
+A LoRA adapter only has to re-route the copying the base already does, which a rank-8 update
+can learn in a minute or two of CPU training; without the copy skill in the base it could not.
 
 Both builders are deterministic to the byte: same arguments, same sha256 for every written file,
-across processes. That is why this module seeds everything locally, pins the torch thread count
-during training, sorts JSON keys and never writes paths or timestamps.
+also across processes. Hence: local RNGs only, the torch thread count pinned while training,
+sorted JSON keys, and no paths or timestamps in any file.
 """
 
 from __future__ import annotations
@@ -25,21 +30,20 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)  # ids 0, 1, 2 in this order
 
-# --- vocabulary -------------------------------------------------------------------------------
-# Plain lowercase English words. Every one is frequent in the generic text, so the BPE tokenizer
-# learns it as a single token (with its leading space): task answers are then a few tokens long.
+DEFAULT_N_DOCS = 8000
+DEFAULT_VOCAB_SIZE = 1024
+MAX_POSITIONS = 256
+
+# --- vocabulary -----------------------------------------------------------------------------------
+# Plain lowercase words, each frequent in the generic text, so the tokenizer learns every one as a
+# single token (with its leading space) and task answers stay a few tokens long.
 
 NOUNS = (
     "cat", "dog", "sun", "moon", "star", "tree", "river", "house", "apple", "bird",
@@ -61,11 +65,10 @@ VERBS = (
 NAMES = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Ivy", "Jack")
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
-# Words the task draws its inputs from (single tokens, order fixed so sampling is deterministic).
+# The words task inputs (and the copied lists of the generic text) are drawn from.
 TASK_WORDS = NOUNS + ADJECTIVES
 
-
-# --- the demo task -------------------------------------------------------------------------------
+# --- the demo task --------------------------------------------------------------------------------
 
 
 def _first(words: Sequence[str]) -> list[str]:
@@ -80,43 +83,42 @@ def _reverse(words: Sequence[str]) -> list[str]:
     return list(reversed(words))
 
 
+def _repeat(words: Sequence[str]) -> list[str]:
+    return list(words)
+
+
 # Rule name -> (instruction shown in the prompt, function from input words to answer words).
 RULES: dict[str, tuple[str, Callable[[Sequence[str]], list[str]]]] = {
     "first": ("First word of", _first),
     "last": ("Last word of", _last),
     "reverse": ("Reverse the words", _reverse),
+    "repeat": ("Repeat the words", _repeat),
 }
-MIN_WORDS, MAX_WORDS = 3, 5
-# Word lists in the generic text are longer than task inputs: more copy targets per sentence.
-ECHO_MIN_WORDS, ECHO_MAX_WORDS = 3, 5
+MIN_WORDS, MAX_WORDS = 3, 5  # input words per example
+ECHO_MIN_WORDS, ECHO_MAX_WORDS = 3, 5  # words per repeated list in the generic text
 
 
 def format_prompt(instruction: str, words: Sequence[str]) -> str:
-    """The prompt for one example; the model must continue it with the answer."""
+    """The prompt of one example, e.g. "Reverse the words: cat red sun\\nAnswer:"."""
     return f"{instruction}: {' '.join(words)}\nAnswer:"
 
 
 def format_completion(answer: Sequence[str]) -> str:
-    """The completion: the answer words, each preceded by a space (single BPE tokens)."""
+    """The target continuation, e.g. " sun red cat": one space before every word."""
     return "".join(f" {w}" for w in answer)
 
 
-def _sample_examples(rng: random.Random, rules: Sequence[str]) -> Iterator[tuple[tuple, dict]]:
-    """Endless stream of (key, example); the key identifies the word sequence and rule."""
-    while True:
-        rule = rules[rng.randrange(len(rules))]
-        n = rng.randint(MIN_WORDS, MAX_WORDS)
-        words = tuple(rng.sample(TASK_WORDS, n))  # distinct words: "reverse" is unambiguous
-        instruction, fn = RULES[rule]
-        example = {
-            "prompt": format_prompt(instruction, words),
-            "completion": format_completion(fn(words)),
-        }
-        yield (rule, words), example
+def _sample_example(rng: random.Random, rules: Sequence[str]) -> tuple[tuple[str, ...], dict]:
+    """One random example and its input word sequence."""
+    rule = rules[rng.randrange(len(rules))]
+    words = tuple(rng.sample(TASK_WORDS, rng.randint(MIN_WORDS, MAX_WORDS)))  # distinct words
+    instruction, answer = RULES[rule]
+    prompt, completion = format_prompt(instruction, words), format_completion(answer(words))
+    return words, {"prompt": prompt, "completion": completion}
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    """One sorted-key JSON object per line, "\\n" endings: byte-identical across runs."""
+    """One sorted-key JSON object per line with "\\n" endings: byte-identical on every run."""
     with path.open("w", encoding="utf-8", newline="\n") as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
@@ -130,30 +132,28 @@ def build_demo_data(
     n_eval: int = 200,
     rules: Sequence[str] = tuple(RULES),
 ) -> dict:
-    """Write `train.jsonl` and `eval.jsonl` for the demo task into `out_dir`.
+    """Write `train.jsonl` and `eval.jsonl` of the demo task into `out_dir`.
 
-    Each line is `{"completion": ..., "prompt": ...}`. Eval examples are drawn first and no eval
-    word sequence appears in train under any rule, so eval measures generalisation, not recall.
-    Returns the number of examples written per split.
+    Every line is `{"completion": ..., "prompt": ...}`. Rules are mixed uniformly. A word sequence
+    is used at most once over both splits (whatever the rule), so eval never repeats train.
+    Returns the number of examples per split.
     """
     unknown = [r for r in rules if r not in RULES]
     if unknown or not rules:
         raise ValueError(f"unknown rules {unknown}; choose from {sorted(RULES)}")
+    rng = random.Random(seed)
+    seen: set[tuple[str, ...]] = set()  # membership only: set order never reaches the output
+    splits: dict[str, list[dict]] = {}
+    # Eval is drawn first, so it stays the same when only n_train changes.
+    for split, n in (("eval", n_eval), ("train", n_train)):
+        rows = splits[split] = []
+        while len(rows) < n:
+            words, example = _sample_example(rng, list(rules))
+            if words not in seen:
+                seen.add(words)
+                rows.append(example)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    # Sequences are compared ignoring the rule: eval never reuses a train word sequence at all.
-    seen: set[tuple[str, ...]] = set()
-    splits: dict[str, list[dict]] = {"eval": [], "train": []}
-    targets = {"eval": n_eval, "train": n_train}
-    stream = _sample_examples(rng, list(rules))
-    for split in ("eval", "train"):
-        while len(splits[split]) < targets[split]:
-            (_, words), example = next(stream)
-            if words in seen:
-                continue
-            seen.add(words)
-            splits[split].append(example)
     _write_jsonl(out / "train.jsonl", splits["train"])
     _write_jsonl(out / "eval.jsonl", splits["eval"])
     return {"train": n_train, "eval": n_eval}
@@ -163,7 +163,7 @@ def build_demo_data(
 
 
 def _generic_sentence(rng: random.Random, topic: str) -> str:
-    """One template sentence; `topic` is a noun the document keeps returning to."""
+    """One template sentence; `topic` is the noun its document keeps coming back to."""
     c = rng.choice
     noun, noun2, adj, adj2 = c(NOUNS), c(NOUNS), c(ADJECTIVES), c(ADJECTIVES)
     templates = (
@@ -182,7 +182,7 @@ def _generic_sentence(rng: random.Random, topic: str) -> str:
         f"Then the {topic} went back to the {noun2}.",
         f"Look at the {adj} {topic}!",
         f"Is the {noun} {adj}? Yes, the {noun} is {adj}.",
-        # Sentence-initial uses of the instruction words, so they are known tokens in context.
+        # Sentence-initial uses of the instruction words, so they are trained tokens too.
         f"Answer the question about the {topic}, {c(NAMES)}.",
         f"First, {c(NAMES)} {c(VERBS)} the {topic}.",
         f"Last, the {topic} {c(VERBS)} a {noun}.",
@@ -194,23 +194,25 @@ def _generic_sentence(rng: random.Random, topic: str) -> str:
 
 
 def _echo_sentence(rng: random.Random) -> str:
-    """A word list said twice: plain text that teaches the model to copy from its context.
-
-    Copying is the skill the demo task builds on (first / last / reversed words); the task
-    itself (picking or reordering words on request) never appears.
-    """
+    """A random word list said twice: the text that teaches the model to copy from context."""
     words = " ".join(rng.sample(TASK_WORDS, rng.randint(ECHO_MIN_WORDS, ECHO_MAX_WORDS)))
     a, b = rng.sample(NAMES, 2)
+    w = rng.choice(TASK_WORDS)
     templates = (
         f"{a} said: {words}. {b} said it again: {words}.",
         f"{a} wrote {words} on the board, and {b} wrote {words} too.",
         f"The song goes {words}, and then {words} once more.",
+        f"{a} shouted: {w}, {w}, {w}!",
     )
     return templates[rng.randrange(len(templates))]
 
 
-def generic_documents(seed: int, n_docs: int, echo_rate: float = 0.3) -> list[str]:
-    """Short multi-sentence documents of template text (never the demo task's format)."""
+def generic_documents(seed: int, n_docs: int, echo_rate: float = 0.6) -> list[str]:
+    """Short documents of template sentences; `echo_rate` of the sentences repeat a word list.
+
+    0.6 was tuned: with far fewer echoes the copy skill forms too late for a one-minute
+    pretraining, and with echoes only (no topic nouns recurring) it did not form at all.
+    """
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
@@ -219,23 +221,25 @@ def generic_documents(seed: int, n_docs: int, echo_rate: float = 0.3) -> list[st
             _echo_sentence(rng) if rng.random() < echo_rate else _generic_sentence(rng, topic)
             for _ in range(rng.randint(3, 7))
         ]
-        sep = "\n" if rng.random() < 0.3 else " "
-        docs.append(sep.join(sentences))
+        docs.append(("\n" if rng.random() < 0.3 else " ").join(sentences))
     return docs
 
 
-def _task_like_lines() -> list[str]:
-    """Instruction vocabulary (not examples) so the tokenizer has tokens for it."""
+def task_like_lines() -> list[str]:
+    """The task's fixed vocabulary (instructions, answer marker, words), never whole examples."""
     lines = [f"{instruction}: Answer:" for instruction, _ in RULES.values()]
-    lines += [" ".join(TASK_WORDS), "\n".join(TASK_WORDS)]
-    return lines
+    return lines + [" ".join(TASK_WORDS)]
 
 
-# --- tokenizer ----------------------------------------------------------------------------------
+# --- tokenizer ------------------------------------------------------------------------------------
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE without an added prefix space, so decode(encode(text)) == text exactly."""
+    """Byte-level BPE without an added prefix space, so decode(encode(text)) == text exactly.
+
+    `vocab_size` is an upper bound: training stops early once no pair occurs twice. The BPE
+    trainer breaks count ties by the pair itself, so the result is the same in every process.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -252,22 +256,22 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        # No automatic <s>/</s>: loraflow tokenizes prompt and completion separately and appends
-        # eos itself, so text must encode to the same ids alone or concatenated.
+        # No automatic <s> or </s>: loraflow tokenizes prompt and completion apart and appends
+        # eos itself, so a text must encode to the same ids alone or concatenated.
         add_bos_token=False,
         add_eos_token=False,
-        model_max_length=256,
+        model_max_length=MAX_POSITIONS,
     )
 
 
-# --- pretraining ----------------------------------------------------------------------------------
+# --- model and pretraining ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def _deterministic_torch(seed: int, num_threads: int) -> Iterator[None]:
-    """Seed torch, pin the thread count (it changes float reduction order) and restore after."""
+    """Seed torch and pin the thread count (it can change float summation order); restore after."""
     prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
@@ -275,20 +279,31 @@ def _deterministic_torch(seed: int, num_threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det)
+        torch.use_deterministic_algorithms(prev_deterministic)
 
 
-def _pack(tok: PreTrainedTokenizerFast, docs: Sequence[str], block: int) -> torch.Tensor:
-    """Concatenate `doc </s>` for every document and cut into rows of `block` tokens.
+def _pack(tok: PreTrainedTokenizerFast, docs: Sequence[str], block_size: int) -> torch.Tensor:
+    """Concatenate `doc </s>` for every document and cut into rows of `block_size` tokens.
 
-    No `<s>`: fine-tuning feeds prompts without one, so the model should not depend on it.
+    No `<s>` is added: fine-tuning feeds prompts without one, so the model must not rely on it.
     """
     ids: list[int] = []
-    for enc in tok(list(docs)).input_ids:
-        ids.extend(enc)
+    for doc_ids in tok(list(docs)).input_ids:
+        ids.extend(doc_ids)
         ids.append(tok.eos_token_id)
-    n_rows = len(ids) // block
-    return torch.tensor(ids[: n_rows * block], dtype=torch.long).view(n_rows, block)
+    n_rows = len(ids) // block_size
+    if n_rows == 0:
+        raise ValueError(f"too little text for one block of {block_size} tokens")
+    return torch.tensor(ids[: n_rows * block_size], dtype=torch.long).view(n_rows, block_size)
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Linear warmup over the first 10% of steps, then cosine decay to 10% of the peak."""
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
 def _pretrain(
@@ -300,24 +315,15 @@ def _pretrain(
     lr: float,
     seed: int,
 ) -> list[float]:
-    """Plain AdamW with linear warmup + cosine decay; returns the per-step losses."""
+    """Full-parameter AdamW on packed rows, shuffled per epoch; returns the per-step losses."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps))
+    batch_size = min(batch_size, len(rows))
+    order, pos, losses = torch.randperm(len(rows), generator=gen), 0, []
     model.train()
-    losses = []
-    order = torch.randperm(len(rows), generator=gen)
-    pos = 0
     for _ in range(steps):
-        if pos + batch_size > len(order):  # next epoch, fresh deterministic shuffle
+        if pos + batch_size > len(order):  # next epoch
             order, pos = torch.randperm(len(rows), generator=gen), 0
         batch = rows[order[pos : pos + batch_size]]
         pos += batch_size
@@ -332,18 +338,25 @@ def _pretrain(
     return losses
 
 
-def _model_config(
+def model_config(
     tok: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, head_dim: int = 32
 ) -> LlamaConfig:
+    """A small Llama: tied embeddings (the copy skill reuses them), SwiGLU at ~8/3 width."""
+    if hidden_size % head_dim:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of head_dim {head_dim}")
+    heads = hidden_size // head_dim
     return LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 8 // 3 // 16 * 16,  # SwiGLU's usual ~8/3 ratio
+        intermediate_size=max(16, hidden_size * 8 // 3 // 16 * 16),
         num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // head_dim,
-        num_key_value_heads=hidden_size // head_dim,
-        max_position_embeddings=256,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=MAX_POSITIONS,
         rms_norm_eps=1e-5,
+        # 3x the usual 0.02: with tiny init, attention stays uniform for hundreds of steps before
+        # the copy heads appear; at 0.06 they form in about half the steps (0.1 was worse).
+        initializer_range=0.06,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -355,30 +368,30 @@ def build_demo_base_model(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    pretrain_steps: int = 300,
-    hidden_size: int = 192,
-    num_layers: int = 4,
-    vocab_size: int = 1024,
-    n_docs: int = 20000,
+    pretrain_steps: int = 600,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    n_docs: int = DEFAULT_N_DOCS,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     block_size: int = 128,
     batch_size: int = 16,
     lr: float = 3e-3,
     num_threads: int = 2,
 ) -> Path:
-    """Train a tokenizer, pretrain a small Llama on generic text, save both to `out_dir`.
+    """Train the tokenizer, pretrain a small Llama on generic text and save both to `out_dir`.
 
-    The directory loads with `AutoModelForCausalLM.from_pretrained` and
-    `AutoTokenizer.from_pretrained`. `num_threads` is pinned during training because the float
-    summation order (hence the weights' bytes) can depend on it.
+    The result loads with `AutoModelForCausalLM.from_pretrained(out_dir)` and
+    `AutoTokenizer.from_pretrained(out_dir)`. Defaults take about a minute on 2 CPU cores; the
+    copy skill the demo relies on appears after ~500-600 steps, so do not cut `pretrain_steps`
+    for a real demo (tests use a few steps only to check the files). `num_threads` is pinned
+    while training because the bytes of the weights may depend on it. Returns `out_dir`.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     docs = generic_documents(seed, n_docs)
-    tok = train_tokenizer(docs + _task_like_lines(), vocab_size)
+    tok = train_tokenizer(docs + task_like_lines(), vocab_size)
     with _deterministic_torch(seed, num_threads):
-        model = LlamaForCausalLM(_model_config(tok, hidden_size, num_layers))
-        rows = _pack(tok, docs, block_size)
+        model = LlamaForCausalLM(model_config(tok, hidden_size, num_layers))
         if pretrain_steps > 0:
+            rows = _pack(tok, docs, block_size)
             _pretrain(model, rows, steps=pretrain_steps, batch_size=batch_size, lr=lr, seed=seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id,
@@ -386,6 +399,8 @@ def build_demo_base_model(
         pad_token_id=tok.pad_token_id,
         do_sample=False,
     )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

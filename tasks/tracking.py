@@ -32,7 +32,7 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return "sqlite:///" + str((Path.cwd() / DEFAULT_TRACKING_URI.removeprefix("sqlite:///")))
+    return "sqlite:///" + str(Path.cwd() / DEFAULT_TRACKING_URI.removeprefix("sqlite:///"))
 
 
 def client() -> MlflowClient:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -121,6 +123,20 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
+@contextlib.contextmanager
+def _quiet_model_logger():
+    # log_model also tries to log model_config as run params; the run already has the config's
+    # `base_model` as written (maybe relative) while model_config holds the resolved path, and
+    # MLflow warns about the clash. The resolved path is in model_config and the version's tags.
+    model_logger = logging.getLogger("mlflow.models.model")
+    level = model_logger.level
+    model_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        model_logger.setLevel(level)
+
+
 @task(name="register-adapter", **IO_RETRIES)
 def register_adapter(
     *,
@@ -141,7 +157,7 @@ def register_adapter(
     try:
         # The signature is given explicitly; MLflow's hints about type hints and input examples
         # (an input example would load the model once more just to log it) are noise here.
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _quiet_model_logger():
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="adapter",

@@ -26,6 +26,7 @@ os.environ.update(
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,10 @@ def project(tmp_path, project_template, monkeypatch) -> Path:
     root = tmp_path / "project"
     shutil.copytree(project_template, root, symlinks=True)
     monkeypatch.chdir(root)
+    # mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI and
+    # MLFLOW_REGISTRY_URI, so an earlier test's store would leak into subprocesses started here.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return root
 
 

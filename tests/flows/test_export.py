@@ -149,3 +149,20 @@ def test_missing_bucket_unreachable_endpoint_and_unknown_versions(s3_env, monkey
         s3.check_bucket(s3.client(), s3.parse_s3_uri("s3://b/p"))
     assert err.value.retryable
     assert "testing-secret-value" not in str(err.value)
+
+
+def test_wrong_credentials_are_named_without_leaking_them(monkeypatch):
+    """A server that checks signatures (moto with auth on) refuses made-up credentials."""
+    from tests.conftest import moto_server
+
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY0000")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        with pytest.raises(s3.S3Error, match=r"^s3://guarded: credentials rejected at ") as err:
+            s3.check_bucket(s3.client(), s3.parse_s3_uri("s3://guarded/exports"))
+        assert not err.value.retryable
+        assert "wrong-secret-value" not in str(err.value)
+        assert "\n" not in str(err.value)

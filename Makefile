@@ -18,7 +18,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test lint lock clean
+.PHONY: setup run demo-assets test lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -47,6 +47,15 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(UV_FLAGS) \
 		--no-header -o requirements.lock
 	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
+
+# The team stack in Docker (Prefect + MLflow on PostgreSQL, MinIO, workers); see infra/.
+COMPOSE := docker compose -f infra/docker-compose.yml
+up:
+	$(COMPOSE) up -d --build
+up-gpu:
+	$(COMPOSE) -f infra/docker-compose.gpu.yml up -d --build
+down:
+	$(COMPOSE) down
 
 clean:
 	rm -rf .loraflow mlflow.db mlartifacts mlruns

@@ -65,13 +65,34 @@ def cmd_run(args) -> int:
     check(config)
     from flows.finetune import finetune
 
-    summary = finetune(config)
+    summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
     print_summary(summary, config.registry.promote_metric)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from flows.promote import promote_version
+
+    decision = promote_version(
+        model_name=args.model,
+        version=args.version,
+        metric=args.metric,
+        min_improvement=args.min_improvement,
+        force=args.force,
+    )
+    verdict = "champion moved" if decision.promote else "champion unchanged"
+    print(f"{args.model}: {verdict}: {decision.reason}")
     return 0
 
 
 def print_summary(summary, metric: str) -> None:
     print()
+    if summary.skipped:
+        print(f"{summary.model_name}: {summary.reason}; nothing trained")
+        print(
+            f"  data md5 {summary.data_md5}, champion adapter sha256 {summary.adapter_sha256[:16]}"
+        )
+        return
     print(f"{'model':<10} {'eval_loss':>10} {'perplexity':>11} {'exact_match':>12}")
     for name, m in summary.report.items():
         print(
@@ -227,7 +248,20 @@ def parser() -> argparse.ArgumentParser:
         )
         return sp
 
-    with_config("run", "run the fine-tune pipeline").set_defaults(func=cmd_run)
+    run = with_config("run", "run the fine-tune pipeline")
+    run.add_argument(
+        "--skip-unchanged",
+        action="store_true",
+        help="train nothing if data, config and base model equal the champion's",
+    )
+    run.set_defaults(func=cmd_run)
+    prom = sub.add_parser("promote", help="re-run the promotion gate for a version, or force it")
+    prom.add_argument("--model", required=True, help="registered model name")
+    prom.add_argument("--version", default=None, help="version number (default: the challenger)")
+    prom.add_argument("--metric", default="exact_match")
+    prom.add_argument("--min-improvement", type=float, default=0.0)
+    prom.add_argument("--force", action="store_true", help="move champion even if not better")
+    prom.set_defaults(func=cmd_promote)
     with_config("check", "validate config, base model and data; train nothing").set_defaults(
         func=cmd_check
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import Field
 
 from flows.export import export_model
 from flows.stages import check_args, eval_args, run_tags, train_args, train_metrics
@@ -15,7 +16,7 @@ from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_evaluation
 from tasks.lineage import collect_lineage
 from tasks.preflight import check_inputs
-from tasks.registry import fetch_champion, promote, register_adapter
+from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
 from tasks.tracking import close_run, log_metrics, open_run
 from tasks.train import train
 
@@ -33,10 +34,43 @@ class RunSummary:
     adapter_sha256: str
     adapter_dir: str
     report: dict[str, dict[str, float]]
+    skipped: bool = False
 
 
-@flow(name="finetune", flow_run_name="finetune-{config.adapter.method}", log_prints=True)
-def finetune(config: LoraflowConfig) -> RunSummary:
+def _run_name(config: LoraflowConfig, data_md5: str = "") -> str:
+    """Flow-run name in the dashboard: method, base model and, once versioned, the data md5."""
+    base = Path(str(config.base_model).rstrip("/")).name
+    return f"{config.adapter.method}-{base}" + (f"-{data_md5[:8]}" if data_md5 else "")
+
+
+def _initial_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    if isinstance(config, dict):
+        config = LoraflowConfig.model_validate(config)
+    return _run_name(config)
+
+
+def _rename_flow_run(name: str) -> None:
+    """Put the data version into the flow run's name once it is known."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        with get_client(sync_client=True) as prefect_client:
+            prefect_client.update_flow_run(flow_run.id, name=name)
+
+
+@flow(name="finetune", flow_run_name=_initial_run_name, log_prints=True)
+def finetune(
+    config: LoraflowConfig,
+    skip_if_unchanged: bool = Field(
+        False,
+        description="Train nothing when data md5, config sha256 and base model sha256 all equal "
+        "the champion's (scheduled retraining)",
+    ),
+) -> RunSummary:
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
@@ -47,6 +81,7 @@ def finetune(config: LoraflowConfig) -> RunSummary:
       5. register: the adapter as a new version of the registered model, alias `challenger`
       6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
       7. export (export.enabled, new champions only): merge into the base, publish to S3
+    With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
     """
     logger = get_run_logger()
     registry = config.registry
@@ -59,8 +94,24 @@ def finetune(config: LoraflowConfig) -> RunSummary:
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
+    _rename_flow_run(_run_name(config, dataset.md5))
 
     tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
+    if skip_if_unchanged:
+        same = unchanged_champion(model_name=registry.model_name, tags=tags)
+        if same is not None:
+            return RunSummary(
+                run_id=same.run_id,
+                model_name=registry.model_name,
+                version=same.version,
+                promoted=False,
+                reason=f"unchanged since champion v{same.version}, skipped",
+                data_md5=dataset.md5,
+                adapter_sha256=same.tags.get("adapter_sha256", ""),
+                adapter_dir="",
+                report={},
+                skipped=True,
+            )
     run_id = open_run(
         experiment=registry.experiment,
         run_name=f"{config.adapter.method}-{Path(base_model).name}-{dataset.md5[:8]}",

@@ -34,3 +34,13 @@ def decide(metric: str, challenger: float, champion: float | None, min_improveme
         f"(gain {gain:+.4f}, needed > {min_improvement:g})"
     )
     return Decision(better, metric, challenger, champion, reason)
+
+
+# What decides whether a retrain could change anything: the data version, the resolved config and
+# the base model's weights. Equal on the champion's version -> nothing new to learn.
+LINEAGE_KEYS = ("data_md5", "config_sha256", "base_model_sha256")
+
+
+def changed_inputs(current: dict[str, str], champion_tags: dict[str, str]) -> list[str]:
+    """Lineage keys whose value differs from the champion's (a missing tag counts as changed)."""
+    return [k for k in LINEAGE_KEYS if not current.get(k) or current.get(k) != champion_tags.get(k)]

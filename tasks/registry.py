@@ -14,11 +14,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 import models
 from models.errors import LoraflowError
-from models.promotion import Decision, decide
+from models.promotion import LINEAGE_KEYS, Decision, changed_inputs, decide
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import TrackingError, client, tracking_uri
 
@@ -64,8 +64,11 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return match["name"], match["alias"], match["version"]
 
 
-def resolve_version(model_uri: str) -> VersionRef:
-    """Look the version up and download its adapter; one-line errors for what does not exist."""
+def resolve_version(model_uri: str, download: bool = True) -> VersionRef:
+    """Look the version up and download its adapter; one-line errors for what does not exist.
+
+    With download=False only the registry is read (adapter_dir is then empty).
+    """
     name, alias, number = parse_model_uri(model_uri)
     mlf = client()
     try:
@@ -85,14 +88,18 @@ def resolve_version(model_uri: str) -> VersionRef:
             what = f"alias {alias!r} points to no version" if alias else f"no version {number}"
             raise RegistryError(f"{model_uri}: {what} of model {name!r}") from None
         raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
+    local = (
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
+        if download
+        else ""
+    )
     metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
     return VersionRef(
         model_name=name,
         version=str(mv.version),
         run_id=mv.run_id or "",
         base_model=mv.tags.get("base_model", ""),
-        adapter_dir=str(Path(local) / "artifacts" / "adapter"),
+        adapter_dir=str(Path(local) / "artifacts" / "adapter") if local else "",
         tags=dict(mv.tags),
         recorded_metrics=dict(metrics),
     )
@@ -111,6 +118,32 @@ def fetch_champion(*, model_name: str) -> VersionRef | None:
         return resolve_version(f"models:/{model_name}@{CHAMPION}")
     except RegistryError:
         return None
+
+
+@task(name="check-unchanged", **IO_RETRIES)
+def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef | None:
+    """The champion when this run's data, config and base model all equal its; else None."""
+    try:
+        champion = resolve_version(f"models:/{model_name}@{CHAMPION}", download=False)
+    except RegistryError:
+        logger().info("no champion of %s yet: training", model_name)
+        return None
+    changed = changed_inputs(tags, champion.tags)
+    if changed:
+        logger().info("changed since champion v%s: %s: training", champion.version, changed)
+        return None
+    create_markdown_artifact(
+        key="retrain-check",
+        markdown=(
+            f"### {model_name}: unchanged, skipped\n\n"
+            f"Data md5, config sha256 and base model sha256 equal those of champion "
+            f"v{champion.version} (run {champion.run_id}); nothing was trained.\n\n"
+            + "\n".join(f"- **{k}**: {tags[k]}" for k in LINEAGE_KEYS)
+        ),
+        description="Retrain check",
+    )
+    logger().info("unchanged since champion v%s: skipped training", champion.version)
+    return champion
 
 
 def pip_requirements() -> list[str]:
@@ -173,7 +206,26 @@ def register_adapter(
     except MlflowException as e:
         raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
     logger().info("registered %s version %s (alias %s)", model_name, version.version, alias)
+    _link_artifacts(mlf, run_id, model_name, str(version.version))
     return str(version.version)
+
+
+def _link_artifacts(mlf, run_id: str, model_name: str, version: str) -> None:
+    """Dashboard links to the MLflow run and model version, where MLflow has a web UI."""
+    uri = tracking_uri().rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return
+    experiment_id = mlf.get_run(run_id).info.experiment_id
+    create_link_artifact(
+        key="mlflow-run",
+        link=f"{uri}/#/experiments/{experiment_id}/runs/{run_id}",
+        link_text=f"MLflow run {run_id}",
+    )
+    create_link_artifact(
+        key="mlflow-model-version",
+        link=f"{uri}/#/models/{model_name}/versions/{version}",
+        link_text=f"{model_name} v{version}",
+    )
 
 
 @task(name="promote", **IO_RETRIES)
@@ -186,13 +238,29 @@ def promote(
     champion_version: str | None,
     champion_value: float | None,
     min_improvement: float,
+    force: bool = False,
 ) -> Decision:
-    """Move `champion` to `version` only if it beats the current champion; record the decision."""
+    """Move `champion` to `version` only if it beats the current champion; record the decision.
+
+    force=True moves it regardless (an operator's decision, e.g. a rollback), recorded as such.
+    """
     mlf = client()
     decision = decide(metric, challenger_value, champion_value, min_improvement)
+    if force:
+        decision = Decision(
+            True,
+            metric,
+            challenger_value,
+            champion_value,
+            f"forced by operator ({decision.reason})",
+        )
     if decision.promote:
         mlf.set_registered_model_alias(model_name, CHAMPION, version)
-    outcome = "promoted" if decision.promote else f"kept champion v{champion_version}"
+    outcome = (
+        ("promoted (forced)" if force else "promoted")
+        if decision.promote
+        else f"kept champion v{champion_version}"
+    )
     record = {
         "promotion.outcome": outcome,
         "promotion.metric": metric,

@@ -92,3 +92,41 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
     tags = mlf.get_model_version("flowtest", "2").tags
     assert tags["promotion.outcome"] == "kept champion v1"
     assert tags["promotion.champion_version"] == "1"
+
+
+def test_unchanged_inputs_skip_training_and_any_change_retrains(
+    project, tiny_base, prefect_harness
+):
+    from flows.finetune import finetune
+
+    cfg = config(tiny_base, max_steps=4)
+    first = finetune(cfg, skip_if_unchanged=True)  # no champion yet: trains
+    assert first.promoted and not first.skipped
+
+    again = finetune(cfg, skip_if_unchanged=True)
+    assert again.skipped and again.version == "1" and again.report == {}
+    assert again.reason == "unchanged since champion v1, skipped"
+    mlf = client()
+    assert len(mlf.search_model_versions("name='flowtest'")) == 1  # nothing registered
+    runs = mlf.search_runs([mlf.get_experiment_by_name("loraflow").experiment_id])
+    assert len(runs) == 1  # and no MLflow run opened
+
+    # Without the switch, the same inputs train again (e.g. to check determinism).
+    forced = finetune(cfg)
+    assert not forced.skipped and forced.version == "2"
+
+    # A config change (any field) retrains.
+    changed = finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True)
+    assert not changed.skipped and changed.version == "3"
+
+    # The check is against whatever is champion now: make v3 champion, its inputs skip...
+    from flows.promote import promote_version
+
+    promote_version(model_name="flowtest", version="3", metric="eval_loss", force=True)
+    assert finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True).skipped
+    # ...and new data retrains.
+    with (project / "data" / "train.jsonl").open("a") as f:
+        f.write('{"prompt": "Repeat the words: cat\\nAnswer:", "completion": " cat"}\n')
+    new_data = finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True)
+    assert not new_data.skipped and new_data.version == "4"
+    assert new_data.data_md5 != changed.data_md5

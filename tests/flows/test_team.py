@@ -1,0 +1,270 @@
+"""The team setup for real: Prefect server + process workers + MLflow server, both on PostgreSQL.
+
+Everything runs as separate processes on loopback, as in production: `prefect deploy --all` reads
+the repository's prefect.yaml, workers pick the runs up, flows register into the MLflow server over
+HTTP (artifacts proxied by it). Skipped, with the reason, only where no PostgreSQL answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def postgres_or_skip():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        conn = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
+    except psycopg2.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({str(e).strip().splitlines()[0]})")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="module")
+def databases():
+    conn = postgres_or_skip()
+    names = [f"loraflow_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("prefect", "mlflow")]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    yield names
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+class Processes:
+    def __init__(self, logs: Path):
+        self.logs, self.procs = logs, []
+
+    def start(self, name: str, cmd: list[str], env: dict, cwd: Path) -> tuple:
+        log = self.logs / f"{name}.log"
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc, log
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def team(databases, tmp_path_factory, project_template, tiny_base):
+    """Servers, work pools, deployments and workers; yields (env, project, mlflow_uri)."""
+    root = tmp_path_factory.mktemp("team")
+    project = root / "project"
+    shutil.copytree(project_template, project, symlinks=True)
+    for part in ("flows", "tasks", "models", "configs"):
+        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    prefect_db, mlflow_db = databases
+    prefect_port, mlflow_port = free_port(), free_port()
+    mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "LORAFLOW_HOME": str(project),
+    }
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    procs = Processes(root)
+    try:
+        mlflow, mlflow_log = procs.start(
+            "mlflow",
+            [
+                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
+                "--artifacts-destination", str(root / "mlflow-artifacts"), "--workers", "1",
+            ],
+            env,
+            root,
+        )  # fmt: skip
+        server_env = {
+            **env,
+            "PREFECT_API_DATABASE_CONNECTION_URL": (
+                f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}"
+            ),
+        }
+        server, server_log = procs.start(
+            "prefect-server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+             "--port", str(prefect_port)],
+            server_env,
+            root,
+        )  # fmt: skip
+        wait_http(f"{env['PREFECT_API_URL']}/health", server, server_log)
+        wait_http(f"{mlflow_uri}/health", mlflow, mlflow_log)
+
+        def prefect(*args):
+            return cli([str(BIN / "prefect"), *args], env, project)
+
+        for pool in ("gpu", "cpu"):
+            prefect("work-pool", "create", pool, "--type", "process")
+        deployed = prefect("--no-prompt", "deploy", "--all")
+        for pool in ("gpu", "cpu"):
+            procs.start(
+                f"worker-{pool}",
+                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                env,
+                project,
+            )
+        yield {"env": env, "project": project, "mlflow": mlflow_uri, "deployed": deployed,
+               "logs": root}  # fmt: skip
+    finally:
+        procs.stop()
+
+
+def cli(cmd: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def tiny_config(tiny_base, steps: int) -> dict:
+    return {
+        "base_model": str(tiny_base),
+        "data": {"path": "data", "max_seq_len": 64},
+        "adapter": {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": 3e-3},
+        "evaluation": {"max_examples": 16, "max_new_tokens": 8},
+        "registry": {"model_name": "team", "promote_metric": "eval_loss"},
+    }
+
+
+def run_deployment(team, name: str, params: dict) -> dict:
+    """`prefect deployment run --watch` as an operator would; returns the flow run's record."""
+    env, project = team["env"], team["project"]
+    out = cli(
+        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
+         "--watch", "--watch-timeout", "600"],
+        env,
+        project,
+    )  # fmt: skip
+    code = (
+        "import json, sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    r = c.read_flow_run(sys.argv[1])\n"
+        "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id]))\n"
+        "    keys = sorted(a.key or '' for a in c.read_artifacts(artifact_filter=f))\n"
+        "    print(json.dumps({'name': r.name, 'state': r.state.type.value,\n"
+        "                      'tags': r.tags, 'id': str(r.id), 'artifacts': keys}))\n"
+    )
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)[1]
+    record = json.loads(
+        cli([sys.executable, "-c", code, flow_run_id], env, project).strip().splitlines()[-1]
+    )
+    assert record["state"] == "COMPLETED", (out, record)
+    return record
+
+
+def registry(team):
+    from mlflow import MlflowClient
+
+    mlf = MlflowClient(tracking_uri=team["mlflow"], registry_uri=team["mlflow"])
+    versions = mlf.search_model_versions("name='team'")
+    aliases = {k: str(v) for k, v in mlf.get_registered_model("team").aliases.items()}
+    return mlf, {str(v.version) for v in versions}, aliases
+
+
+def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
+    for name in ("finetune", "finetune-nightly", "promote"):
+        assert name in team["deployed"]
+
+    # The nightly deployment, twice on the same inputs: the first trains, the second skips.
+    first = run_deployment(team, "finetune/finetune-nightly", {"config": tiny_config(tiny_base, 8)})
+    assert first["name"].startswith("lora-tiny-base0-")  # method, base model, data md5
+    assert {"evaluation", "promotion", "mlflow-run", "mlflow-model-version"} <= set(
+        first["artifacts"]
+    ), first["artifacts"]
+    mlf, versions, aliases = registry(team)
+    assert versions == {"1"} and aliases == {"champion": "1", "challenger": "1"}
+    mv = mlf.get_model_version("team", "1")
+    run = mlf.get_run(mv.run_id)
+    assert run.data.metrics["trainable_params"] > 0 and mv.tags["data_md5"]
+    runs_before = len(mlf.search_runs([run.info.experiment_id]))
+
+    second = run_deployment(
+        team, "finetune/finetune-nightly", {"config": tiny_config(tiny_base, 8)}
+    )
+    assert "retrain-check" in second["artifacts"]
+    mlf, versions, _ = registry(team)
+    assert versions == {"1"}  # nothing registered
+    assert len(mlf.search_runs([run.info.experiment_id])) == runs_before  # no run opened
+    worker_log = (team["logs"] / "worker-gpu.log").read_text()
+    assert "unchanged since champion v1: skipped training" in worker_log
+
+    # The on-demand deployment always trains; a weaker adapter stays challenger.
+    run_deployment(team, "finetune/finetune", {"config": tiny_config(tiny_base, 1)})
+    _, versions, aliases = registry(team)
+    assert versions == {"1", "2"} and aliases == {"champion": "1", "challenger": "2"}
+
+    # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
+    run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})
+    assert registry(team)[2]["champion"] == "1"
+    run_deployment(
+        team,
+        "promote/promote",
+        {"model_name": "team", "version": "2", "metric": "eval_loss", "force": True},
+    )
+    mlf, _, aliases = registry(team)
+    assert aliases["champion"] == "2"
+    assert mlf.get_model_version("team", "2").tags["promotion.outcome"] == "promoted (forced)"
+    # Back to v1 through the gate: its recorded eval_loss beats v2's.
+    run_deployment(
+        team, "promote/promote", {"model_name": "team", "version": "1", "metric": "eval_loss"}
+    )
+    mlf, _, aliases = registry(team)
+    assert aliases["champion"] == "1"
+    assert mlf.get_model_version("team", "1").tags["promotion.outcome"] == "promoted"

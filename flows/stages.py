@@ -52,6 +52,7 @@ def train_args(config: LoraflowConfig, base_model: str, run_id: str) -> dict:
         "logging_steps": training.logging_steps,
         "device": training.device,
         "dtype": training.dtype,
+        "num_processes": training.num_processes,
         "output_dir": str(Path(training.output_dir) / run_id / "adapter"),
         "config_yaml": config.to_yaml(),
     }

@@ -142,6 +142,11 @@ class TrainingConfig(_Section):
         "auto", description="Compute dtype: auto = bf16 on CUDA with bf16 support, else fp32."
     )
     output_dir: str = Field(".loraflow/runs", description="Where adapters are written locally.")
+    num_processes: int = Field(
+        1,
+        description="Data-parallel training processes on this machine (DDP via torchrun: one per "
+        "GPU on CUDA, gloo on CPU); batch_size stays per process.",
+    )
 
     @field_validator("learning_rate")
     @classmethod
@@ -150,7 +155,9 @@ class TrainingConfig(_Section):
             raise ValueError(f"must be > 0 (got {v})")
         return v
 
-    @field_validator("max_steps", "batch_size", "grad_accum_steps", "logging_steps")
+    @field_validator(
+        "max_steps", "batch_size", "grad_accum_steps", "logging_steps", "num_processes"
+    )
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,16 +68,24 @@ def train_adapter(
     output_dir: str | Path,
     extra_files: dict[str, str] | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
+    save: bool = True,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
     extra_files: name -> text written beside the adapter (e.g. the resolved run config).
     on_log: called with the Trainer's log dict and step (loss curve for the caller's tracker).
+    save: False in the non-zero ranks of a distributed run (see models.distributed): they train
+        but write nothing, and their result has no adapter.
+    Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
+    GPU per process.
     """
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "cuda" and world_size > 1:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" = this rank's GPU
     adapter_method = get_method(method)
     load_kwargs = adapter_method.load_kwargs() if adapter_method.load_kwargs else {}
     model, tokenizer = load_base(
@@ -133,6 +142,7 @@ def train_adapter(
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=False,
+        ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
     )
     optimizers = (None, None)
     if adapter_method.param_groups is not None:
@@ -151,8 +161,27 @@ def train_adapter(
     with track_peak_memory(device) as memory:
         output = trainer.train()
     seconds = time.perf_counter() - started
+    seen = tokens["seen"]
+    if world_size > 1 and torch.distributed.is_initialized():
+        # Tokens of all processes, so tokens/s is the whole job's throughput.
+        total_seen = torch.tensor([seen], dtype=torch.long, device=trainer.args.device)
+        torch.distributed.all_reduce(total_seen)
+        seen = int(total_seen.item())
 
     out = Path(output_dir)
+    if not save:
+        return TrainResult(
+            adapter_dir="",
+            adapter_sha256="",
+            trainable_params=trainable,
+            total_params=total,
+            steps=output.global_step,
+            train_loss=float(output.training_loss),
+            train_seconds=seconds,
+            tokens_per_second=seen / seconds if seconds > 0 else 0.0,
+            truncated_examples=data.truncated,
+            loss_history=history,
+        )
     out.mkdir(parents=True, exist_ok=True)
     if adapter_method.before_save is not None:
         adapter_method.before_save(model, spec)
@@ -168,7 +197,7 @@ def train_adapter(
         steps=output.global_step,
         train_loss=float(output.training_loss),
         train_seconds=seconds,
-        tokens_per_second=tokens["seen"] / seconds if seconds > 0 else 0.0,
+        tokens_per_second=seen / seconds if seconds > 0 else 0.0,
         truncated_examples=data.truncated,
         adapter_bytes=(out / ADAPTER_WEIGHTS).stat().st_size,
         peak_memory_bytes=memory.peak_bytes,

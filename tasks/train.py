@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from prefect import task
 
+from models.distributed import train_adapter_distributed
 from models.methods import AdapterSpec
 from models.train import TrainResult, train_adapter
 from tasks.runtime import logger
@@ -37,6 +39,7 @@ def train(
     dtype: str,
     output_dir: str,
     config_yaml: str,
+    num_processes: int = 1,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml."""
     mlf = client()
@@ -53,7 +56,11 @@ def train(
         except Exception as e:  # noqa: BLE001
             log.warning("could not log step %d to MLflow: %s", step, e)
 
-    result = train_adapter(
+    run = train_adapter
+    if num_processes > 1:
+        log.info("training with %d data-parallel processes (torchrun)", num_processes)
+        run = functools.partial(train_adapter_distributed, num_processes)
+    result = run(
         base_model=base_model,
         trust_remote_code=trust_remote_code,
         train_file=train_file,

@@ -1,0 +1,102 @@
+"""Data-parallel training on one machine: `torchrun` processes running `train_adapter` (DDP).
+
+The caller's process launches `python -m torch.distributed.run --standalone --nproc_per_node N
+-m models.distributed REQUEST` and stays the only one that talks to trackers: rank 0 prints each
+Trainer log as one `LORAFLOW_LOG {json}` line on stdout (relayed live to `on_log`), saves the
+adapter and writes the TrainResult as JSON; the other ranks only train. `batch_size` stays per
+process, so the global batch is N x batch_size (x grad_accum_steps).
+
+Backend: NCCL on CUDA (one GPU per process), gloo on CPU, chosen by the Trainer from the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from models.errors import LoraflowError
+from models.methods import AdapterSpec
+from models.train import TrainResult, train_adapter
+
+LOG_PREFIX = "LORAFLOW_LOG "
+
+
+class DistributedTrainingError(LoraflowError):
+    """A training process of a multi-process run failed."""
+
+
+def train_adapter_distributed(
+    num_processes: int,
+    on_log: Callable[[dict[str, float], int], None] | None = None,
+    **kwargs,
+) -> TrainResult:
+    """`train_adapter(**kwargs)` in `num_processes` DDP processes; the result comes from rank 0."""
+    if num_processes < 2:
+        raise ValueError("num_processes must be >= 2 for a distributed run")
+    spec: AdapterSpec = kwargs.pop("spec")
+    with tempfile.TemporaryDirectory(prefix="loraflow-ddp-") as tmp:
+        request = Path(tmp) / "request.json"
+        result_file = Path(tmp) / "result.json"
+        request.write_text(
+            json.dumps(
+                {
+                    "kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()},
+                    "spec": dataclasses.asdict(spec),
+                    "result": str(result_file),
+                }
+            )
+        )
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={num_processes}", "-m", "models.distributed", str(request),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(LOG_PREFIX):
+                record = json.loads(line[len(LOG_PREFIX) :])
+                if on_log:
+                    on_log(record["logs"], record["step"])
+            else:
+                sys.stdout.write(line)
+        code = proc.wait()
+        if code != 0 or not result_file.is_file():
+            raise DistributedTrainingError(
+                f"training with {num_processes} processes failed (exit code {code}); "
+                "see the log above"
+            )
+        raw = json.loads(result_file.read_text())
+    raw["loss_history"] = [tuple(x) for x in raw["loss_history"]]
+    return TrainResult(**raw)
+
+
+def _worker(request_path: str) -> None:
+    """One torchrun process: train; rank 0 relays logs, saves and writes the result."""
+    import torch.distributed as dist
+
+    request = json.loads(Path(request_path).read_text())
+    rank = int(os.environ.get("RANK", "0"))
+
+    def relay(logs: dict[str, float], step: int) -> None:
+        if rank == 0:
+            print(LOG_PREFIX + json.dumps({"logs": logs, "step": step}), flush=True)
+
+    kwargs = dict(request["kwargs"])
+    result = train_adapter(
+        spec=AdapterSpec(**request["spec"]), on_log=relay, save=rank == 0, **kwargs
+    )
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        Path(request["result"]).write_text(json.dumps(dataclasses.asdict(result)))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

@@ -168,30 +168,9 @@ def train_adapter(
         torch.distributed.all_reduce(total_seen)
         seen = int(total_seen.item())
 
-    out = Path(output_dir)
-    if not save:
-        return TrainResult(
-            adapter_dir="",
-            adapter_sha256="",
-            trainable_params=trainable,
-            total_params=total,
-            steps=output.global_step,
-            train_loss=float(output.training_loss),
-            train_seconds=seconds,
-            tokens_per_second=seen / seconds if seconds > 0 else 0.0,
-            truncated_examples=data.truncated,
-            loss_history=history,
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter_method.before_save is not None:
-        adapter_method.before_save(model, spec)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    for name, text in (extra_files or {}).items():
-        (out / name).write_text(text, encoding="utf-8")
-    return TrainResult(
-        adapter_dir=str(out),
-        adapter_sha256=file_sha256(out / ADAPTER_WEIGHTS),
+    result = TrainResult(
+        adapter_dir="",
+        adapter_sha256="",
         trainable_params=trainable,
         total_params=total,
         steps=output.global_step,
@@ -199,8 +178,21 @@ def train_adapter(
         train_seconds=seconds,
         tokens_per_second=seen / seconds if seconds > 0 else 0.0,
         truncated_examples=data.truncated,
-        adapter_bytes=(out / ADAPTER_WEIGHTS).stat().st_size,
         peak_memory_bytes=memory.peak_bytes,
         peak_memory_kind=memory.kind,
         loss_history=history,
     )
+    if not save:
+        return result
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if adapter_method.before_save is not None:
+        adapter_method.before_save(model, spec)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for name, text in (extra_files or {}).items():
+        (out / name).write_text(text, encoding="utf-8")
+    result.adapter_dir = str(out)
+    result.adapter_sha256 = file_sha256(out / ADAPTER_WEIGHTS)
+    result.adapter_bytes = (out / ADAPTER_WEIGHTS).stat().st_size
+    return result

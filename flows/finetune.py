@@ -18,7 +18,7 @@ from tasks.lineage import collect_lineage
 from tasks.preflight import check_inputs
 from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
 from tasks.tracking import close_run, log_metrics, open_run
-from tasks.train import train
+from tasks.train import dispatch_training, fetch_trained_adapter, train
 
 
 @dataclass
@@ -120,7 +120,17 @@ def finetune(
         tags=tags,
     )
     try:
-        adapter = train(**train_args(config, base_model, run_id))
+        if config.training.deployment:
+            dispatch_training(
+                deployment=config.training.deployment,
+                config=config.model_dump(mode="json"),
+                run_id=run_id,
+                data_md5=dataset.md5,
+            )
+            dest = Path(config.training.output_dir) / run_id
+            adapter = fetch_trained_adapter(run_id=run_id, dest=str(dest))
+        else:
+            adapter = train(**train_args(config, base_model, run_id))
 
         champion = fetch_champion(model_name=registry.model_name)
         candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}

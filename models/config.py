@@ -142,6 +142,11 @@ class TrainingConfig(_Section):
         "auto", description="Compute dtype: auto = bf16 on CUDA with bf16 support, else fp32."
     )
     output_dir: str = Field(".loraflow/runs", description="Where adapters are written locally.")
+    deployment: str | None = Field(
+        None,
+        description="Prefect deployment that trains (e.g. train-adapter/train on the gpu pool); "
+        "empty = train inside the pipeline's own process.",
+    )
     num_processes: int = Field(
         1,
         description="Data-parallel training processes on this machine (DDP via torchrun: one per "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,3 +85,55 @@ def push_data(*, dataset: DataVersion, remote: str | None = None) -> None:
     args = ["push", Path(dataset.dvc_file).name] + (["--remote", remote] if remote else [])
     run_dvc(Path(dataset.repo), *args)
     logger().info("data md5 %s pushed to DVC remote %s", dataset.md5, remote or "(default)")
+
+
+def _remote_settings(repo: Path, remote: str | None) -> tuple[str, dict[str, str]]:
+    """(name, {option: value}) of the repo's remote `remote` (or its default), with a local
+    remote's relative URL made absolute (DVC resolves it against the config's `.dvc/`)."""
+    name = remote or run_dvc(repo, "remote", "default").strip()
+    if not name:
+        raise DvcError(f"{repo}: no DVC remote named and no default remote set")
+    prefix = f"remote.{name}."
+    settings = {}
+    for line in run_dvc(repo, "config", "--list").splitlines():
+        key, _, value = line.partition("=")
+        if key.startswith(prefix):
+            settings[key.removeprefix(prefix)] = value
+    if "url" not in settings:
+        raise DvcError(f"{repo}: DVC remote {name!r} is not configured")
+    url = settings["url"]
+    if "://" not in url and not Path(url).is_absolute():
+        settings["url"] = str((repo / ".dvc" / url).resolve())
+    return name, settings
+
+
+@task(name="fetch-data-version", **IO_RETRIES)
+def fetch_data_version(*, md5: str, repo: str = ".", remote: str | None = None) -> str:
+    """The data version `md5` pulled from the DVC remote, whatever this checkout's data/ holds.
+
+    Pulled into `<repo>/.loraflow/data-versions/<md5>/data` through a scratch DVC project
+    (no git) that uses the repo's remote, so neither the working tree nor data.dvc change. A
+    complete earlier pull is reused. Returns the data directory.
+    """
+    root = find_dvc_repo(Path(repo))
+    key = md5.removesuffix(".dir")
+    scratch = root / ".loraflow" / "data-versions" / key
+    data = scratch / "data"
+    done = scratch / "COMPLETE"
+    if done.is_file():
+        return str(data)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    name, settings = _remote_settings(root, remote)
+    run_dvc(scratch, "init", "--no-scm", "-q")
+    run_dvc(scratch, "config", "core.analytics", "false")
+    run_dvc(scratch, "remote", "add", "-d", name, settings.pop("url"))
+    for option, value in settings.items():
+        run_dvc(scratch, "remote", "modify", name, option, value)
+    meta = {"outs": [{"md5": md5, "hash": "md5", "path": "data"}]}
+    (scratch / "data.dvc").write_text(yaml.safe_dump(meta))
+    run_dvc(scratch, "pull", "data.dvc")
+    done.write_text(md5 + "\n")
+    logger().info("data md5 %s pulled from DVC remote %s into %s", md5, name, data)
+    return str(data)

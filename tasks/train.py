@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import time
+from pathlib import Path
 
 from prefect import task
 
 from models.distributed import train_adapter_distributed
+from models.errors import LoraflowError
+from models.hashing import file_sha256
 from models.methods import AdapterSpec
-from models.train import TrainResult, train_adapter
-from tasks.runtime import logger
+from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
+from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
 
 
@@ -94,3 +99,62 @@ def train(
         result.adapter_sha256[:12],
     )
     return result
+
+
+TRAINED_ADAPTER = "trained-adapter"  # artifact path of a dispatched training's adapter on the run
+
+
+@task(name="publish-adapter", **IO_RETRIES)
+def publish_adapter(*, run_id: str, result: TrainResult) -> None:
+    """Put a trained adapter and its figures on the MLflow run, for a pipeline elsewhere."""
+    mlf = client()
+    mlf.log_artifacts(run_id, result.adapter_dir, TRAINED_ADAPTER)
+    figures = {k: v for k, v in dataclasses.asdict(result).items() if k != "adapter_dir"}
+    mlf.log_text(run_id, json.dumps(figures), f"{TRAINED_ADAPTER}-result.json")
+    logger().info("adapter of run %s published to the artifact store", run_id)
+
+
+@task(name="fetch-trained-adapter", **IO_RETRIES)
+def fetch_trained_adapter(*, run_id: str, dest: str) -> TrainResult:
+    """The adapter a dispatched training published on the run, downloaded and hash-checked."""
+    mlf = client()
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    figures = json.loads(
+        Path(mlf.download_artifacts(run_id, f"{TRAINED_ADAPTER}-result.json", dest)).read_text()
+    )
+    adapter_dir = mlf.download_artifacts(run_id, TRAINED_ADAPTER, dest)
+    got = file_sha256(Path(adapter_dir) / ADAPTER_WEIGHTS)
+    if got != figures["adapter_sha256"]:
+        raise TrainingDispatchError(
+            f"run {run_id}: downloaded adapter sha256 {got[:12]} != published "
+            f"{figures['adapter_sha256'][:12]}"
+        )
+    figures["loss_history"] = [tuple(x) for x in figures["loss_history"]]
+    return TrainResult(adapter_dir=adapter_dir, **figures)
+
+
+class TrainingDispatchError(LoraflowError):
+    """The training deployment failed or its adapter did not arrive intact."""
+
+    retryable = False
+
+
+@task(name="dispatch-training")
+def dispatch_training(*, deployment: str, config: dict, run_id: str, data_md5: str) -> None:
+    """Run the training deployment (e.g. on the `gpu` pool) and wait for it to finish."""
+    from prefect.deployments import run_deployment
+
+    log = logger()
+    log.info("dispatching training of run %s to deployment %s", run_id, deployment)
+    flow_run = run_deployment(
+        name=deployment,
+        parameters={"config": config, "run_id": run_id, "data_md5": data_md5},
+        timeout=None,  # training takes what it takes; the deployment has its own limits
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise TrainingDispatchError(
+            f"training deployment {deployment}: flow run {flow_run.name} ended "
+            f"{state.type.value if state else 'without a state'}"
+        )
+    log.info("training flow run %s completed", flow_run.name)

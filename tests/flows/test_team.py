@@ -170,12 +170,17 @@ def cli(cmd: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:
     return proc.stdout
 
 
-def tiny_config(tiny_base, steps: int) -> dict:
+def tiny_config(tiny_base, steps: int, deployment: str | None = None) -> dict:
     return {
         "base_model": str(tiny_base),
         "data": {"path": "data", "max_seq_len": 64},
         "adapter": {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": 3e-3},
+        "training": {
+            "max_steps": steps,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "deployment": deployment,
+        },
         "evaluation": {"max_examples": 16, "max_new_tokens": 8},
         "registry": {"model_name": "team", "promote_metric": "eval_loss"},
     }
@@ -219,7 +224,7 @@ def registry(team):
 
 
 def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
-    for name in ("finetune", "finetune-nightly", "promote"):
+    for name in ("finetune", "finetune-nightly", "train", "promote"):
         assert name in team["deployed"]
 
     # The nightly deployment, twice on the same inputs: the first trains, the second skips.
@@ -242,13 +247,26 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     mlf, versions, _ = registry(team)
     assert versions == {"1"}  # nothing registered
     assert len(mlf.search_runs([run.info.experiment_id])) == runs_before  # no run opened
-    worker_log = (team["logs"] / "worker-gpu.log").read_text()
+    worker_log = (team["logs"] / "worker-cpu.log").read_text()
     assert "unchanged since champion v1: skipped training" in worker_log
 
-    # The on-demand deployment always trains; a weaker adapter stays challenger.
-    run_deployment(team, "finetune/finetune", {"config": tiny_config(tiny_base, 1)})
+    # The on-demand deployment always trains; here the pipeline (cpu pool) dispatches the
+    # training step to the train deployment (gpu pool), which pulls the data version from the
+    # DVC remote and publishes the adapter on the MLflow run. A weaker adapter stays challenger.
+    dispatched = run_deployment(
+        team,
+        "finetune/finetune",
+        {"config": tiny_config(tiny_base, 1, deployment="train-adapter/train")},
+    )
     _, versions, aliases = registry(team)
     assert versions == {"1", "2"} and aliases == {"champion": "1", "challenger": "2"}
+    mv2 = mlf.get_model_version("team", "2")
+    trained = mlf.list_artifacts(mv2.run_id, "trained-adapter")
+    assert "trained-adapter/adapter_model.safetensors" in {a.path for a in trained}
+    gpu_log = (team["logs"] / "worker-gpu.log").read_text()
+    assert "published to the artifact store" in gpu_log
+    cpu_log = (team["logs"] / "worker-cpu.log").read_text()
+    assert "dispatching training of run" in cpu_log and dispatched["state"] == "COMPLETED"
 
     # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
     run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})

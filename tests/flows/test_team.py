@@ -286,3 +286,14 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     mlf, _, aliases = registry(team)
     assert aliases["champion"] == "1"
     assert mlf.get_model_version("team", "1").tags["promotion.outcome"] == "promoted"
+
+
+def test_kubernetes_gpu_job_template_is_accepted_by_the_server(team):
+    """The server validates a base job template: every placeholder must be a declared variable."""
+    env, project = team["env"], team["project"]
+    template = REPO / "infra" / "k8s" / "gpu-job-template.json"
+    prefect = str(BIN / "prefect")
+    cli([prefect, "work-pool", "create", "gpu-k8s", "--type", "kubernetes",
+         "--base-job-template", str(template)], env, project)  # fmt: skip
+    shown = cli([prefect, "work-pool", "inspect", "gpu-k8s"], env, project)
+    assert "nvidia.com/gpu" in shown and "loraflow:dev" in shown

@@ -85,6 +85,21 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from flows.reproduce import reproduce
+
+    got = reproduce(args.target)
+    if got.identical:
+        print(f"run {got.run_id}: reproduced, adapter sha256 {got.rebuilt_sha256} identical")
+        for line in got.differences:  # package differences that did not change the result
+            print(f"  note: {line}")
+        return 0
+    print(f"run {got.run_id}: NOT reproduced")
+    for line in got.differences:
+        print(f"  {line}")
+    return 1
+
+
 def print_summary(summary, metric: str) -> None:
     print()
     if summary.skipped:
@@ -255,6 +270,9 @@ def parser() -> argparse.ArgumentParser:
         help="train nothing if data, config and base model equal the champion's",
     )
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("reproduce", help="retrain a recorded run and compare adapter sha256")
+    rep.add_argument("target", help="MLflow run id, models:/<name>/<n> or models:/<name>@<alias>")
+    rep.set_defaults(func=cmd_reproduce)
     prom = sub.add_parser("promote", help="re-run the promotion gate for a version, or force it")
     prom.add_argument("--model", required=True, help="registered model name")
     prom.add_argument("--version", default=None, help="version number (default: the challenger)")

@@ -1,0 +1,90 @@
+"""`loraflow reproduce`: rebuild a registered run from what the registry recorded, and compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from prefect import flow
+
+from flows.stages import train_args
+from models.config import config_from_dict
+from models.hashing import weights_sha256
+from models.loading import is_local
+from models.train import train_adapter
+from tasks.data import fetch_data_version
+from tasks.lineage import package_versions
+from tasks.registry import parse_model_uri, resolve_version
+from tasks.runtime import logger
+from tasks.tracking import client
+
+
+@dataclass
+class Reproduction:
+    """What the rebuild found: identical or not, and every recorded input that differs here."""
+
+    run_id: str
+    identical: bool
+    recorded_sha256: str
+    rebuilt_sha256: str
+    differences: list[str] = field(default_factory=list)
+
+
+def _recorded(target: str) -> tuple[str, dict[str, str]]:
+    """(run id, tags) of a run id or a models:/ URI."""
+    if target.startswith("models:/"):
+        parse_model_uri(target)
+        ref = resolve_version(target, download=False)
+        return ref.run_id, {**client().get_run(ref.run_id).data.tags, **ref.tags}
+    return target, dict(client().get_run(target).data.tags)
+
+
+@flow(name="reproduce", flow_run_name="reproduce-{target}", log_prints=True)
+def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction:
+    """Retrain from the recorded config, data version (pulled by md5) and base model; compare.
+
+    Nothing here is read from the working tree but the DVC remote's configuration: the config
+    comes from the run's artifact, the data from the remote by md5, the base model from its
+    recorded path (its weights hash is checked before training).
+    """
+    run_id, tags = _recorded(target)
+    mlf = client()
+    config_file = mlf.download_artifacts(run_id, "config/loraflow.yaml", workdir)
+    config_yaml = Path(config_file).read_text()
+    config = config_from_dict(yaml.safe_load(config_yaml), source=f"run {run_id} config")
+    base_model = tags["base_model"]
+    recorded = tags.get("adapter_sha256", "")
+    differences = [
+        f"package {key.removeprefix('version.')}: recorded {value}, here {here}"
+        for key, value in sorted(tags.items())
+        if key.startswith("version.")
+        and (here := package_versions().get(key.removeprefix("version."), value)) != value
+    ]
+    if is_local(base_model):
+        if not Path(base_model).is_dir():
+            differences.insert(0, f"base model {base_model}: not found here")
+            return Reproduction(run_id, False, recorded, "", differences)
+        here = weights_sha256(base_model)
+        if here != tags.get("base_model_sha256"):
+            differences.insert(
+                0,
+                f"base model {base_model}: weights sha256 recorded "
+                f"{tags.get('base_model_sha256', '?')[:16]}, here {here[:16]}",
+            )
+            return Reproduction(run_id, False, recorded, "", differences)
+    data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
+    local = config.model_copy(update={"data": config.data.model_copy(update={"path": data_dir})})
+    args = train_args(local, base_model, run_id)
+    args.pop("run_id")
+    args.pop("num_processes")
+    args["extra_files"] = {"loraflow.yaml": args.pop("config_yaml")}
+    args["output_dir"] = str(Path(workdir) / run_id / "adapter")
+    result = train_adapter(**args)
+    identical = result.adapter_sha256 == recorded
+    if not identical:
+        differences.insert(
+            0, f"adapter sha256: recorded {recorded[:16]}, rebuilt {result.adapter_sha256[:16]}"
+        )
+    logger().info("reproduce %s: %s", run_id, "identical" if identical else "; ".join(differences))
+    return Reproduction(run_id, identical, recorded, result.adapter_sha256, differences)

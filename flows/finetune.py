@@ -9,7 +9,14 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.export import export_model
-from flows.stages import check_args, eval_args, run_tags, train_args, train_metrics
+from flows.stages import (
+    check_args,
+    config_parameter,
+    eval_args,
+    run_tags,
+    train_args,
+    train_metrics,
+)
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
 from tasks.data import push_data, version_data
@@ -44,12 +51,7 @@ def _run_name(config: LoraflowConfig, data_md5: str = "") -> str:
 
 
 def _initial_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    config = flow_run.parameters.get("config")
-    if isinstance(config, dict):
-        config = LoraflowConfig.model_validate(config)
-    return _run_name(config)
+    return _run_name(config_parameter())
 
 
 def _rename_flow_run(name: str) -> None:
@@ -94,7 +96,8 @@ def finetune(
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
-    _rename_flow_run(_run_name(config, dataset.md5))
+    run_name = _run_name(config, dataset.md5)
+    _rename_flow_run(run_name)
 
     tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
     if skip_if_unchanged:
@@ -114,7 +117,7 @@ def finetune(
             )
     run_id = open_run(
         experiment=registry.experiment,
-        run_name=f"{config.adapter.method}-{Path(base_model).name}-{dataset.md5[:8]}",
+        run_name=run_name,
         config=config.model_dump(mode="json"),
         config_yaml=config.to_yaml(),
         tags=tags,

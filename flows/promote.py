@@ -7,7 +7,7 @@ from pydantic import Field
 
 from models.config import ConfigError
 from models.promotion import METRIC_DIRECTIONS, Decision
-from tasks.registry import CHALLENGER, CHAMPION, RegistryError, promote, resolve_version
+from tasks.registry import CHALLENGER, RegistryError, find_champion, promote, resolve_version
 
 
 def _recorded(ref, metric: str) -> float:
@@ -40,10 +40,7 @@ def promote_version(
         raise ConfigError(f"metric: must be one of {sorted(METRIC_DIRECTIONS)}, got {metric!r}")
     target = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{CHALLENGER}"
     challenger = resolve_version(target, download=False)
-    try:
-        champion = resolve_version(f"models:/{model_name}@{CHAMPION}", download=False)
-    except RegistryError:
-        champion = None
+    champion = find_champion(model_name, download=False)
     if champion is not None and champion.version == challenger.version:
         return Decision(
             False, metric, _recorded(challenger, metric), _recorded(champion, metric),

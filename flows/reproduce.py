@@ -8,16 +8,15 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
-from flows.stages import train_args
+from flows.stages import train_args, with_data_dir
 from models.config import config_from_dict
-from models.hashing import weights_sha256
 from models.loading import is_local
-from models.train import train_adapter
 from tasks.data import fetch_data_version
-from tasks.lineage import package_versions
-from tasks.registry import parse_model_uri, resolve_version
+from tasks.lineage import collect_lineage
+from tasks.registry import resolve_version
 from tasks.runtime import logger
 from tasks.tracking import client
+from tasks.train import train
 
 
 @dataclass
@@ -34,7 +33,6 @@ class Reproduction:
 def _recorded(target: str) -> tuple[str, dict[str, str]]:
     """(run id, tags) of a run id or a models:/ URI."""
     if target.startswith("models:/"):
-        parse_model_uri(target)
         ref = resolve_version(target, download=False)
         return ref.run_id, {**client().get_run(ref.run_id).data.tags, **ref.tags}
     return target, dict(client().get_run(target).data.tags)
@@ -55,32 +53,27 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     config = config_from_dict(yaml.safe_load(config_yaml), source=f"run {run_id} config")
     base_model = tags["base_model"]
     recorded = tags.get("adapter_sha256", "")
+    if is_local(base_model) and not Path(base_model).is_dir():
+        return Reproduction(
+            run_id, False, recorded, "", [f"base model {base_model}: not found here"]
+        )
+    here = collect_lineage(base_model=base_model)
     differences = [
-        f"package {key.removeprefix('version.')}: recorded {value}, here {here}"
+        f"package {key.removeprefix('version.')}: recorded {value}, here {here[key]}"
         for key, value in sorted(tags.items())
-        if key.startswith("version.")
-        and (here := package_versions().get(key.removeprefix("version."), value)) != value
+        if key.startswith("version.") and key in here and here[key] != value
     ]
-    if is_local(base_model):
-        if not Path(base_model).is_dir():
-            differences.insert(0, f"base model {base_model}: not found here")
-            return Reproduction(run_id, False, recorded, "", differences)
-        here = weights_sha256(base_model)
-        if here != tags.get("base_model_sha256"):
-            differences.insert(
-                0,
-                f"base model {base_model}: weights sha256 recorded "
-                f"{tags.get('base_model_sha256', '?')[:16]}, here {here[:16]}",
-            )
-            return Reproduction(run_id, False, recorded, "", differences)
+    if here["base_model_sha256"] != tags.get("base_model_sha256"):
+        differences.insert(
+            0,
+            f"base model {base_model}: weights sha256 recorded "
+            f"{tags.get('base_model_sha256', '?')[:16]}, here {here['base_model_sha256'][:16]}",
+        )
+        return Reproduction(run_id, False, recorded, "", differences)
     data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
-    local = config.model_copy(update={"data": config.data.model_copy(update={"path": data_dir})})
-    args = train_args(local, base_model, run_id)
-    args.pop("run_id")
-    args.pop("num_processes")
-    args["extra_files"] = {"loraflow.yaml": args.pop("config_yaml")}
-    args["output_dir"] = str(Path(workdir) / run_id / "adapter")
-    result = train_adapter(**args)
+    args = train_args(with_data_dir(config, data_dir), base_model, run_id)
+    args["output_dir"] = str(Path(workdir) / run_id / "adapter")  # never over the run's own
+    result = train(**args, log_to_run=False)
     identical = result.adapter_sha256 == recorded
     if not identical:
         differences.insert(

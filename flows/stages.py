@@ -12,6 +12,19 @@ from models.config import LoraflowConfig
 from models.train import TrainResult
 
 
+def config_parameter() -> LoraflowConfig:
+    """The running flow's `config` parameter as a LoraflowConfig (for flow-run names)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    return LoraflowConfig.model_validate(config) if isinstance(config, dict) else config
+
+
+def with_data_dir(config: LoraflowConfig, data_dir: str) -> LoraflowConfig:
+    """The same config reading its splits from `data_dir` (a data version pulled by md5)."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"path": data_dir})})
+
+
 def check_args(config: LoraflowConfig, base_model: str) -> dict:
     """For tasks.preflight.check_inputs."""
     data = config.data

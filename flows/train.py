@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from flows.stages import train_args
+from flows.stages import config_parameter, train_args, with_data_dir
 from models.config import LoraflowConfig
 from models.loading import canonical_base
 from tasks.data import fetch_data_version
@@ -21,14 +21,8 @@ from tasks.train import publish_adapter, train
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    params = flow_run.parameters
-    config = params.get("config")
-    method = (
-        config.get("adapter", {}).get("method", "lora")
-        if isinstance(config, dict)
-        else (config.adapter.method)
-    )
-    return f"train-{method}-{str(params.get('data_md5', ''))[:8]}"
+    md5 = str(flow_run.parameters.get("data_md5", ""))
+    return f"train-{config_parameter().adapter.method}-{md5[:8]}"
 
 
 @flow(name="train-adapter", flow_run_name=_run_name, log_prints=True)
@@ -42,7 +36,7 @@ def train_remote(
     Returns the adapter's sha256.
     """
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
-    local = config.model_copy(update={"data": config.data.model_copy(update={"path": data_dir})})
+    local = with_data_dir(config, data_dir)
     result = train(**train_args(local, canonical_base(config.base_model), run_id))
     publish_adapter(run_id=run_id, result=result)
     return result.adapter_sha256

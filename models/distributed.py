@@ -72,9 +72,7 @@ def train_adapter_distributed(
                 f"training with {num_processes} processes failed (exit code {code}); "
                 "see the log above"
             )
-        raw = json.loads(result_file.read_text())
-    raw["loss_history"] = [tuple(x) for x in raw["loss_history"]]
-    return TrainResult(**raw)
+        return TrainResult.from_dict(json.loads(result_file.read_text()))
 
 
 def _worker(request_path: str) -> None:
@@ -88,14 +86,13 @@ def _worker(request_path: str) -> None:
         if rank == 0:
             print(LOG_PREFIX + json.dumps({"logs": logs, "step": step}), flush=True)
 
-    kwargs = dict(request["kwargs"])
     result = train_adapter(
-        spec=AdapterSpec(**request["spec"]), on_log=relay, save=rank == 0, **kwargs
+        spec=AdapterSpec(**request["spec"]), on_log=relay, save=rank == 0, **request["kwargs"]
     )
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     if rank == 0:
-        Path(request["result"]).write_text(json.dumps(dataclasses.asdict(result)))
+        Path(request["result"]).write_text(json.dumps(result.to_dict()))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +37,15 @@ class TrainResult:
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready figures (for another process or machine)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainResult:
+        """Inverse of to_dict (JSON turns the loss history's tuples into lists)."""
+        return cls(**{**raw, "loss_history": [tuple(x) for x in raw.get("loss_history", [])]})
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

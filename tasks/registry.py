@@ -111,21 +111,25 @@ def fetch_version(*, model_uri: str) -> VersionRef:
     return resolve_version(model_uri)
 
 
+def find_champion(model_name: str, download: bool = True) -> VersionRef | None:
+    """The version behind alias `champion` (its adapter downloaded unless told not), or None."""
+    try:
+        return resolve_version(f"models:/{model_name}@{CHAMPION}", download=download)
+    except RegistryError:
+        return None
+
+
 @task(name="fetch-champion", **IO_RETRIES)
 def fetch_champion(*, model_name: str) -> VersionRef | None:
     """The version behind alias `champion` with its adapter downloaded, or None if there is none."""
-    try:
-        return resolve_version(f"models:/{model_name}@{CHAMPION}")
-    except RegistryError:
-        return None
+    return find_champion(model_name)
 
 
 @task(name="check-unchanged", **IO_RETRIES)
 def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef | None:
     """The champion when this run's data, config and base model all equal its; else None."""
-    try:
-        champion = resolve_version(f"models:/{model_name}@{CHAMPION}", download=False)
-    except RegistryError:
+    champion = find_champion(model_name, download=False)
+    if champion is None:
         logger().info("no champion of %s yet: training", model_name)
         return None
     changed = changed_inputs(tags, champion.tags)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -45,8 +44,12 @@ def train(
     output_dir: str,
     config_yaml: str,
     num_processes: int = 1,
+    log_to_run: bool = True,
 ) -> TrainResult:
-    """Train the adapter; the resolved config is saved beside it as loraflow.yaml."""
+    """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
+
+    log_to_run=False keeps the loss curve off MLflow run `run_id` (a rebuild of that run).
+    """
     mlf = client()
     log = logger()
 
@@ -87,7 +90,7 @@ def train(
         dtype=dtype,
         output_dir=output_dir,
         extra_files={"loraflow.yaml": config_yaml},
-        on_log=relay,
+        on_log=relay if log_to_run else None,
     )
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",
@@ -104,12 +107,19 @@ def train(
 TRAINED_ADAPTER = "trained-adapter"  # artifact path of a dispatched training's adapter on the run
 
 
+class TrainingDispatchError(LoraflowError):
+    """The training deployment failed or its adapter did not arrive intact."""
+
+    retryable = False
+
+
 @task(name="publish-adapter", **IO_RETRIES)
 def publish_adapter(*, run_id: str, result: TrainResult) -> None:
     """Put a trained adapter and its figures on the MLflow run, for a pipeline elsewhere."""
     mlf = client()
     mlf.log_artifacts(run_id, result.adapter_dir, TRAINED_ADAPTER)
-    figures = {k: v for k, v in dataclasses.asdict(result).items() if k != "adapter_dir"}
+    figures = result.to_dict()
+    figures.pop("adapter_dir")  # a path on this machine only
     mlf.log_text(run_id, json.dumps(figures), f"{TRAINED_ADAPTER}-result.json")
     logger().info("adapter of run %s published to the artifact store", run_id)
 
@@ -129,14 +139,7 @@ def fetch_trained_adapter(*, run_id: str, dest: str) -> TrainResult:
             f"run {run_id}: downloaded adapter sha256 {got[:12]} != published "
             f"{figures['adapter_sha256'][:12]}"
         )
-    figures["loss_history"] = [tuple(x) for x in figures["loss_history"]]
-    return TrainResult(adapter_dir=adapter_dir, **figures)
-
-
-class TrainingDispatchError(LoraflowError):
-    """The training deployment failed or its adapter did not arrive intact."""
-
-    retryable = False
+    return TrainResult.from_dict({**figures, "adapter_dir": adapter_dir})
 
 
 @task(name="dispatch-training")

@@ -16,6 +16,7 @@ from flows.stages import (
     run_tags,
     train_args,
     train_metrics,
+    training_key,
 )
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
@@ -25,7 +26,7 @@ from tasks.lineage import collect_lineage
 from tasks.preflight import check_inputs
 from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
 from tasks.tracking import close_run, log_metrics, open_run
-from tasks.train import dispatch_training, fetch_trained_adapter, train
+from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
 
 @dataclass
@@ -78,7 +79,8 @@ def finetune(
     Stages:
       1. check inputs: data splits valid, base model safe to load, target modules exist
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
-      3. train: the configured adapter method on the train split (loss curve to MLflow)
+      3. train: the configured adapter method on the train split (loss curve to MLflow),
+         checkpointed every training.save_steps; a rerun on the same inputs resumes
       4. evaluate: base vs adapter vs current champion on the eval split
       5. register: the adapter as a new version of the registered model, alias `challenger`
       6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
@@ -122,6 +124,7 @@ def finetune(
         config_yaml=config.to_yaml(),
         tags=tags,
     )
+    checkpoint_key = training_key(tags)
     try:
         if config.training.deployment:
             dispatch_training(
@@ -129,11 +132,12 @@ def finetune(
                 config=config.model_dump(mode="json"),
                 run_id=run_id,
                 data_md5=dataset.md5,
+                checkpoint_key=checkpoint_key,
             )
             dest = Path(config.training.output_dir) / run_id
             adapter = fetch_trained_adapter(run_id=run_id, dest=str(dest))
         else:
-            adapter = train(**train_args(config, base_model, run_id))
+            adapter = train(**train_args(config, base_model, run_id, checkpoint_key))
 
         champion = fetch_champion(model_name=registry.model_name)
         candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
@@ -183,6 +187,12 @@ def finetune(
         close_run(run_id=run_id, status="FAILED")
         raise
     close_run(run_id=run_id)
+    if not config.training.deployment and config.training.save_steps:
+        clear_checkpoints(
+            checkpoint_store=config.training.checkpoint_store,
+            checkpoint_key=checkpoint_key,
+            output_dir=train_args(config, base_model, run_id)["output_dir"],
+        )
 
     if config.export.enabled and decision.promote:
         export_model(f"models:/{registry.model_name}/{version}", config.export)

@@ -41,8 +41,14 @@ def check_args(config: LoraflowConfig, base_model: str) -> dict:
     }
 
 
-def train_args(config: LoraflowConfig, base_model: str, run_id: str) -> dict:
-    """For tasks.train.train; the adapter goes to <training.output_dir>/<run id>/adapter."""
+def train_args(
+    config: LoraflowConfig, base_model: str, run_id: str, checkpoint_key: str | None = None
+) -> dict:
+    """For tasks.train.train; the adapter goes to <training.output_dir>/<run id>/adapter.
+
+    checkpoint_key (see tasks.checkpoints.checkpoint_key): checkpoint every training.save_steps
+    and resume from an earlier run's checkpoints with the same key; None = no checkpoints.
+    """
     data, training = config.data, config.training
     return {
         "run_id": run_id,
@@ -68,7 +74,22 @@ def train_args(config: LoraflowConfig, base_model: str, run_id: str) -> dict:
         "num_processes": training.num_processes,
         "output_dir": str(Path(training.output_dir) / run_id / "adapter"),
         "config_yaml": config.to_yaml(),
+        "save_steps": training.save_steps if checkpoint_key else 0,
+        "checkpoint_store": training.checkpoint_store,
+        "checkpoint_key": checkpoint_key,
+        "deterministic": training.deterministic,
     }
+
+
+def training_key(tags: dict[str, str]) -> str:
+    """The checkpoint key of a run from its lineage tags (config, data and base weights)."""
+    from tasks.checkpoints import checkpoint_key
+
+    return checkpoint_key(
+        config_sha256=tags["config_sha256"],
+        data_md5=tags["data_md5"],
+        base_model_sha256=tags["base_model_sha256"],
+    )
 
 
 def eval_args(config: LoraflowConfig) -> dict:

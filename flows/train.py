@@ -15,7 +15,7 @@ from flows.stages import config_parameter, train_args, with_data_dir
 from models.config import LoraflowConfig
 from models.loading import canonical_base
 from tasks.data import fetch_data_version
-from tasks.train import publish_adapter, train
+from tasks.train import clear_checkpoints, publish_adapter, train
 
 
 def _run_name() -> str:
@@ -30,13 +30,25 @@ def train_remote(
     config: LoraflowConfig,
     run_id: str = Field(..., description="MLflow run the adapter is published on"),
     data_md5: str = Field(..., description="DVC md5 of the data version to train on"),
+    checkpoint_key: str = Field(
+        "", description="Checkpoint key of the training (resume from / save to); empty = none"
+    ),
 ) -> str:
     """Train the configured adapter on data version `data_md5`; publish it on MLflow run `run_id`.
 
+    With a checkpoint key, checkpoints go to training.checkpoint_store every save_steps and a
+    retry (or a later run with the same key) resumes; they are cleared once published.
     Returns the adapter's sha256.
     """
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
     local = with_data_dir(config, data_dir)
-    result = train(**train_args(local, canonical_base(config.base_model), run_id))
+    args = train_args(local, canonical_base(config.base_model), run_id, checkpoint_key or None)
+    result = train(**args)
     publish_adapter(run_id=run_id, result=result)
+    if checkpoint_key and config.training.save_steps:
+        clear_checkpoints(
+            checkpoint_store=config.training.checkpoint_store,
+            checkpoint_key=checkpoint_key,
+            output_dir=args["output_dir"],
+        )
     return result.adapter_sha256

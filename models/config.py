@@ -153,6 +153,37 @@ class TrainingConfig(_Section):
         "GPU on CUDA, gloo on CPU); batch_size stays per process.",
     )
 
+    save_steps: int = Field(
+        500,
+        description="Checkpoint every N steps (and at the last step); a rerun with the same "
+        "config, data and base model resumes from the newest checkpoint. 0 = no checkpoints.",
+    )
+    checkpoint_store: str = Field(
+        ".loraflow/checkpoints",
+        description="Where checkpoints outlive the worker: a directory (shared, for several "
+        "machines) or s3://bucket/prefix. Cleared once the adapter is registered.",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms only (cuBLAS workspace config, no nondeterministic "
+        "CUDA kernels): bit-identical reruns on the same GPU, slower. CPU runs are "
+        "bit-identical either way.",
+    )
+
+    @field_validator("save_steps")
+    @classmethod
+    def _save_steps(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0 (got {v})")
+        return v
+
+    @field_validator("checkpoint_store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if "://" in v and not (v.startswith("s3://") and len(v) > len("s3://")):
+            raise ValueError(f"must be a directory or an s3://bucket/prefix URI (got {v!r})")
+        return v
+
     @field_validator("learning_rate")
     @classmethod
     def _lr(cls, v: float) -> float:

@@ -3,8 +3,9 @@
 The caller's process launches `python -m torch.distributed.run --standalone --nproc_per_node N
 -m models.distributed REQUEST` and stays the only one that talks to trackers: rank 0 prints each
 Trainer log as one `LORAFLOW_LOG {json}` line on stdout (relayed live to `on_log`), saves the
-adapter and writes the TrainResult as JSON; the other ranks only train. `batch_size` stays per
-process, so the global batch is N x batch_size (x grad_accum_steps).
+adapter and writes the TrainResult as JSON; the other ranks only train. Finished checkpoints are
+announced the same way (`LORAFLOW_CHECKPOINT path`) and handed to `on_checkpoint` in the caller.
+`batch_size` stays per process, so the global batch is N x batch_size (x grad_accum_steps).
 
 Backend: NCCL on CUDA (one GPU per process), gloo on CPU, chosen by the Trainer from the device.
 """
@@ -25,6 +26,7 @@ from models.methods import AdapterSpec
 from models.train import TrainResult, train_adapter
 
 LOG_PREFIX = "LORAFLOW_LOG "
+CHECKPOINT_PREFIX = "LORAFLOW_CHECKPOINT "
 
 
 class DistributedTrainingError(LoraflowError):
@@ -34,6 +36,7 @@ class DistributedTrainingError(LoraflowError):
 def train_adapter_distributed(
     num_processes: int,
     on_log: Callable[[dict[str, float], int], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
     **kwargs,
 ) -> TrainResult:
     """`train_adapter(**kwargs)` in `num_processes` DDP processes; the result comes from rank 0."""
@@ -64,6 +67,9 @@ def train_adapter_distributed(
                 record = json.loads(line[len(LOG_PREFIX) :])
                 if on_log:
                     on_log(record["logs"], record["step"])
+            elif line.startswith(CHECKPOINT_PREFIX):
+                if on_checkpoint:
+                    on_checkpoint(Path(line[len(CHECKPOINT_PREFIX) :].strip()))
             else:
                 sys.stdout.write(line)
         code = proc.wait()
@@ -86,8 +92,15 @@ def _worker(request_path: str) -> None:
         if rank == 0:
             print(LOG_PREFIX + json.dumps({"logs": logs, "step": step}), flush=True)
 
+    def announce(path: Path) -> None:
+        print(CHECKPOINT_PREFIX + str(path), flush=True)
+
     result = train_adapter(
-        spec=AdapterSpec(**request["spec"]), on_log=relay, save=rank == 0, **request["kwargs"]
+        spec=AdapterSpec(**request["spec"]),
+        on_log=relay,
+        on_checkpoint=announce,
+        save=rank == 0,
+        **request["kwargs"],
     )
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -18,6 +19,25 @@ from models.memory import track_peak_memory
 from models.methods import AdapterSpec, get_method
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Written into a checkpoint directory after the Trainer finished saving it: a directory without
+# it was cut short (e.g. the process was killed mid-save) and is never resumed from.
+CHECKPOINT_DONE = "loraflow-checkpoint-complete"
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """checkpoint-<step> -> step."""
+    return int(Path(path).name.rpartition("-")[2])
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-<step> directory under checkpoint_dir, if any."""
+    root = Path(checkpoint_dir)
+    done = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.name.rpartition("-")[2].isdigit() and (p / CHECKPOINT_DONE).is_file()
+    ]
+    return max(done, key=checkpoint_step, default=None)
 
 
 @dataclass
@@ -33,6 +53,7 @@ class TrainResult:
     train_seconds: float
     tokens_per_second: float
     truncated_examples: int
+    resumed_from_step: int = 0
     adapter_bytes: int = 0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
@@ -46,6 +67,33 @@ class TrainResult:
     def from_dict(cls, raw: dict) -> TrainResult:
         """Inverse of to_dict (JSON turns the loss history's tuples into lists)."""
         return cls(**{**raw, "loss_history": [tuple(x) for x in raw.get("loss_history", [])]})
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """PyTorch's deterministic mode for the duration of a training, restored afterwards.
+
+    On CUDA this makes cuBLAS use a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS
+    starts, so it is only set if nothing set it yet), turns off cuDNN autotuning and makes any op
+    without a deterministic kernel raise instead of silently varying. CPU kernels used here are
+    deterministic already, so on CPU this changes nothing in the results.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -79,6 +127,10 @@ def train_adapter(
     extra_files: dict[str, str] | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
     save: bool = True,
+    save_steps: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+    deterministic: bool = False,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
@@ -86,6 +138,13 @@ def train_adapter(
     on_log: called with the Trainer's log dict and step (loss curve for the caller's tracker).
     save: False in the non-zero ranks of a distributed run (see models.distributed): they train
         but write nothing, and their result has no adapter.
+    save_steps, checkpoint_dir: with both set, a checkpoint (adapter, optimizer, scheduler, RNG
+        and Trainer state) goes to checkpoint_dir/checkpoint-<step> every save_steps steps and at
+        the last step, and training resumes from the newest complete one found there; resumed
+        training ends with the same adapter bytes as an uninterrupted one (on CPU).
+    on_checkpoint: called with each finished checkpoint directory (e.g. to copy it elsewhere).
+    deterministic: PyTorch's deterministic mode while training (see deterministic_algorithms);
+        slower on CUDA, no effect on CPU results.
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
@@ -118,6 +177,18 @@ def train_adapter(
     history: list[tuple[int, float]] = []
     tokens = {"seen": 0}
 
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir and save_steps > 0 else None
+    resume = latest_checkpoint(checkpoints) if checkpoints else None
+
+    class _Checkpointed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            path = checkpoints / f"checkpoint-{state.global_step}"
+            (path / CHECKPOINT_DONE).write_text(f"{state.global_step}\n")
+            if on_checkpoint:
+                on_checkpoint(path)
+
     class _Relay(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
@@ -133,7 +204,7 @@ def train_adapter(
 
     use_bf16 = torch_dtype == torch.bfloat16
     args = TrainingArguments(
-        output_dir=str(Path(output_dir) / "trainer"),
+        output_dir=str(checkpoints or Path(output_dir) / "trainer"),
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum_steps,
@@ -142,7 +213,9 @@ def train_adapter(
         weight_decay=weight_decay,
         lr_scheduler_type=lr_scheduler,
         logging_steps=logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=save_steps if checkpoints else 500,
+        save_total_limit=2,  # the newest may be cut short by a crash; keep the one before
         report_to="none",
         seed=spec.seed,
         data_seed=spec.seed,
@@ -164,12 +237,12 @@ def train_adapter(
         args=args,
         train_dataset=data.features,
         data_collator=collate,
-        callbacks=[_Relay(), *method_callbacks],
+        callbacks=[_Relay(), *method_callbacks, *([_Checkpointed()] if checkpoints else [])],
         optimizers=optimizers,
     )
     started = time.perf_counter()
-    with track_peak_memory(device) as memory:
-        output = trainer.train()
+    with track_peak_memory(device) as memory, deterministic_algorithms(deterministic):
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     seen = tokens["seen"]
     if world_size > 1 and torch.distributed.is_initialized():
@@ -178,16 +251,25 @@ def train_adapter(
         torch.distributed.all_reduce(total_seen)
         seen = int(total_seen.item())
 
+    resumed_from = checkpoint_step(resume) if resume else 0
+    train_loss = float(output.training_loss)
+    if resumed_from:
+        # The Trainer averages over this session's steps only; report the whole run's
+        # logged losses instead (the checkpoint carries the earlier ones).
+        logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        history[:] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+        train_loss = sum(logged) / len(logged) if logged else train_loss
     result = TrainResult(
         adapter_dir="",
         adapter_sha256="",
         trainable_params=trainable,
         total_params=total,
         steps=output.global_step,
-        train_loss=float(output.training_loss),
+        train_loss=train_loss,
         train_seconds=seconds,
         tokens_per_second=seen / seconds if seconds > 0 else 0.0,
         truncated_examples=data.truncated,
+        resumed_from_step=resumed_from,
         peak_memory_bytes=memory.peak_bytes,
         peak_memory_kind=memory.kind,
         loss_history=history,

@@ -130,7 +130,8 @@ def fetch_data_version(*, md5: str, repo: str = ".", remote: str | None = None) 
     run_dvc(scratch, "config", "core.analytics", "false")
     run_dvc(scratch, "remote", "add", "-d", name, settings.pop("url"))
     for option, value in settings.items():
-        run_dvc(scratch, "remote", "modify", name, option, value)
+        # --local: credentials from the repo's config.local stay in a config.local here too.
+        run_dvc(scratch, "remote", "modify", "--local", name, option, value)
     meta = {"outs": [{"md5": md5, "hash": "md5", "path": "data"}]}
     (scratch / "data.dvc").write_text(yaml.safe_dump(meta))
     run_dvc(scratch, "pull", "data.dvc")

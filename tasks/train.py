@@ -14,6 +14,7 @@ from models.errors import LoraflowError
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
+from tasks import checkpoints
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
 
@@ -45,10 +46,16 @@ def train(
     config_yaml: str,
     num_processes: int = 1,
     log_to_run: bool = True,
+    save_steps: int = 0,
+    checkpoint_store: str = "",
+    checkpoint_key: str | None = None,
+    deterministic: bool = False,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
 
     log_to_run=False keeps the loss curve off MLflow run `run_id` (a rebuild of that run).
+    With save_steps and checkpoint_key, checkpoints go to checkpoint_store under that key and
+    training resumes from the newest one there (a retry, or a new run on the same inputs).
     """
     mlf = client()
     log = logger()
@@ -63,6 +70,20 @@ def train(
                     mlf.log_metric(run_id, f"train_{key}", value, timestamp=now, step=step)
         except Exception as e:  # noqa: BLE001
             log.warning("could not log step %d to MLflow: %s", step, e)
+
+    checkpointing = {}
+    if save_steps > 0 and checkpoint_key:
+        store = checkpoints.open_store(
+            store=checkpoint_store, key=checkpoint_key, scratch=Path(output_dir).parent
+        )
+        step = checkpoints.restore(store)
+        if step:
+            log.info("resuming training from the checkpoint of step %d", step)
+        checkpointing = {
+            "save_steps": save_steps,
+            "checkpoint_dir": str(store.local_dir),
+            "on_checkpoint": functools.partial(checkpoints.save, store),
+        }
 
     run = train_adapter
     if num_processes > 1:
@@ -91,6 +112,8 @@ def train(
         output_dir=output_dir,
         extra_files={"loraflow.yaml": config_yaml},
         on_log=relay if log_to_run else None,
+        deterministic=deterministic,
+        **checkpointing,
     )
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",
@@ -102,6 +125,16 @@ def train(
         result.adapter_sha256[:12],
     )
     return result
+
+
+@task(name="clear-checkpoints", **IO_RETRIES)
+def clear_checkpoints(*, checkpoint_store: str, checkpoint_key: str, output_dir: str) -> None:
+    """Drop a training's checkpoints once its adapter is stored for good (registered/published)."""
+    store = checkpoints.open_store(
+        store=checkpoint_store, key=checkpoint_key, scratch=Path(output_dir).parent
+    )
+    checkpoints.clear(store)
+    logger().info("checkpoints %s cleared", store.describe())
 
 
 TRAINED_ADAPTER = "trained-adapter"  # artifact path of a dispatched training's adapter on the run
@@ -143,7 +176,9 @@ def fetch_trained_adapter(*, run_id: str, dest: str) -> TrainResult:
 
 
 @task(name="dispatch-training")
-def dispatch_training(*, deployment: str, config: dict, run_id: str, data_md5: str) -> None:
+def dispatch_training(
+    *, deployment: str, config: dict, run_id: str, data_md5: str, checkpoint_key: str = ""
+) -> None:
     """Run the training deployment (e.g. on the `gpu` pool) and wait for it to finish."""
     from prefect.deployments import run_deployment
 
@@ -151,7 +186,12 @@ def dispatch_training(*, deployment: str, config: dict, run_id: str, data_md5: s
     log.info("dispatching training of run %s to deployment %s", run_id, deployment)
     flow_run = run_deployment(
         name=deployment,
-        parameters={"config": config, "run_id": run_id, "data_md5": data_md5},
+        parameters={
+            "config": config,
+            "run_id": run_id,
+            "data_md5": data_md5,
+            "checkpoint_key": checkpoint_key,
+        },
         timeout=None,  # training takes what it takes; the deployment has its own limits
     )
     state = flow_run.state

@@ -12,6 +12,10 @@ Saving: the updates telescope, W_T = W_0 + c * (B_T A_T - B_0 A_0), and B_0 = 0,
 layer computes W_0 x + (alpha/r + c) * B_T A_T x. The adapter alone is therefore saved with
 lora_alpha raised to alpha + c * r, and on the unmodified base it reproduces the trained model;
 no base weights need to be stored.
+
+Checkpoints: the moved base weights are part of the training state, so every Trainer checkpoint
+also holds them (delta_lora_base.safetensors) and a resumed run puts them back; recomputing them
+from the adapter would round differently and change the final bytes.
 """
 
 from __future__ import annotations
@@ -62,15 +66,45 @@ class DeltaUpdate:
             weight.add_((self.scale * delta).to(weight.dtype))
 
 
+BASE_WEIGHTS = "delta_lora_base.safetensors"
+
+
 def callbacks(model, spec: AdapterSpec) -> list:
-    """A Trainer callback running DeltaUpdate.step after every optimizer step."""
+    """A Trainer callback running DeltaUpdate.step after every optimizer step, and saving and
+    restoring the moved base weights with the Trainer's checkpoints."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
     from transformers import TrainerCallback
 
     update = DeltaUpdate(model, spec.delta_scale)
 
+    def checkpoint_file(args, state) -> Path:
+        return Path(args.output_dir) / f"checkpoint-{state.global_step}" / BASE_WEIGHTS
+
     class DeltaLoraCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                return
+            # Resumed: the Trainer loaded the adapter of this step; put back W of this step.
+            saved = load_file(str(checkpoint_file(args, state)))
+            import torch
+
+            with torch.no_grad():
+                for i, (weight, _, _) in enumerate(update.layers):
+                    weight.copy_(saved[str(i)])
+            update.previous = update._snapshot()
+
         def on_optimizer_step(self, args, state, control, **kwargs):
             update.step()
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                weights = {
+                    str(i): w.detach().cpu().contiguous()
+                    for i, (w, _, _) in enumerate(update.layers)
+                }
+                save_file(weights, str(checkpoint_file(args, state)))
 
     return [DeltaLoraCallback()]
 

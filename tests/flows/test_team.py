@@ -18,8 +18,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
+from models.train import CHECKPOINT_DONE
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -126,7 +128,7 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
                 "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
                 "--artifacts-destination", str(root / "mlflow-artifacts"), "--workers", "1",
             ],
-            env,
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             root,
         )  # fmt: skip
         server_env = {
@@ -151,15 +153,16 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
         for pool in ("gpu", "cpu"):
             prefect("work-pool", "create", pool, "--type", "process")
         deployed = prefect("--no-prompt", "deploy", "--all")
+        workers = {}
         for pool in ("gpu", "cpu"):
-            procs.start(
+            workers[pool], _ = procs.start(
                 f"worker-{pool}",
                 [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
                 env,
                 project,
             )
         yield {"env": env, "project": project, "mlflow": mlflow_uri, "deployed": deployed,
-               "logs": root}  # fmt: skip
+               "logs": root, "workers": workers}  # fmt: skip
     finally:
         procs.stop()
 
@@ -170,7 +173,7 @@ def cli(cmd: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:
     return proc.stdout
 
 
-def tiny_config(tiny_base, steps: int, deployment: str | None = None) -> dict:
+def tiny_config(tiny_base, steps: int, deployment: str | None = None, save_steps: int = 0) -> dict:
     return {
         "base_model": str(tiny_base),
         "data": {"path": "data", "max_seq_len": 64},
@@ -180,38 +183,88 @@ def tiny_config(tiny_base, steps: int, deployment: str | None = None) -> dict:
             "batch_size": 8,
             "learning_rate": 3e-3,
             "deployment": deployment,
+            "save_steps": save_steps,
         },
         "evaluation": {"max_examples": 16, "max_new_tokens": 8},
         "registry": {"model_name": "team", "promote_metric": "eval_loss"},
     }
 
 
+FLOW_RUN_RECORD = (
+    "import json, sys\n"
+    "from prefect.client.orchestration import get_client\n"
+    "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
+    "with get_client(sync_client=True) as c:\n"
+    "    r = c.read_flow_run(sys.argv[1])\n"
+    "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id]))\n"
+    "    keys = sorted(a.key or '' for a in c.read_artifacts(artifact_filter=f))\n"
+    "    print(json.dumps({'name': r.name, 'state': r.state.type.value,\n"
+    "                      'tags': r.tags, 'id': str(r.id), 'artifacts': keys}))\n"
+)
+
+
+def flow_run_record(team, flow_run_id: str) -> dict:
+    out = cli([sys.executable, "-c", FLOW_RUN_RECORD, flow_run_id], team["env"], team["project"])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def deployment_run_cmd(name: str, params: dict) -> list[str]:
+    return [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
+            "--watch", "--watch-timeout", "600"]  # fmt: skip
+
+
 def run_deployment(team, name: str, params: dict) -> dict:
     """`prefect deployment run --watch` as an operator would; returns the flow run's record."""
-    env, project = team["env"], team["project"]
-    out = cli(
-        [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
-         "--watch", "--watch-timeout", "600"],
-        env,
-        project,
-    )  # fmt: skip
-    code = (
-        "import json, sys\n"
-        "from prefect.client.orchestration import get_client\n"
-        "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
-        "with get_client(sync_client=True) as c:\n"
-        "    r = c.read_flow_run(sys.argv[1])\n"
-        "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id]))\n"
-        "    keys = sorted(a.key or '' for a in c.read_artifacts(artifact_filter=f))\n"
-        "    print(json.dumps({'name': r.name, 'state': r.state.type.value,\n"
-        "                      'tags': r.tags, 'id': str(r.id), 'artifacts': keys}))\n"
-    )
-    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)[1]
-    record = json.loads(
-        cli([sys.executable, "-c", code, flow_run_id], env, project).strip().splitlines()[-1]
-    )
+    out = cli(deployment_run_cmd(name, params), team["env"], team["project"])
+    record = flow_run_record(team, re.search(r"UUID: ([0-9a-f-]{36})", out)[1])
     assert record["state"] == "COMPLETED", (out, record)
     return record
+
+
+def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
+    """Start a deployment run, SIGKILL its flow-run process once a checkpoint is complete, and
+    return the flow run's record once Prefect has settled its state."""
+    checkpoints = team["project"] / ".loraflow" / "checkpoints"
+    watch = subprocess.Popen(
+        deployment_run_cmd(name, params),
+        env=team["env"],
+        cwd=team["project"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob(f"*/checkpoint-*/{CHECKPOINT_DONE}")):
+        assert watch.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    worker = psutil.Process(team["workers"]["cpu"].pid)
+    engines = [
+        p for p in worker.children(recursive=True) if "prefect.engine" in " ".join(p.cmdline())
+    ]
+    assert len(engines) == 1, engines
+    engines[0].kill()  # SIGKILL: no chance to report anything
+    out, _ = watch.communicate(timeout=300)
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)[1]
+    record = flow_run_record(team, flow_run_id)
+    while record["state"] in ("RUNNING", "PENDING") and time.monotonic() < deadline:
+        time.sleep(1)
+        record = flow_run_record(team, flow_run_id)
+    return record
+
+
+def uninterrupted_adapter_sha256(team, config: dict) -> str:
+    """The adapter of the same training run straight through in this process, no checkpoints."""
+    from flows.stages import train_args
+    from models.config import config_from_dict
+    from models.train import train_adapter
+
+    args = train_args(config_from_dict(config), config["base_model"], "reference")
+    for task_only in ("run_id", "config_yaml", "num_processes", "save_steps",
+                      "checkpoint_store", "checkpoint_key", "deterministic"):  # fmt: skip
+        args.pop(task_only)
+    args["train_file"] = str(team["project"] / args["train_file"])
+    args["output_dir"] = str(team["logs"] / "reference-adapter")
+    return train_adapter(**args).adapter_sha256
 
 
 def registry(team):
@@ -227,22 +280,29 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     for name in ("finetune", "finetune-nightly", "train", "promote"):
         assert name in team["deployed"]
 
-    # The nightly deployment, twice on the same inputs: the first trains, the second skips.
-    first = run_deployment(team, "finetune/finetune-nightly", {"config": tiny_config(tiny_base, 8)})
+    # The nightly deployment. Its first run is killed (SIGKILL) after a checkpoint: Prefect marks
+    # it crashed. The next run on the same inputs resumes from that checkpoint and ends with the
+    # adapter of an uninterrupted training; the one after that skips (nothing changed).
+    nightly = {"config": tiny_config(tiny_base, 60, save_steps=10)}
+    killed = kill_after_first_checkpoint(team, "finetune/finetune-nightly", nightly)
+    assert killed["state"] == "CRASHED", killed
+    first = run_deployment(team, "finetune/finetune-nightly", nightly)
     assert first["name"].startswith("lora-tiny-base0-")  # method, base model, data md5
     assert {"evaluation", "promotion", "mlflow-run", "mlflow-model-version"} <= set(
         first["artifacts"]
     ), first["artifacts"]
+    worker_log = (team["logs"] / "worker-cpu.log").read_text()
+    assert "resuming training from the checkpoint of step" in worker_log
+    assert not list((team["project"] / ".loraflow" / "checkpoints").glob("*/checkpoint-*"))
     mlf, versions, aliases = registry(team)
     assert versions == {"1"} and aliases == {"champion": "1", "challenger": "1"}
     mv = mlf.get_model_version("team", "1")
+    assert mv.tags["adapter_sha256"] == uninterrupted_adapter_sha256(team, nightly["config"])
     run = mlf.get_run(mv.run_id)
     assert run.data.metrics["trainable_params"] > 0 and mv.tags["data_md5"]
     runs_before = len(mlf.search_runs([run.info.experiment_id]))
 
-    second = run_deployment(
-        team, "finetune/finetune-nightly", {"config": tiny_config(tiny_base, 8)}
-    )
+    second = run_deployment(team, "finetune/finetune-nightly", nightly)
     assert "retrain-check" in second["artifacts"]
     mlf, versions, _ = registry(team)
     assert versions == {"1"}  # nothing registered
@@ -279,13 +339,6 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     mlf, _, aliases = registry(team)
     assert aliases["champion"] == "2"
     assert mlf.get_model_version("team", "2").tags["promotion.outcome"] == "promoted (forced)"
-    # Back to v1 through the gate: its recorded eval_loss beats v2's.
-    run_deployment(
-        team, "promote/promote", {"model_name": "team", "version": "1", "metric": "eval_loss"}
-    )
-    mlf, _, aliases = registry(team)
-    assert aliases["champion"] == "1"
-    assert mlf.get_model_version("team", "1").tags["promotion.outcome"] == "promoted"
 
 
 def test_kubernetes_gpu_job_template_is_accepted_by_the_server(team):

@@ -63,3 +63,34 @@ def test_delta_lora_saves_folded_scaling(tiny_base, tiny_data, tmp_path):
     train(tiny_base, tiny_data, tmp_path / "d", method="delta_lora", spec=spec)
     saved = json.loads((tmp_path / "d" / "adapter_config.json").read_text())
     assert saved["lora_alpha"] == pytest.approx(8.0 + 0.5 * 4)
+
+
+def test_deterministic_mode_is_on_while_training_only_and_changes_nothing_on_cpu(
+    tiny_base, tiny_data, tmp_path
+):
+    import torch
+
+    seen = []
+    default = train(tiny_base, tiny_data, tmp_path / "a")
+    strict = train_adapter(
+        base_model=str(tiny_base),
+        train_file=tiny_data / "train.jsonl",
+        prompt_field="prompt",
+        completion_field="completion",
+        max_seq_len=64,
+        too_long="reject",
+        method="lora",
+        spec=SPEC,
+        max_steps=4,
+        learning_rate=3e-3,
+        batch_size=8,
+        logging_steps=2,
+        device="cpu",
+        output_dir=tmp_path / "b",
+        extra_files={"loraflow.yaml": "x: 1\n"},
+        on_log=lambda m, s: seen.append(torch.are_deterministic_algorithms_enabled()),
+        deterministic=True,
+    )
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert strict.adapter_sha256 == default.adapter_sha256

@@ -1,0 +1,140 @@
+"""Crash-safe training: a run killed mid-way resumes from its last checkpoint and ends with the
+same adapter bytes as a run that was never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from models.methods import AdapterSpec
+from models.train import CHECKPOINT_DONE, latest_checkpoint, train_adapter
+
+REPO = Path(__file__).resolve().parents[2]
+# Dropout on: resuming must restore the RNG too, not only weights and optimizer.
+SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"], seed=3)
+STEPS = 60  # 256 examples / batch 8 = 32 steps per epoch: the run crosses an epoch boundary
+
+
+def kwargs(tiny_base, tiny_data, out, method="lora", spec=SPEC):
+    return {
+        "base_model": str(tiny_base),
+        "train_file": str(tiny_data / "train.jsonl"),
+        "prompt_field": "prompt",
+        "completion_field": "completion",
+        "max_seq_len": 64,
+        "too_long": "reject",
+        "method": method,
+        "spec": spec,
+        "max_steps": STEPS,
+        "learning_rate": 3e-3,
+        "batch_size": 8,
+        "warmup_steps": 5,
+        "logging_steps": 10,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+
+
+KILLED_RUN = """
+import json, sys
+from models.methods import AdapterSpec
+from models.train import train_adapter
+args = json.loads(sys.argv[1])
+args["spec"] = AdapterSpec(**args["spec"])
+train_adapter(**args)
+"""
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_adapter(
+    tiny_base, tiny_data, tmp_path
+):
+    uninterrupted = train_adapter(**kwargs(tiny_base, tiny_data, tmp_path / "whole"))
+
+    checkpoints = tmp_path / "checkpoints"
+    args = {
+        **kwargs(tiny_base, tiny_data, tmp_path / "killed"),
+        "spec": SPEC.__dict__,
+        "save_steps": 5,
+        "checkpoint_dir": str(checkpoints),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(args)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob(f"checkpoint-*/{CHECKPOINT_DONE}")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    killed_at = int(latest_checkpoint(checkpoints).name.split("-")[1])
+    assert killed_at < STEPS and not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+
+    resumed = train_adapter(
+        **kwargs(tiny_base, tiny_data, tmp_path / "resumed"),
+        save_steps=5,
+        checkpoint_dir=checkpoints,
+    )
+    assert resumed.resumed_from_step >= killed_at
+    assert resumed.steps == STEPS
+    assert resumed.adapter_sha256 == uninterrupted.adapter_sha256
+    assert (checkpoints / f"checkpoint-{STEPS}" / CHECKPOINT_DONE).is_file()
+    # The loss history spans the whole run, the part before the kill included.
+    assert [s for s, _ in resumed.loss_history] == list(range(10, STEPS + 1, 10))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "method,spec",
+    [
+        # Delta-LoRA moves base weights, which the checkpoint must carry.
+        ("delta_lora", AdapterSpec(**{**SPEC.__dict__, "dropout": 0.0})),
+        # LoRA+ has its own optimizer parameter groups.
+        ("lora_plus", SPEC),
+    ],
+)
+def test_interrupted_then_resumed_equals_uninterrupted(
+    tiny_base, tiny_data, tmp_path, method, spec
+):
+    args = kwargs(tiny_base, tiny_data, tmp_path / "whole", method, spec)
+    args["max_steps"] = 24
+    whole = train_adapter(**args)
+
+    def stop_at_step_10(path: Path) -> None:
+        if path.name == "checkpoint-10":
+            raise Interrupt
+
+    checkpoints = tmp_path / "checkpoints"
+    resumable = {**args, "save_steps": 5, "checkpoint_dir": checkpoints}
+    with pytest.raises(Interrupt):
+        train_adapter(
+            **{**resumable, "output_dir": str(tmp_path / "a")}, on_checkpoint=stop_at_step_10
+        )
+    resumed = train_adapter(**{**resumable, "output_dir": str(tmp_path / "b")})
+    assert resumed.resumed_from_step == 10
+    assert resumed.adapter_sha256 == whole.adapter_sha256
+
+
+def test_a_checkpoint_cut_short_is_not_resumed_from(tiny_base, tiny_data, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    args = {**kwargs(tiny_base, tiny_data, tmp_path / "a"), "max_steps": 10}
+    train_adapter(**args, save_steps=5, checkpoint_dir=checkpoints)
+    # As if the process died while writing checkpoint-10: no completion marker.
+    (checkpoints / "checkpoint-10" / CHECKPOINT_DONE).unlink()
+    assert latest_checkpoint(checkpoints).name == "checkpoint-5"
+    again = train_adapter(
+        **{**args, "output_dir": str(tmp_path / "b")}, save_steps=5, checkpoint_dir=checkpoints
+    )
+    assert again.resumed_from_step == 5

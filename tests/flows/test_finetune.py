@@ -78,6 +78,8 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
     assert yaml.safe_load(open(saved)) == first_cfg.model_dump(mode="json")
     # The resolved config and the eval report travel with the adapter itself.
     assert (project / first.adapter_dir / "loraflow.yaml").read_text() == first_cfg.to_yaml()
+    # The final checkpoint was written (the store exists) and, the adapter registered, cleared.
+    assert list((project / ".loraflow" / "checkpoints").iterdir()) == []
     assert (project / first.adapter_dir / "eval_report.json").is_file()
     # Data was pushed to the DVC remote.
     assert any((project / ".loraflow" / "dvc-remote").rglob("*"))

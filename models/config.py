@@ -152,6 +152,11 @@ class TrainingConfig(_Section):
         description="Data-parallel training processes on this machine (DDP via torchrun: one per "
         "GPU on CUDA, gloo on CPU); batch_size stays per process.",
     )
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: each batch's examples in one row, position ids "
+        "restarting per example so they do not attend to each other (same loss, no pad compute).",
+    )
 
     @field_validator("learning_rate")
     @classmethod

@@ -16,6 +16,7 @@ from models.hashing import file_sha256
 from models.loading import load_base, resolve_device, resolve_dtype
 from models.memory import track_peak_memory
 from models.methods import AdapterSpec, get_method
+from models.packing import pack_batch
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -79,6 +80,7 @@ def train_adapter(
     extra_files: dict[str, str] | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
     save: bool = True,
+    packing: bool = False,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
@@ -86,6 +88,7 @@ def train_adapter(
     on_log: called with the Trainer's log dict and step (loss curve for the caller's tracker).
     save: False in the non-zero ranks of a distributed run (see models.distributed): they train
         but write nothing, and their result has no adapter.
+    packing: each batch is one padding-free row (models.packing) instead of padded rows.
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
@@ -127,9 +130,8 @@ def train_adapter(
                 on_log(logs, state.global_step)
 
     def collate(features):
-        batch = pad_batch(features, tokenizer.pad_token_id)
-        tokens["seen"] += int(batch["attention_mask"].sum())
-        return batch
+        tokens["seen"] += sum(len(f["input_ids"]) for f in features)  # real tokens, no padding
+        return pack_batch(features) if packing else pad_batch(features, tokenizer.pad_token_id)
 
     use_bf16 = torch_dtype == torch.bfloat16
     args = TrainingArguments(

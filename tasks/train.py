@@ -45,6 +45,7 @@ def train(
     config_yaml: str,
     num_processes: int = 1,
     log_to_run: bool = True,
+    packing: bool = False,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
 
@@ -91,6 +92,7 @@ def train(
         output_dir=output_dir,
         extra_files={"loraflow.yaml": config_yaml},
         on_log=relay if log_to_run else None,
+        packing=packing,
     )
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",

@@ -67,6 +67,7 @@ def train_args(config: LoraflowConfig, base_model: str, run_id: str) -> dict:
         "dtype": training.dtype,
         "num_processes": training.num_processes,
         "packing": training.packing,
+        "threads": training.cpu_threads,
         "output_dir": str(Path(training.output_dir) / run_id / "adapter"),
         "config_yaml": config.to_yaml(),
     }

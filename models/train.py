@@ -13,7 +13,7 @@ import torch
 
 from models.data import pad_batch, read_split, tokenize
 from models.hashing import file_sha256
-from models.loading import load_base, resolve_device, resolve_dtype
+from models.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.memory import track_peak_memory
 from models.methods import AdapterSpec, get_method
 from models.packing import pack_batch
@@ -81,6 +81,7 @@ def train_adapter(
     on_log: Callable[[dict[str, float], int], None] | None = None,
     save: bool = True,
     packing: bool = False,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
@@ -89,6 +90,7 @@ def train_adapter(
     save: False in the non-zero ranks of a distributed run (see models.distributed): they train
         but write nothing, and their result has no adapter.
     packing: each batch is one padding-free row (models.packing) instead of padded rows.
+    threads: torch threads while training on CPU (None: torch's default, one per core).
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
@@ -170,7 +172,7 @@ def train_adapter(
         optimizers=optimizers,
     )
     started = time.perf_counter()
-    with track_peak_memory(device) as memory:
+    with track_peak_memory(device) as memory, cpu_threads(threads if device == "cpu" else None):
         output = trainer.train()
     seconds = time.perf_counter() - started
     seen = tokens["seen"]

@@ -46,6 +46,7 @@ def train(
     num_processes: int = 1,
     log_to_run: bool = True,
     packing: bool = False,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
 
@@ -93,6 +94,7 @@ def train(
         extra_files={"loraflow.yaml": config_yaml},
         on_log=relay if log_to_run else None,
         packing=packing,
+        threads=threads,
     )
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",

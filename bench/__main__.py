@@ -7,6 +7,9 @@ Benchmarks (each measured in fresh worker processes, see its module):
   adapter   4. adapter vs base size; base / merged / unmerged forward latency
   rerun     5. unchanged rerun vs first run of `loraflow run --skip-unchanged`
   flops     6. achieved training FLOP/s of a 100M+ model vs a measured matmul peak
+  threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
+
+On CPU every worker runs with 1 torch thread unless --threads says otherwise (see threads).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 from bench.common import BenchError
 
-BENCHMARKS = ("overhead", "packing", "memory", "adapter", "rerun", "flops")
+BENCHMARKS = ("overhead", "packing", "memory", "adapter", "rerun", "flops", "threads")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch threads in every worker (OMP_NUM_THREADS); default: torch's (one per core)",
+        default=1,
+        help="torch threads in every CPU worker (OMP_NUM_THREADS; default 1, the faster setting "
+        "for the demo model, see the threads benchmark); 0 = torch's default, one per core",
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -56,10 +60,13 @@ def table(figures: list) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # workers inherit it
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     import torch
+
+    if args.threads and not torch.cuda.is_available():
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # workers inherit it
+    else:
+        args.threads = 0
 
     machine = (
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         log(f"== {name}")
         t0 = time.perf_counter()
+        if name == "threads" and torch.cuda.is_available():
+            log("  (CPU only, skipped)\n")
+            continue
         try:
             figure = importlib.import_module(f"bench.{name}").run()
         except BenchError as e:

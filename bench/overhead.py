@@ -4,9 +4,6 @@ One worker process alternates the two on the demo config (same model, data, batc
 steps, seed): a short warm-up of each, then `reps` rounds whose order flips every round. The
 pipeline side is the real train task (`tasks.train.train.fn`, what the finetune flow calls),
 logging its loss curve to an MLflow run on a scratch sqlite store.
-
-A third arm is the same train task with `training.cpu_threads: 1` (CPU only): the before/after
-of that switch, measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from bench.common import (
 GOAL = 0.97
 
 
-def _config(steps: int, output_dir: str, extra: tuple[str, ...] = ()):
+def _config(steps: int, output_dir: str):
     from models.config import load_config
 
     return load_config(
@@ -38,17 +35,16 @@ def _config(steps: int, output_dir: str, extra: tuple[str, ...] = ()):
             f"data.path={DEMO_DATA}",
             f"training.max_steps={steps}",
             f"training.output_dir={output_dir}",
-            *extra,
         ],
     )
 
 
-def _pipeline(steps: int, tmp: str, tag: str, extra: tuple[str, ...] = ()) -> dict:
+def _pipeline(steps: int, tmp: str, tag: str) -> dict:
     from flows.stages import train_args
     from tasks.tracking import open_run
     from tasks.train import train
 
-    config = _config(steps, f"{tmp}/runs", extra)
+    config = _config(steps, f"{tmp}/runs")
     run_id = open_run.fn(
         experiment="bench-overhead",
         run_name=tag,
@@ -84,16 +80,8 @@ def _plain(steps: int, tmp: str, tag: str) -> dict:
     )
 
 
-def _one_thread(steps: int, tmp: str, tag: str) -> dict:
-    return _pipeline(steps, tmp, tag, ("training.cpu_threads=1",))
-
-
 def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
-    import torch
-
     arms = {"pipeline": _pipeline, "plain": _plain}
-    if not torch.cuda.is_available() and torch.get_num_threads() > 1:
-        arms["pipeline_1_thread"] = _one_thread
     for name, fn in arms.items():
         fn(warmup_steps, tmp, f"warmup-{name}")
     runs: dict[str, list[dict]] = {name: [] for name in arms}
@@ -116,14 +104,6 @@ def run(*, steps: int = 150, reps: int = 3) -> Figure:
     pipeline, plain = median(tps["pipeline"]), median(tps["plain"])
     ratio = pipeline / plain
     per_round = [a / b for a, b in zip(tps["pipeline"], tps["plain"], strict=True)]
-    threads_lines = []
-    if "pipeline_1_thread" in tps:
-        one = median(tps["pipeline_1_thread"])
-        threads_lines = [
-            "pipeline, training.cpu_threads=1: "
-            + ", ".join(f"{v:,.0f}" for v in tps["pipeline_1_thread"])
-            + f" tokens/s; median {one:,.0f} = {one / pipeline:.2f}x the default threads"
-        ]
     return Figure(
         number=1,
         name="overhead: pipeline train task vs plain Trainer + PEFT (tokens/s)",
@@ -144,7 +124,6 @@ def run(*, steps: int = 150, reps: int = 3) -> Figure:
             "plain    tokens/s: " + ", ".join(f"{v:,.0f}" for v in tps["plain"]),
             "per-round ratio:   " + ", ".join(f"{v:.3f}" for v in per_round),
             f"median ratio {ratio:.3f} (goal >= {GOAL})",
-            *threads_lines,
         ],
     )
 

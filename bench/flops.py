@@ -125,7 +125,7 @@ def run(
     seq_len: int = 128,
     batch_size: int = 4,
     warmup: int = 1,
-    steps: int = 4,
+    steps: int = 3,
 ) -> Figure:
     require_demo_assets()
     with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:

@@ -128,7 +128,7 @@ def _work(method: str, r: int, batch_size: int, seq_len: int, steps: int, data: 
     }
 
 
-def run(*, r: int = 8, batch_size: int = 8, seq_len: int = 256, steps: int = 3) -> Figure:
+def run(*, r: int = 8, batch_size: int = 8, seq_len: int = 256, steps: int = 2) -> Figure:
     require_demo_assets()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:

@@ -92,12 +92,12 @@ def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
     return runs
 
 
-def run(*, steps: int = 150, reps: int = 3) -> Figure:
+def run(*, steps: int = 120, reps: int = 3) -> Figure:
     require_demo_assets()
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         runs = run_worker(
             "bench.overhead",
-            {"steps": steps, "reps": reps, "warmup_steps": 20, "tmp": tmp},
+            {"steps": steps, "reps": reps, "warmup_steps": 10, "tmp": tmp},
             env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"},
         )
     tps = {name: [r["tokens_per_second"] for r in rs] for name, rs in runs.items()}

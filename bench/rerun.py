@@ -55,7 +55,7 @@ def scratch_project(root: Path, env: dict[str, str]) -> None:
     _call(["git", "commit", "-q", "-m", "init"], root, env)
 
 
-def run(*, steps: int = 100, eval_examples: int = 20) -> Figure:
+def run(*, steps: int = 50, eval_examples: int = 20) -> Figure:
     require_demo_assets()
     with tempfile.TemporaryDirectory(prefix="bench-rerun-") as tmp:
         root = Path(tmp) / "project"

@@ -41,7 +41,7 @@ def _train(threads: int, steps: int, out: Path) -> float:
         max_steps=steps,
         learning_rate=3e-3,
         batch_size=16,
-        warmup_steps=20,
+        warmup_steps=5,
         logging_steps=100,
         device="cpu",
         output_dir=out,
@@ -53,7 +53,7 @@ def _train(threads: int, steps: int, out: Path) -> float:
 def _work(steps: int, reps: int, cores: int, tmp: str) -> dict:
     settings = [1, cores]
     for threads in settings:
-        _train(threads, 10, Path(tmp) / f"warmup-{threads}")
+        _train(threads, 3, Path(tmp) / f"warmup-{threads}")
     runs: dict[str, list[float]] = {str(t): [] for t in settings}
     for rep in range(reps):
         for threads in settings if rep % 2 == 0 else list(reversed(settings)):
@@ -61,7 +61,7 @@ def _work(steps: int, reps: int, cores: int, tmp: str) -> dict:
     return runs
 
 
-def run(*, steps: int = 60, reps: int = 3) -> Figure:
+def run(*, steps: int = 15, reps: int = 3) -> Figure:
     require_demo_assets()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:

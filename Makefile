@@ -1,4 +1,5 @@
-# loraflow: `make run` sets everything up and runs the demo pipeline; `make test` runs the tests.
+# loraflow: `make run` sets everything up and runs the demo pipeline; `make test` runs the tests;
+# `make bench` runs the benchmark suite.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test lint lock clean up up-gpu down
+.PHONY: setup run demo-assets test bench lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -37,6 +38,10 @@ run: demo-assets
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The benchmark suite on the demo model (README "Performance"); BENCH_ARGS=--json for JSON.
+bench: demo-assets
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

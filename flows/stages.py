@@ -72,6 +72,8 @@ def train_args(
         "device": training.device,
         "dtype": training.dtype,
         "num_processes": training.num_processes,
+        "packing": training.packing,
+        "threads": training.cpu_threads,
         "output_dir": str(Path(training.output_dir) / run_id / "adapter"),
         "config_yaml": config.to_yaml(),
         "save_steps": training.save_steps if checkpoint_key else 0,

@@ -152,6 +152,16 @@ class TrainingConfig(_Section):
         description="Data-parallel training processes on this machine (DDP via torchrun: one per "
         "GPU on CUDA, gloo on CPU); batch_size stays per process.",
     )
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: each batch's examples in one row, position ids "
+        "restarting per example so they do not attend to each other (same loss, no pad compute).",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        description="torch threads when training on CPU; empty = torch's default (one per core). "
+        "1 can be much faster for small models on a busy machine.",
+    )
 
     save_steps: int = Field(
         500,
@@ -198,6 +208,13 @@ class TrainingConfig(_Section):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+    @field_validator("cpu_threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1 or empty (got {v})")
         return v
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -92,6 +93,22 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return getattr(torch, dtype)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` for the block (None: leave as is), then restored.
+
+    One thread per core is torch's default; for small models on a busy machine fewer threads
+    can be much faster (each op is too short to amortise waiting for a descheduled thread).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(device: str) -> str:

@@ -14,9 +14,10 @@ import torch
 
 from models.data import pad_batch, read_split, tokenize
 from models.hashing import file_sha256
-from models.loading import load_base, resolve_device, resolve_dtype
+from models.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.memory import track_peak_memory
 from models.methods import AdapterSpec, get_method
+from models.packing import pack_batch
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Written into a checkpoint directory after the Trainer finished saving it: a directory without
@@ -131,6 +132,8 @@ def train_adapter(
     checkpoint_dir: str | Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
     deterministic: bool = False,
+    packing: bool = False,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
@@ -145,6 +148,8 @@ def train_adapter(
     on_checkpoint: called with each finished checkpoint directory (e.g. to copy it elsewhere).
     deterministic: PyTorch's deterministic mode while training (see deterministic_algorithms);
         slower on CUDA, no effect on CPU results.
+    packing: each batch is one padding-free row (models.packing) instead of padded rows.
+    threads: torch threads while training on CPU (None: torch's default, one per core).
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
@@ -198,9 +203,8 @@ def train_adapter(
                 on_log(logs, state.global_step)
 
     def collate(features):
-        batch = pad_batch(features, tokenizer.pad_token_id)
-        tokens["seen"] += int(batch["attention_mask"].sum())
-        return batch
+        tokens["seen"] += sum(len(f["input_ids"]) for f in features)  # real tokens, no padding
+        return pack_batch(features) if packing else pad_batch(features, tokenizer.pad_token_id)
 
     use_bf16 = torch_dtype == torch.bfloat16
     args = TrainingArguments(
@@ -241,7 +245,11 @@ def train_adapter(
         optimizers=optimizers,
     )
     started = time.perf_counter()
-    with track_peak_memory(device) as memory, deterministic_algorithms(deterministic):
+    with (
+        track_peak_memory(device) as memory,
+        deterministic_algorithms(deterministic),
+        cpu_threads(threads if device == "cpu" else None),
+    ):
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     seen = tokens["seen"]

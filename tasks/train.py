@@ -50,6 +50,8 @@ def train(
     checkpoint_store: str = "",
     checkpoint_key: str | None = None,
     deterministic: bool = False,
+    packing: bool = False,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
 
@@ -114,6 +116,8 @@ def train(
         on_log=relay if log_to_run else None,
         deterministic=deterministic,
         **checkpointing,
+        packing=packing,
+        threads=threads,
     )
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",

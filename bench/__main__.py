@@ -1,0 +1,108 @@
+"""`python -m bench [--only a,b] [--json] [--threads N]`: run the suite, print the table.
+
+Benchmarks (each measured in fresh worker processes, see its module):
+  overhead  1. pipeline train task vs plain Trainer + PEFT, tokens/s
+  packing   2. training.packing vs padded batches: tokens/s and eval loss
+  memory    3. peak training memory: LoRA-FA vs LoRA, VeRA, full fine-tuning
+  adapter   4. adapter vs base size; base / merged / unmerged forward latency
+  rerun     5. unchanged rerun vs first run of `loraflow run --skip-unchanged`
+  flops     6. achieved training FLOP/s of a 100M+ model vs a measured matmul peak
+  threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
+
+On CPU every worker runs with 1 torch thread unless --threads says otherwise (see threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+from bench.common import BenchError
+
+BENCHMARKS = ("overhead", "packing", "memory", "adapter", "rerun", "flops", "threads")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in every CPU worker (OMP_NUM_THREADS; default 1, the faster setting "
+        "for the demo model, see the threads benchmark); 0 = torch's default, one per core",
+    )
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
+    return args
+
+
+def table(figures: list) -> str:
+    rows = ["| # | figure | measured | goal | command |", "|---|---|---|---|---|"]
+    for f in figures:
+        rows.append(f"| {f.number} | {f.name} | {f.measured} | {f.goal} | `{f.command}` |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    import torch
+
+    if args.threads and not torch.cuda.is_available():
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # workers inherit it
+    else:
+        args.threads = 0
+
+    machine = (
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
+        f"torch threads {args.threads or torch.get_num_threads()}, "
+        f"Python {platform.python_version()}"
+    )
+    log(f"loraflow benchmarks on {machine}\n")
+    started = time.perf_counter()
+    figures = []
+    for name in args.only:
+        log(f"== {name}")
+        t0 = time.perf_counter()
+        if name == "threads" and torch.cuda.is_available():
+            log("  (CPU only, skipped)\n")
+            continue
+        try:
+            figure = importlib.import_module(f"bench.{name}").run()
+        except BenchError as e:
+            print(f"bench: {name}: {e}", file=sys.stderr)
+            return 1
+        figure.details["seconds"] = time.perf_counter() - t0
+        figures.append(figure)
+        for line in figure.lines:
+            log(f"  {line}")
+        log(f"  ({figure.details['seconds']:.0f} s)\n")
+    total = time.perf_counter() - started
+    if args.json:
+        out = {"machine": machine, "total_seconds": total}
+        out["figures"] = [dataclasses.asdict(f) for f in figures]
+        print(json.dumps(out, indent=2))
+    else:
+        print(table(figures))
+        print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

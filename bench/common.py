@@ -1,0 +1,114 @@
+"""What the benchmarks share: paths, worker processes, medians, the figure they report."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_BASE = ROOT / ".loraflow" / "demo-base"
+DEMO_DATA = ROOT / "data"
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+RESULT_PREFIX = "BENCH_RESULT "
+
+# Workers run offline and quiet; glibc returns freed memory at once, so that peak resident
+# memory measures what training holds (STACK-FACTS: peak RSS is meaningless without it).
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore",
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "MALLOC_TRIM_THRESHOLD_": "0",
+}
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (missing demo assets, a worker failed)."""
+
+
+@dataclass
+class Figure:
+    """One row of the Performance table, plus the measurements behind it."""
+
+    number: int
+    name: str
+    measured: str
+    goal: str
+    command: str
+    details: dict = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+def require_demo_assets() -> None:
+    if not (DEMO_BASE / "config.json").is_file() or not (DEMO_DATA / "train.jsonl").is_file():
+        raise BenchError(
+            f"demo assets missing ({DEMO_BASE}, {DEMO_DATA}): run `loraflow demo-assets` "
+            "(or `make demo-assets`) first"
+        )
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **WORKER_ENV, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def run_worker(
+    module: str, request: dict, *, env: dict[str, str] | None = None, timeout: float = 900
+) -> dict:
+    """Run `python -m module REQUEST_JSON` in a fresh process; return the JSON it reports."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, json.dumps(request)],
+        cwd=ROOT,
+        env=worker_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+    raise BenchError(f"worker {module} failed (exit code {proc.returncode}):\n{tail}")
+
+
+def worker_main(fn) -> None:
+    """Entry point of a worker module: fn(**request) -> JSON-ready dict, printed for the parent."""
+    request = json.loads(sys.argv[1])
+    result = fn(**request)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def device_kind() -> str:
+    """'cuda' when a GPU is there (then the suite trains in bf16), else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Stopwatch:
+    """Wall time of a block: `with Stopwatch() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,132 @@
+"""Figure 1: training tokens/s of the pipeline's train task vs a plain Trainer + PEFT script.
+
+One worker process alternates the two on the demo config (same model, data, batch, seq length,
+steps, seed): a short warm-up of each, then `reps` rounds whose order flips every round. The
+pipeline side is the real train task (`tasks.train.train.fn`, what the finetune flow calls),
+logging its loss curve to an MLflow run on a scratch sqlite store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.common import (
+    DEMO_BASE,
+    DEMO_CONFIG,
+    DEMO_DATA,
+    Figure,
+    median,
+    require_demo_assets,
+    run_worker,
+    worker_main,
+)
+
+GOAL = 0.97
+
+
+def _config(steps: int, output_dir: str):
+    from models.config import load_config
+
+    return load_config(
+        DEMO_CONFIG,
+        [
+            f"base_model={DEMO_BASE}",
+            f"data.path={DEMO_DATA}",
+            f"training.max_steps={steps}",
+            f"training.output_dir={output_dir}",
+        ],
+    )
+
+
+def _pipeline(steps: int, tmp: str, tag: str) -> dict:
+    from flows.stages import train_args
+    from tasks.tracking import open_run
+    from tasks.train import train
+
+    config = _config(steps, f"{tmp}/runs")
+    run_id = open_run.fn(
+        experiment="bench-overhead",
+        run_name=tag,
+        config=config.model_dump(mode="json"),
+        config_yaml=config.to_yaml(),
+        tags={},
+    )
+    result = train.fn(**train_args(config, str(DEMO_BASE), run_id))
+    return {"tokens_per_second": result.tokens_per_second, "train_loss": result.train_loss}
+
+
+def _plain(steps: int, tmp: str, tag: str) -> dict:
+    from bench.plain import train_plain
+
+    config = _config(steps, tmp)
+    data, adapter, training = config.data, config.adapter, config.training
+    return train_plain(
+        base_model=str(DEMO_BASE),
+        train_file=str(Path(data.path) / data.train_file),
+        max_seq_len=data.max_seq_len,
+        batch_size=training.batch_size,
+        max_steps=training.max_steps,
+        learning_rate=training.learning_rate,
+        warmup_steps=training.warmup_steps,
+        lr_scheduler=training.lr_scheduler,
+        logging_steps=training.logging_steps,
+        r=adapter.r,
+        alpha=adapter.alpha,
+        dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        seed=adapter.seed,
+        output_dir=f"{tmp}/plain-{tag}",
+    )
+
+
+def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
+    arms = {"pipeline": _pipeline, "plain": _plain}
+    for name, fn in arms.items():
+        fn(warmup_steps, tmp, f"warmup-{name}")
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for rep in range(reps):
+        order = list(arms)[rep % len(arms) :] + list(arms)[: rep % len(arms)]
+        for name in order:
+            runs[name].append(arms[name](steps, tmp, f"{name}-{rep}"))
+    return runs
+
+
+def run(*, steps: int = 120, reps: int = 3) -> Figure:
+    require_demo_assets()
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        runs = run_worker(
+            "bench.overhead",
+            {"steps": steps, "reps": reps, "warmup_steps": 10, "tmp": tmp},
+            env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"},
+        )
+    tps = {name: [r["tokens_per_second"] for r in rs] for name, rs in runs.items()}
+    pipeline, plain = median(tps["pipeline"]), median(tps["plain"])
+    ratio = pipeline / plain
+    per_round = [a / b for a, b in zip(tps["pipeline"], tps["plain"], strict=True)]
+    return Figure(
+        number=1,
+        name="overhead: pipeline train task vs plain Trainer + PEFT (tokens/s)",
+        measured=f"{ratio:.3f} ({pipeline:,.0f} vs {plain:,.0f} tokens/s)",
+        goal=f">= {GOAL}",
+        command="python -m bench --only overhead",
+        details={
+            "ratio": ratio,
+            "pipeline_tokens_per_second": pipeline,
+            "plain_tokens_per_second": plain,
+            "runs": runs,
+            "per_round_ratio": per_round,
+            "steps": steps,
+        },
+        lines=[
+            f"demo config, {steps} steps x {reps} rounds in rotating order (+ a warm-up of each)",
+            "pipeline tokens/s: " + ", ".join(f"{v:,.0f}" for v in tps["pipeline"]),
+            "plain    tokens/s: " + ", ".join(f"{v:,.0f}" for v in tps["plain"]),
+            "per-round ratio:   " + ", ".join(f"{v:.3f}" for v in per_round),
+            f"median ratio {ratio:.3f} (goal >= {GOAL})",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    worker_main(_work)

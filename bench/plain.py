@@ -1,0 +1,109 @@
+"""The baseline a user would otherwise write: transformers Trainer + PEFT, nothing of loraflow.
+
+Same model, data, tokens, batch, steps and optimizer settings as the pipeline's train task; the
+data is tokenized the same way (prompt + completion + eos, loss on the completion) so that both
+see identical batches. Tokens/s counts real (non-padding) tokens over `trainer.train()`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+def tokenize_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:
+    """prompt + completion + eos, prompt labels -100, cut at max_seq_len."""
+    features = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+            ids = prompt + completion + [tokenizer.eos_token_id]
+            labels = [-100] * len(prompt) + completion + [tokenizer.eos_token_id]
+            features.append({"input_ids": ids[:max_seq_len], "labels": labels[:max_seq_len]})
+    return features
+
+
+def train_plain(
+    *,
+    base_model: str,
+    train_file: str,
+    max_seq_len: int,
+    batch_size: int,
+    max_steps: int,
+    learning_rate: float,
+    warmup_steps: int,
+    lr_scheduler: str,
+    logging_steps: int,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | str,
+    seed: int,
+    output_dir: str,
+) -> dict:
+    """Train LoRA with a plain Trainer; returns tokens, seconds, tokens/s and the final loss."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    features = tokenize_jsonl(train_file, tokenizer, max_seq_len)
+    set_seed(seed)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    tokens = {"seen": 0}
+
+    def collate(batch):
+        tokens["seen"] += sum(len(f["input_ids"]) for f in batch)
+        return pad(batch)
+
+    args = TrainingArguments(
+        output_dir=output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        lr_scheduler_type=lr_scheduler,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collate)
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    return {
+        "tokens": tokens["seen"],
+        "seconds": seconds,
+        "tokens_per_second": tokens["seen"] / seconds,
+        "train_loss": float(output.training_loss),
+    }

@@ -1,0 +1,124 @@
+"""Packed (padding-free) batches give each example exactly the logits and loss it gets alone."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from models.config import TrainingConfig
+from models.data import pad_batch
+from models.methods import AdapterSpec
+from models.packing import pack_batch
+from models.train import train_adapter
+
+SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=1)
+
+# Lengths differ, and one example is a single token (its positions are just [0]).
+FEATURES = [
+    {"input_ids": [5, 9, 3, 7, 2], "labels": [-100, -100, 3, 7, 2]},
+    {"input_ids": [4, 8], "labels": [-100, 8]},
+    {"input_ids": [6], "labels": [-100]},
+    {"input_ids": [11, 12, 13, 14, 15, 16, 17], "labels": [-100, -100, -100, 14, 15, 16, 17]},
+]
+
+
+def tiny_llama(attn: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        use_cache=False,
+        attn_implementation=attn,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def test_pack_batch_layout():
+    batch = pack_batch(FEATURES[:3])
+    assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask
+    assert batch["input_ids"].tolist() == [[5, 9, 3, 7, 2, 4, 8, 6]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 0]]
+    # Each example's first label is masked: the previous example's last token never learns it.
+    assert batch["labels"].tolist() == [[-100, -100, 3, 7, 2, -100, 8, -100]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_examples_run_one_by_one(attn):
+    model = tiny_llama(attn)
+    batch = pack_batch(FEATURES)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = 0
+        for f in FEATURES:
+            n = len(f["input_ids"])
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
+            start += n
+
+
+def test_without_position_ids_examples_would_see_each_other():
+    """Control: the same row with plain positions is one causal sequence, so logits change."""
+    model = tiny_llama("sdpa")
+    batch = pack_batch(FEATURES[:2])
+    with torch.no_grad():
+        mixed = model(input_ids=batch["input_ids"]).logits[0, 5:7]
+        alone = model(input_ids=torch.tensor([FEATURES[1]["input_ids"]])).logits[0]
+    assert (mixed - alone).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_and_gradients_equal_padded(attn):
+    model = tiny_llama(attn).train()
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    padded_loss, padded_grads = loss_and_grads(pad_batch(FEATURES, pad_id=0))
+    packed_loss, packed_grads = loss_and_grads(pack_batch(FEATURES))
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-6, rtol=1e-6)
+    for packed, padded in zip(packed_grads, padded_grads, strict=True):
+        torch.testing.assert_close(packed, padded, atol=1e-6, rtol=1e-5)
+
+
+def test_packing_is_off_by_default_and_settable():
+    assert TrainingConfig().packing is False
+    assert TrainingConfig(packing=True).packing is True
+
+
+def test_train_adapter_packed_matches_padded(tiny_base, tiny_data, tmp_path):
+    """Same steps on the same batches: same losses; tokens/s counts real tokens only."""
+
+    def run(packing, out):
+        return train_adapter(
+            base_model=str(tiny_base),
+            train_file=tiny_data / "train.jsonl",
+            prompt_field="prompt",
+            completion_field="completion",
+            max_seq_len=64,
+            too_long="reject",
+            method="lora",
+            spec=SPEC,
+            max_steps=3,
+            learning_rate=3e-3,
+            batch_size=8,
+            logging_steps=1,
+            device="cpu",
+            output_dir=out,
+            packing=packing,
+        )
+
+    padded, packed = run(False, tmp_path / "padded"), run(True, tmp_path / "packed")
+    assert [s for s, _ in packed.loss_history] == [1, 2, 3]
+    for (_, a), (_, b) in zip(padded.loss_history, packed.loss_history, strict=True):
+        assert b == pytest.approx(a, rel=1e-4)
+    # Same examples seen, so the same token count: seconds differ, tokens do not.
+    padded_tokens = padded.tokens_per_second * padded.train_seconds
+    packed_tokens = packed.tokens_per_second * packed.train_seconds
+    assert packed_tokens == pytest.approx(padded_tokens, rel=1e-9)

@@ -154,7 +154,8 @@ class TrainingConfig(_Section):
     )
     packing: bool = Field(
         False,
-        description="Padding-free batches: each batch's examples in one row, position ids "
+        description="Padding-free batches: each batch's examples packed into rows of at most "
+        "data.max_seq_len tokens, position ids "
         "restarting per example so they do not attend to each other (same loss, no pad compute).",
     )
     cpu_threads: int | None = Field(

@@ -148,7 +148,8 @@ def train_adapter(
     on_checkpoint: called with each finished checkpoint directory (e.g. to copy it elsewhere).
     deterministic: PyTorch's deterministic mode while training (see deterministic_algorithms);
         slower on CUDA, no effect on CPU results.
-    packing: each batch is one padding-free row (models.packing) instead of padded rows.
+    packing: each batch is packed padding-free into rows of <= max_seq_len tokens
+        (models.packing) instead of padded rows.
     threads: torch threads while training on CPU (None: torch's default, one per core).
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
@@ -204,7 +205,9 @@ def train_adapter(
 
     def collate(features):
         tokens["seen"] += sum(len(f["input_ids"]) for f in features)  # real tokens, no padding
-        return pack_batch(features) if packing else pad_batch(features, tokenizer.pad_token_id)
+        if packing:
+            return pack_batch(features, row_len=max_seq_len, pad_id=tokenizer.pad_token_id)
+        return pad_batch(features, tokenizer.pad_token_id)
 
     use_bf16 = torch_dtype == torch.bfloat16
     args = TrainingArguments(

@@ -37,8 +37,8 @@ def tiny_llama(attn: str) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def test_pack_batch_layout():
-    batch = pack_batch(FEATURES[:3])
+def test_pack_batch_layout_one_row_when_all_fit():
+    batch = pack_batch(FEATURES[:3], row_len=64)
     assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask
     assert batch["input_ids"].tolist() == [[5, 9, 3, 7, 2, 4, 8, 6]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 0]]
@@ -46,32 +46,72 @@ def test_pack_batch_layout():
     assert batch["labels"].tolist() == [[-100, -100, 3, 7, 2, -100, 8, -100]]
 
 
+# FEATURES in rows of <= 7 tokens, first-fit decreasing: [ex 3], [ex 0, ex 1], [ex 2, pad tail].
+ROW_LEN = 7
+PLACES = {3: (0, 0), 0: (1, 0), 1: (1, 5), 2: (2, 0)}  # example -> (row, offset)
+
+
+def test_pack_batch_layout_rows():
+    batch = pack_batch(FEATURES, row_len=ROW_LEN, pad_id=0)
+    assert batch["input_ids"].tolist() == [
+        [11, 12, 13, 14, 15, 16, 17],
+        [5, 9, 3, 7, 2, 4, 8],
+        [6, 0, 0, 0, 0, 0, 0],
+    ]
+    # The pad tail restarts its positions too: a sequence of its own that no real token sees.
+    assert batch["position_ids"].tolist() == [
+        [0, 1, 2, 3, 4, 5, 6],
+        [0, 1, 2, 3, 4, 0, 1],
+        [0, 0, 1, 2, 3, 4, 5],
+    ]
+    assert batch["labels"].tolist() == [
+        [-100, -100, -100, 14, 15, 16, 17],
+        [-100, -100, 3, 7, 2, -100, 8],
+        [-100] * 7,
+    ]
+    for i, (row, offset) in PLACES.items():
+        n = len(FEATURES[i]["input_ids"])
+        assert batch["input_ids"][row, offset : offset + n].tolist() == FEATURES[i]["input_ids"]
+
+
+def test_example_longer_than_row_len_gets_its_own_row():
+    batch = pack_batch(FEATURES, row_len=3)
+    assert batch["input_ids"].shape == (3, 7)
+    assert batch["input_ids"][2, :3].tolist() == [4, 8, 6]  # 2 + 1 tokens fill a row of 3
+
+
+# The same with room for all in one row: longest first, then first fit.
+ONE_ROW_PLACES = {3: (0, 0), 0: (0, 7), 1: (0, 12), 2: (0, 14)}
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_logits_equal_examples_run_one_by_one(attn):
+@pytest.mark.parametrize("row_len, places", [(ROW_LEN, PLACES), (64, ONE_ROW_PLACES)])
+def test_packed_logits_equal_examples_run_one_by_one(attn, row_len, places):
     model = tiny_llama(attn)
-    batch = pack_batch(FEATURES)
+    batch = pack_batch(FEATURES, row_len=row_len)
+    assert batch["input_ids"].shape[0] == len({row for row, _ in places.values()})
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        start = 0
-        for f in FEATURES:
-            n = len(f["input_ids"])
-            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
-            torch.testing.assert_close(packed[start : start + n], alone, atol=1e-5, rtol=1e-5)
-            start += n
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        for i, (row, offset) in places.items():
+            n = len(FEATURES[i]["input_ids"])
+            alone = model(input_ids=torch.tensor([FEATURES[i]["input_ids"]])).logits[0]
+            got = packed[row, offset : offset + n]
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_without_position_ids_examples_would_see_each_other():
     """Control: the same row with plain positions is one causal sequence, so logits change."""
     model = tiny_llama("sdpa")
-    batch = pack_batch(FEATURES[:2])
+    batch = pack_batch(FEATURES[:2], row_len=64)
     with torch.no_grad():
         mixed = model(input_ids=batch["input_ids"]).logits[0, 5:7]
         alone = model(input_ids=torch.tensor([FEATURES[1]["input_ids"]])).logits[0]
     assert (mixed - alone).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("row_len", [ROW_LEN, 64])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_and_gradients_equal_padded(attn):
+def test_packed_loss_and_gradients_equal_padded(attn, row_len):
     model = tiny_llama(attn).train()
 
     def loss_and_grads(batch):
@@ -81,7 +121,7 @@ def test_packed_loss_and_gradients_equal_padded(attn):
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     padded_loss, padded_grads = loss_and_grads(pad_batch(FEATURES, pad_id=0))
-    packed_loss, packed_grads = loss_and_grads(pack_batch(FEATURES))
+    packed_loss, packed_grads = loss_and_grads(pack_batch(FEATURES, row_len=row_len))
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-6, rtol=1e-6)
     for packed, padded in zip(packed_grads, padded_grads, strict=True):
         torch.testing.assert_close(packed, padded, atol=1e-6, rtol=1e-5)

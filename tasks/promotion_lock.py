@@ -68,6 +68,10 @@ def _try_acquire(mlf, name: str, owner: str, lease_s: float) -> bool:
         )
         return True
     except MlflowException as e:
+        if _code(e) == "RESOURCE_DOES_NOT_EXIST":
+            # The server's create hit the unique name, then looked the holder up to describe it
+            # and found it released in between: contention, try again.
+            return False
         if _code(e) != "RESOURCE_ALREADY_EXISTS":
             raise
     try:

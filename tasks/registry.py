@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import task
@@ -168,6 +167,8 @@ def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef |
 def pip_requirements() -> list[str]:
     """What the pyfunc needs at load time, pinned to what trained it."""
     from importlib.metadata import version
+
+    import torch
 
     torch_version = torch.__version__.split("+")[0]
     reqs = [f"torch=={torch_version}"]

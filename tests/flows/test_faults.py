@@ -1,0 +1,325 @@
+"""Faults against a real MLflow tracking server on PostgreSQL: outages, races, secrets.
+
+One `mlflow server` for the module (it takes ~15 s to start). Outages are made by a TCP relay in
+front of it: while "down" nothing listens on the relay's port, so every request is refused the
+way it is when the server is gone, and it comes back on the same address in an instant (a real
+server restart would cost the start time again). Task retry delays are shortened on the task
+objects for these tests; the production delays are checked in test_production_retry_policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import REPO, free_port
+from tests.flows.test_team import BIN, Processes, postgres_or_skip, wait_http
+
+SHORT_DELAYS = [0.3, 0.6, 1.2]
+
+
+class Relay:
+    """A TCP relay to the server that can go down (connection refused) and come back."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.port = free_port()
+        self.listener: socket.socket | None = None
+        self.live: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def up(self) -> None:
+        if self.listener is not None:
+            return
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            for sock in self.live:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.live.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self.listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.live += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (a, b):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """`mlflow server` on PostgreSQL (yields its port and database name)."""
+    conn = postgres_or_skip()
+    database = f"loraflow_test_faults_{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{database}"')
+    root = tmp_path_factory.mktemp("faults-mlflow")
+    port = free_port()
+    procs = Processes(root)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        server, log = procs.start(
+            "mlflow",
+            [
+                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
+                "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+            ],
+            env,
+            root,
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{port}/health", server, log)
+        yield {"port": port, "database": database, "artifacts": root / "artifacts"}
+    finally:
+        procs.stop()
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture
+def relay(tracking_server):
+    relay = Relay(tracking_server["port"])
+    relay.up()
+    yield relay
+    relay.down()
+
+
+@pytest.fixture
+def short_retries(monkeypatch):
+    """Every I/O task keeps its retries and retry condition, with delays of about a second."""
+    from prefect import Task
+
+    import tasks.data
+    import tasks.evaluate
+    import tasks.export
+    import tasks.preflight
+    import tasks.registry
+    import tasks.tracking
+    import tasks.train
+
+    patched = []
+    for module in (tasks.data, tasks.evaluate, tasks.export, tasks.preflight, tasks.registry,
+                   tasks.tracking, tasks.train):  # fmt: skip
+        for obj in vars(module).values():
+            if isinstance(obj, Task) and obj.retries and obj not in patched:
+                monkeypatch.setattr(obj, "retry_delay_seconds", SHORT_DELAYS)
+                patched.append(obj)
+    assert len(patched) >= 10
+    # Each MLflow request fails at once instead of MLflow's own ~4 minutes of retries.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return patched
+
+
+def test_production_retry_policy():
+    """I/O tasks retry 3 times after 2, 10 and 30 s; compute tasks never retry."""
+    from tasks.evaluate import evaluate, record_evaluation
+    from tasks.preflight import check_inputs, check_services
+    from tasks.registry import promote, register_adapter
+    from tasks.tracking import close_run, log_metrics, open_run
+    from tasks.train import train
+
+    for io in (check_services, open_run, log_metrics, close_run, record_evaluation,
+               register_adapter, promote):  # fmt: skip
+        assert (io.retries, io.retry_delay_seconds) == (3, [2, 10, 30]), io.name
+    for compute in (check_inputs, train, evaluate):
+        assert not compute.retries, compute.name
+
+
+def task_run_count(state) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect_client:
+        return prefect_client.read_task_run(state.state_details.task_run_id).run_count
+
+
+def test_io_tasks_wait_out_an_outage_and_fail_clearly_when_it_lasts(
+    relay, short_retries, monkeypatch, prefect_harness
+):
+    from tasks.tracking import TrackingError, client, log_metrics, open_run
+
+    uri = f"http://loraflow:pw-q7@127.0.0.1:{relay.port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+
+    relay.down()
+    threading.Timer(1.0, relay.up).start()
+    started = time.monotonic()
+    state = open_run(
+        experiment=name, run_name=name, config={"a": 1}, config_yaml="a: 1\n", tags={},
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    assert task_run_count(state) >= 2  # refused at least once, then retried into the server
+    assert time.monotonic() - started >= 1.0
+    run_id = state.result()
+    runs = client().search_runs([client().get_experiment_by_name(name).experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # refused requests created nothing
+    assert runs[0].data.params == {"a": "1"}
+
+    relay.down()  # and this time it stays down
+    state = log_metrics(run_id=run_id, metrics={"x": 1.0}, return_state=True)
+    assert state.is_failed() and task_run_count(state) == 1 + len(SHORT_DELAYS)
+    with pytest.raises(TrackingError) as err:
+        state.result()
+    message = str(err.value)
+    assert message.startswith(f"MLflow at http://***@127.0.0.1:{relay.port}: API request to ")
+    assert "pw-q7" not in message and "\n" not in message
+
+
+# A promotion process for the race: imports, says it is ready, waits for the go file, then runs
+# one promotion per round at the time the go file names (plus its own offset), with the
+# champion it was told it had read before (the stale view every racer starts from).
+RACER = """
+import json, sys, time
+from pathlib import Path
+from tasks.registry import promote
+
+name, me, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+rounds = json.loads(sys.argv[4])
+(workdir / f"ready-{me}").write_text("")
+while not (workdir / "go").exists():
+    time.sleep(0.05)
+start = float((workdir / "go").read_text())
+out = []
+for r in rounds:
+    time.sleep(max(0.0, start + r["at"] - time.time()))
+    d = promote.fn(model_name=name, version=r["version"], metric="exact_match",
+                   challenger_value=r["value"], champion_version=r["seen_version"],
+                   champion_value=r["seen_value"], min_improvement=0.0)
+    out.append({"version": r["version"], "promote": d.promote, "reason": d.reason})
+print(json.dumps(out))
+"""
+
+
+def test_racing_promotions_leave_one_champion_and_both_decisions(
+    tracking_server, tmp_path, monkeypatch
+):
+    """Two processes promote versions of one model at the same time (MLflow on PostgreSQL).
+
+    Each racer decides against the champion it read before (a stale view), as a pipeline does.
+    Round 1: v2 (0.7) and, 0.3 s later, v3 (0.6) against v1 (0.5). Rounds 2 and 3 start both at
+    the same instant: v4 (0.9) vs v5 (0.8) against v2, v6 (0.95) vs v7 (0.93) against v4. Without
+    a guard the last writer wins whatever its figure; with it, each loser is decided again
+    against the winner instead of overwriting it, and the best version ends up champion.
+    """
+    from mlflow import MlflowClient
+
+    uri = f"http://127.0.0.1:{tracking_server['port']}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlf = MlflowClient(uri, uri)
+    name = f"race-{uuid.uuid4().hex[:6]}"
+    experiment = mlf.create_experiment(name)
+    mlf.create_registered_model(name)
+    scores = {"1": 0.5, "2": 0.7, "3": 0.6, "4": 0.9, "5": 0.8, "6": 0.95, "7": 0.93}
+    for version, score in scores.items():
+        run_id = mlf.create_run(experiment).info.run_id
+        mlf.log_metric(run_id, "adapter_exact_match", score)
+        mv = mlf.create_model_version(name, f"runs:/{run_id}/adapter", run_id)
+        assert str(mv.version) == version
+    mlf.set_registered_model_alias(name, "champion", "1")
+
+    def plan(*rounds):
+        return json.dumps([
+            {"version": v, "value": scores[v], "at": at, "seen_version": seen,
+             "seen_value": scores[seen]}
+            for v, at, seen in rounds
+        ])  # fmt: skip
+
+    racers = {
+        "a": plan(("2", 0.0, "1"), ("4", 3.0, "2"), ("7", 6.0, "4")),
+        "b": plan(("3", 0.3, "1"), ("5", 3.0, "2"), ("6", 6.0, "4")),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    procs = {
+        me: subprocess.Popen(
+            [sys.executable, "-c", RACER, name, me, str(tmp_path), rounds],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for me, rounds in racers.items()
+    }
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"ready-{me}").exists() for me in procs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values())
+        time.sleep(0.1)
+    (tmp_path / "go").write_text(str(time.time() + 0.5))
+    decided = {}
+    for proc in procs.values():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        decided.update({r["version"]: r for r in json.loads(out.strip().splitlines()[-1])})
+
+    tags = {v: mlf.get_model_version(name, v).tags for v in decided}
+    for version, t in tags.items():  # every decision is recorded, with the figure it used
+        assert t["promotion.reason"] == decided[version]["reason"]
+        assert decided[version]["promote"] is (t["promotion.outcome"] == "promoted")
+        assert t["promotion.champion"] == f"{scores[t['promotion.champion_version']]:.6g}"
+    # Whoever took the lock first, the pair's decisions are the ones made one after the other:
+    # the first against the champion both had read, the second against the first's outcome.
+    for better, worse, seen in (("2", "3", "1"), ("4", "5", "2"), ("6", "7", "4")):
+        # Both beat the champion they had read, so whichever went first was promoted.
+        first, second = (worse, better) if decided[worse]["promote"] else (better, worse)
+        assert tags[first]["promotion.champion_version"] == seen
+        assert "promotion.note" not in tags[first]
+        assert tags[second]["promotion.champion_version"] == first
+        assert tags[second]["promotion.note"] == (
+            f"champion moved from v{seen} to v{first} while deciding; decided against v{first}"
+        )
+        assert decided[better]["promote"]  # the better one is champion after its round
+        assert tags[worse]["promotion.outcome"] in ("promoted", f"kept champion v{better}")
+    assert str(mlf.get_model_version_by_alias(name, "champion").version) == "6"
+    assert not mlf.search_registered_models(f"name LIKE '{name}.promotion-lock%'")

@@ -104,6 +104,10 @@ def tracking_uri() -> str:
 def client() -> MlflowClient:
     """A client on the tracking URI; the model registry lives on the same store."""
     uri = tracking_uri()
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at <tracking URI>" on stdout when a run ends; with
+        # credentials in the URI that line would carry them to the console and the logs.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

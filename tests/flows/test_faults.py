@@ -9,7 +9,9 @@ objects for these tests; the production delays are checked in test_production_re
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -323,3 +326,151 @@ def test_racing_promotions_leave_one_champion_and_both_decisions(
         assert tags[worse]["promotion.outcome"] in ("promoted", f"kept champion v{better}")
     assert str(mlf.get_model_version_by_alias(name, "champion").version) == "6"
     assert not mlf.search_registered_models(f"name LIKE '{name}.promotion-lock%'")
+
+
+def tiny_run(tiny_base, model_name: str, **sections):
+    from models.config import config_from_dict
+
+    return config_from_dict(
+        {
+            "base_model": str(tiny_base),
+            "data": {"path": "data", "max_seq_len": 64},
+            "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]},
+            "training": {"max_steps": 4, "batch_size": 4, "warmup_steps": 0, "logging_steps": 2},
+            "evaluation": {"max_examples": 4, "max_new_tokens": 4},
+            "registry": {"model_name": model_name, "promote_metric": "eval_loss"},
+            **sections,
+        }
+    )
+
+
+def outage_after_training(monkeypatch, relay, back_after_s: float | None):
+    """The tracking server goes away right after training (and comes back, if told when)."""
+    import flows.finetune
+
+    real_train = flows.finetune.train
+
+    def train_then_outage(**kwargs):
+        result = real_train(**kwargs)
+        relay.down()
+        if back_after_s is not None:
+            threading.Timer(back_after_s, relay.up).start()
+        return result
+
+    monkeypatch.setattr(flows.finetune, "train", train_then_outage)
+
+
+def test_run_fails_clearly_and_keeps_the_adapter_when_the_server_stays_down(
+    project, tiny_base, relay, short_retries, monkeypatch, prefect_harness
+):
+    from flows.finetune import finetune
+    from models.hashing import file_sha256
+    from tasks.tracking import TrackingError, client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{relay.port}")
+    name = f"down-{uuid.uuid4().hex[:6]}"
+    outage_after_training(monkeypatch, relay, back_after_s=None)
+    with pytest.raises(TrackingError) as err:
+        finetune(tiny_run(tiny_base, name))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"MLflow at http://127.0.0.1:{relay.port}: API request to ")
+    kept = message.split("; the trained adapter is kept at ")[1]
+    adapter_dir, sha = kept.removesuffix(")").split(" (sha256 ")
+    assert Path(adapter_dir).is_relative_to(project / ".loraflow" / "runs")
+    assert file_sha256(Path(adapter_dir) / "adapter_model.safetensors").startswith(sha)
+    assert (Path(adapter_dir) / "loraflow.yaml").is_file()
+
+    relay.up()  # nothing half-registered: no version without its artifacts and tags
+    assert client().search_model_versions(f"name = '{name}'") == []
+
+
+def test_a_run_with_secrets_around_survives_an_outage_and_leaks_nothing(
+    project, tiny_base, relay, short_retries, s3_env, tracking_server, monkeypatch, capfd,
+    prefect_harness,
+):  # fmt: skip
+    """Fake secrets in the environment and in the tracking URI; the server goes away after
+    training and comes back; then everything the run wrote is searched for them: the MLflow
+    database (pg_dump) and artifact store, S3, Prefect's database, logs and result storage, the
+    project directory, the console, and an error message."""
+    import boto3
+    import prefect.settings
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.finetune import finetune
+    from tasks.tracking import TrackingError, check_reachable
+
+    tag = uuid.uuid4().hex[:10]
+    secrets = {
+        "AWS_ACCESS_KEY_ID": f"AKIAQ7{tag.upper()}",
+        "AWS_SECRET_ACCESS_KEY": f"awsSecret-{tag}",
+        "AWS_SESSION_TOKEN": f"awsSession-{tag}",
+        "MLFLOW_TRACKING_PASSWORD": f"mlflowPw-{tag}",
+        "HF_TOKEN": f"hf_{tag}",
+        "DATABASE_URL": f"postgresql://svc:dbPw-{tag}@db.internal:5432/prod",
+    }
+    uri_password = f"uriPw-{tag}"
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "svc-loraflow")  # a name, not a secret
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", f"http://loraflow:{uri_password}@127.0.0.1:{relay.port}"
+    )
+    bucket = f"secrets-{tag}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    for run_logger in ("prefect.flow_runs", "prefect.task_runs"):  # INFO too, retries included
+        monkeypatch.setattr(logging.getLogger(run_logger), "level", logging.INFO)
+    name = f"secrets-{tag}"
+    outage_after_training(monkeypatch, relay, back_after_s=1.0)
+
+    state = finetune(
+        tiny_run(tiny_base, name, export={"enabled": True, "to": f"s3://{bucket}/exports"}),
+        return_state=True,
+    )
+    summary = state.result()
+    assert summary.promoted and summary.version == "1"
+    with get_client(sync_client=True) as prefect_client:
+        task_runs = prefect_client.read_task_runs()
+        runs = {t.name.rsplit("-", 1)[0]: t.run_count for t in task_runs
+                if t.flow_run_id == state.state_details.flow_run_id}  # fmt: skip
+        assert runs["fetch-champion"] >= 2  # it was refused, retried, and got through
+        APILogWorker.drain_all()
+        logs = []
+        while page := prefect_client.read_logs(limit=200, offset=len(logs)):
+            logs += page
+    assert any("http://***@127.0.0.1" in log.message for log in logs)  # retries were logged
+    with pytest.raises(TrackingError) as err:  # and an error message, for good measure
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://loraflow:{uri_password}@127.0.0.1:1")
+        check_reachable()
+
+    written = [str(err.value).encode(), "\n".join(log.message for log in logs).encode()]
+    written.append(
+        subprocess.run(
+            ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", tracking_server["database"]],
+            capture_output=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    s3 = boto3.client("s3")
+    for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+        written.append(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    prefect_db = prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    roots = [
+        tracking_server["artifacts"],
+        project,
+        Path(prefect_db.split(":///", 1)[1]).parent,
+        Path(os.environ["PREFECT_HOME"]),
+    ]
+    files = [f for root in roots for f in root.rglob("*") if f.is_file()]
+    assert len(files) > 50
+    written += [f.read_bytes() for f in files]
+    out, errs = capfd.readouterr()
+    written.append((out + errs).encode())
+
+    needles = [*secrets.values(), uri_password, f"dbPw-{tag}"]
+    needles += [
+        base64.b64encode(f"loraflow:{uri_password}".encode()).decode(),
+        base64.b64encode(f"svc-loraflow:{secrets['MLFLOW_TRACKING_PASSWORD']}".encode()).decode(),
+    ]
+    leaks = {n for n in needles for blob in written if n.encode() in blob}
+    assert leaks == set()

@@ -119,9 +119,14 @@ def _release(mlf, name: str, owner: str) -> None:
 
 @contextlib.contextmanager
 def promotion_lock(
-    mlf, model_name: str, *, lease_s: float = LEASE_S, wait_s: float = WAIT_S
+    mlf, model_name: str, *, lease_s: float | None = None, wait_s: float | None = None
 ) -> contextlib.AbstractContextManager[str]:
-    """Hold the promotion lock of `model_name` for the block; yields this holder's id."""
+    """Hold the promotion lock of `model_name` for the block; yields this holder's id.
+
+    lease_s and wait_s default to LEASE_S and WAIT_S (read when called).
+    """
+    lease_s = LEASE_S if lease_s is None else lease_s
+    wait_s = WAIT_S if wait_s is None else wait_s
     name = lock_name(model_name)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + wait_s

@@ -42,3 +42,16 @@ def test_a_pushed_version_comes_back_by_md5_after_the_data_changed(project):
 def test_an_unknown_version_is_a_one_line_error(project):
     with pytest.raises(DvcError, match="dvc pull data.dvc"):
         fetch_data_version.fn(md5="0" * 32 + ".dir", repo=str(project))
+
+
+@pytest.mark.parametrize("md5", ["../../../victim", "/tmp/victim", "0" * 31 + "/", ""])
+def test_a_recorded_md5_cannot_point_outside_the_data_versions(project, md5):
+    """data_md5 comes from a registry tag and names a directory that is replaced on a pull."""
+    victim = project.parent / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    with pytest.raises(DvcError, match=r"^data md5 .* is not an md5 \(32 hex digits") as err:
+        fetch_data_version.fn(md5=md5, repo=str(project))
+    assert not err.value.retryable
+    assert (victim / "keep").read_text() == "mine"
+    assert not (project / ".loraflow" / "data-versions").exists()

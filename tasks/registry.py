@@ -113,10 +113,26 @@ def resolve_version(model_uri: str, download: bool = True) -> VersionRef:
         version=str(mv.version),
         run_id=mv.run_id or "",
         base_model=mv.tags.get("base_model", ""),
-        adapter_dir=str(Path(local) / "artifacts" / "adapter") if local else "",
+        adapter_dir=_adapter_artifact(Path(local)) if local else "",
         tags=dict(mv.tags),
         recorded_metrics=dict(metrics),
     )
+
+
+def _adapter_artifact(model_dir: Path) -> str:
+    """Where a downloaded version keeps its adapter: the pyfunc's `adapter` artifact path in
+    MLmodel (artifacts/<name of the directory that was logged>), inside the download."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((model_dir / "MLmodel").read_text())
+        relative = meta["flavors"]["python_function"]["artifacts"]["adapter"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        relative = "artifacts/adapter"
+    found = (model_dir / relative).resolve()
+    if not found.is_relative_to(model_dir.resolve()):  # MLmodel is registry content too
+        raise RegistryError(f"{model_dir}/MLmodel: adapter path {relative!r} leaves the model")
+    return str(found)
 
 
 @task(name="fetch-version", **IO_RETRIES)
@@ -205,15 +221,17 @@ def _registered_for_run(mlf, model_name: str, run_id: str, adapter_sha256: str) 
 
 def _check_logged(mlf, model_id: str, adapter_dir: str) -> None:
     """Every file of the adapter is in the logged model's artifacts, at its size."""
+    # MLflow stores a directory artifact under its own name: artifacts/<adapter_dir's name>.
+    subdir = f"artifacts/{Path(adapter_dir).name}"
     stored = {
         Path(f.path).name: f.file_size
-        for f in mlf.list_logged_model_artifacts(model_id, "artifacts/adapter")
+        for f in mlf.list_logged_model_artifacts(model_id, subdir)
         if not f.is_dir
     }
     for path in Path(adapter_dir).iterdir():
         if path.is_file() and stored.get(path.name) != path.stat().st_size:
             raise RegistryError(
-                f"logged model {model_id}: artifact adapter/{path.name} missing or incomplete "
+                f"logged model {model_id}: artifact {subdir}/{path.name} missing or incomplete "
                 "in the artifact store; no version was registered"
             )
 

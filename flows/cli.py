@@ -35,19 +35,28 @@ def _error(message: str, code: int = 2) -> int:
 
 def check(config: LoraflowConfig) -> list:
     """Every check that must pass before anything is trained, written or pushed."""
+    from flows.stages import check_args
     from models.checks import check_inputs
 
-    return check_inputs(
-        base_model=config.base_model,
-        trust_remote_code=config.base_model_trust_remote_code,
-        target_modules=config.adapter.target_modules,
-        data_dir=config.data.path,
-        train_file=config.data.train_file,
-        eval_file=config.data.eval_file,
-        prompt_field=config.data.prompt_field,
-        completion_field=config.data.completion_field,
-        method=config.adapter.method,
-    )
+    reports = check_inputs(**check_args(config, config.base_model))
+    check_services(export_to=config.export.to if config.export.enabled else None)
+    return reports
+
+
+def check_services(export_to: str | None = None) -> None:
+    """The tracking server answers; with an export, the bucket exists and the credentials work.
+
+    Checked once, without retries: a server that is not there when a run starts is a setting to
+    fix, not an outage to wait out (outages during a run are retried by the I/O tasks).
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        from tasks.tracking import check_reachable
+
+        check_reachable()
+    if export_to:
+        from tasks import s3
+
+        s3.check_bucket(s3.client(), s3.parse_s3_uri(export_to))
 
 
 def cmd_check(args) -> int:
@@ -71,6 +80,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_promote(args) -> int:
+    from tasks.registry import CHALLENGER, resolve_version, valid_model_name
+
+    valid_model_name(args.model, where="--model")
+    check_services()
+    # A model, version or alias that does not exist is one line here, before the flow starts.
+    target = f"models:/{args.model}/{args.version}" if args.version else None
+    resolve_version(target or f"models:/{args.model}@{CHALLENGER}", download=False)
     from flows.promote import promote_version
 
     decision = promote_version(
@@ -86,6 +102,11 @@ def cmd_promote(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    check_services()
+    if args.target.startswith("models:/"):
+        from tasks.registry import resolve_version
+
+        resolve_version(args.target, download=False)
     from flows.reproduce import reproduce
 
     got = reproduce(args.target)
@@ -181,12 +202,14 @@ def cmd_export(args) -> int:
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--{first['loc'][0]}: {message}") from None
     from tasks import s3
-    from tasks.registry import resolve_version
+    from tasks.registry import parse_model_uri, resolve_version
 
-    # Fail in one line, before the flow starts, on a missing bucket, refused credentials or a
-    # model version that does not exist.
+    # Fail in one line, before the flow starts, on a malformed model URI, a missing bucket,
+    # refused credentials or a model version that does not exist.
+    parse_model_uri(args.model)
     s3.check_bucket(s3.client(), s3.parse_s3_uri(export.to))
-    resolve_version(args.model)
+    check_services()
+    resolve_version(args.model, download=False)
     from flows.export import export_model
 
     result = export_model(args.model, export)

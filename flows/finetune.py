@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from models.loading import canonical_base, is_local
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_evaluation
 from tasks.lineage import collect_lineage
-from tasks.preflight import check_inputs
+from tasks.preflight import check_inputs, check_services
 from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
+from tasks.runtime import adapter_kept
 from tasks.tracking import close_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
@@ -95,6 +97,7 @@ def finetune(
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
+    check_services(export_to=config.export.to if config.export.enabled else None)
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
@@ -125,6 +128,7 @@ def finetune(
         tags=tags,
     )
     checkpoint_key = training_key(tags)
+    adapter = None
     try:
         if config.training.deployment:
             dispatch_training(
@@ -183,8 +187,15 @@ def finetune(
             champion_value=champion_value,
             min_improvement=registry.min_improvement,
         )
-    except BaseException:
-        close_run(run_id=run_id, status="FAILED")
+    except BaseException as error:
+        # Best effort, once: the tracking server may be what failed, and the error to report is
+        # the original one.
+        with contextlib.suppress(Exception):
+            close_run.fn(run_id=run_id, status="FAILED")
+        if adapter is not None:
+            kept = adapter_kept(error, adapter.adapter_dir, adapter.adapter_sha256)
+            if kept is not None:
+                raise kept from error
         raise
     close_run(run_id=run_id)
     if not config.training.deployment and config.training.save_steps:

@@ -38,6 +38,8 @@ def check_args(config: LoraflowConfig, base_model: str) -> dict:
         "prompt_field": data.prompt_field,
         "completion_field": data.completion_field,
         "method": config.adapter.method,
+        "max_seq_len": data.max_seq_len,
+        "too_long": data.too_long,
     }
 
 

@@ -22,6 +22,20 @@ from models.promotion import METRIC_DIRECTIONS
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+def check_model_name(name: str) -> str:
+    """A registered-model name MLflow accepts that is also safe as a path component.
+
+    MLflow itself refuses '/' and ':'; loraflow also uses the name in local paths and S3 keys,
+    so `..` and anything outside letters, digits, '_', '-', '.' is refused too.
+    """
+    if not _MODEL_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"{name!r} is not a valid model name (letters, digits, '_', '-', '.'; "
+            "starts with a letter or digit; no '..')"
+        )
+    return name
+
+
 class ConfigError(LoraflowError):
     """A user-facing configuration problem; the message is one line naming the field."""
 
@@ -43,6 +57,15 @@ class DataConfig(_Section):
     dvc_remote: str | None = Field(
         None, description="DVC remote to push the data to (default: the repo's default remote)."
     )
+
+    @field_validator("train_file", "eval_file")
+    @classmethod
+    def _inside_data_dir(cls, v: str) -> str:
+        # A split is read from data.path and versioned with it: it cannot live elsewhere.
+        parts = Path(v).parts
+        if not parts or Path(v).is_absolute() or ".." in parts:
+            raise ValueError(f"must be a file inside data.path (got {v!r})")
+        return v
 
     @field_validator("max_seq_len")
     @classmethod
@@ -239,12 +262,7 @@ class RegistryConfig(_Section):
     @field_validator("model_name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _MODEL_NAME.match(v) or ".." in v:
-            raise ValueError(
-                f"{v!r} is not a valid model name (letters, digits, '_', '-', '.'; "
-                "starts with a letter or digit; no '..')"
-            )
-        return v
+        return check_model_name(v)
 
     @field_validator("promote_metric")
     @classmethod

@@ -60,29 +60,60 @@ def _hub_config(model_id: str) -> dict:
         ) from None
 
 
-def linear_layer_names(base_model: str, trust_remote_code: bool = False) -> list[str]:
-    """Names (last component) of the Linear layers of the model, built on the meta device."""
+def layer_kinds(base_model: str, trust_remote_code: bool = False) -> dict[str, set[str]]:
+    """Leaf module name (last component) -> its class names, from a skeleton on the meta device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     offline_if_local(base_model)
     config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    names = {n.rsplit(".", 1)[-1] for n in linear}
-    names.discard("lm_head")
-    return sorted(names)
+    kinds: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            kind = "Linear" if isinstance(module, torch.nn.Linear) else type(module).__name__
+            kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(kind)
+    return kinds
 
 
-def check_target_modules(targets: list[str] | str, available: list[str]) -> None:
-    """Every requested target must name at least one Linear layer of the model."""
+def linear_layer_names(base_model: str, trust_remote_code: bool = False) -> list[str]:
+    """Names (last component) of the Linear layers of the model, built on the meta device."""
+    return linear_names(layer_kinds(base_model, trust_remote_code))
+
+
+def linear_names(kinds: dict[str, set[str]]) -> list[str]:
+    """The Linear layer names of layer_kinds' answer, without the output head."""
+    return sorted(n for n, k in kinds.items() if "Linear" in k and n != "lm_head")
+
+
+def check_target_modules(
+    targets: list[str] | str,
+    available: list[str],
+    other_layers: dict[str, set[str]] | None = None,
+    method: str = "lora",
+) -> None:
+    """Every requested target must name at least one Linear layer of the model.
+
+    other_layers (layer_kinds' answer) lets the message say when a target is a layer of another
+    kind (an Embedding, a norm): every loraflow method adapts Linear layers only (PEFT's VeRA,
+    for one, has no other layer type at all).
+    """
     if targets == "all-linear":
         return
+    other_layers = other_layers or {}
     missing = [t for t in targets if t.rsplit(".", 1)[-1] not in available]
+    not_linear = [t for t in missing if t.rsplit(".", 1)[-1] in other_layers]
+    listed = ", ".join(available)
+    if not_linear:
+        kinds = sorted({k for t in not_linear for k in other_layers[t.rsplit(".", 1)[-1]]})
+        raise ModelError(
+            f"adapter.target_modules {not_linear} are {'/'.join(kinds)} layers, not Linear; "
+            f"adapter.method {method} adapts Linear layers only; its linear layers are: {listed}"
+        )
     if missing:
         raise ModelError(
             f"adapter.target_modules {missing} match no module of the base model; "
-            f"its linear layers are: {', '.join(available)}"
+            f"its linear layers are: {listed}"
         )
 
 
@@ -133,7 +164,7 @@ def load_base(
     load_kwargs go to from_pretrained (e.g. a quantization_config); a quantized model is placed
     on its device by the loader and is not moved afterwards.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     offline_if_local(base_model)
     model = AutoModelForCausalLM.from_pretrained(
@@ -146,10 +177,18 @@ def load_base(
     )
     if not load_kwargs:
         model = model.to(device)
+    return model, load_tokenizer(base_model, trust_remote_code)
+
+
+def load_tokenizer(base_model: str, trust_remote_code: bool = False):
+    """The base model's tokenizer, with eos as the pad token where it has none."""
+    from transformers import AutoTokenizer
+
+    offline_if_local(base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
 
 
 def offline_if_local(base_model: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from prefect import task
 
 from models.errors import LoraflowError
 from tasks.runtime import IO_RETRIES, logger
+
+MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
 
 
 class DvcError(LoraflowError):
@@ -115,6 +118,10 @@ def fetch_data_version(*, md5: str, repo: str = ".", remote: str | None = None) 
     (no git) that uses the repo's remote, so neither the working tree nor data.dvc change. A
     complete earlier pull is reused. Returns the data directory.
     """
+    if not MD5.match(md5):  # it comes from a registry tag and becomes a directory name
+        error = DvcError(f"data md5 {md5!r} is not an md5 (32 hex digits, optionally '.dir')")
+        error.retryable = False
+        raise error
     root = find_dvc_repo(Path(repo))
     key = md5.removesuffix(".dir")
     scratch = root / ".loraflow" / "data-versions" / key

@@ -10,17 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 import models
+from models.config import check_model_name
 from models.errors import LoraflowError
 from models.promotion import LINEAGE_KEYS, Decision, changed_inputs, decide
-from tasks.runtime import IO_RETRIES, logger
-from tasks.tracking import TrackingError, client, tracking_uri
+from tasks.promotion_lock import promotion_lock
+from tasks.runtime import IO_RETRIES, in_prefect_run, logger
+from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -61,7 +62,17 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     match = _URI.match(uri)
     if not match:
         raise RegistryError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    valid_model_name(match["name"], where=uri)
     return match["name"], match["alias"], match["version"]
+
+
+def valid_model_name(name: str, where: str = "model name") -> str:
+    """The name, or a RegistryError: MLflow refuses '/' and ':', and the name becomes a path
+    component of local exports and S3 keys, so `..` and the like are refused as well."""
+    try:
+        return check_model_name(name)
+    except ValueError as e:
+        raise RegistryError(f"{where}: {e}") from None
 
 
 def resolve_version(model_uri: str, download: bool = True) -> VersionRef:
@@ -76,7 +87,7 @@ def resolve_version(model_uri: str, download: bool = True) -> VersionRef:
     except MlflowException as e:
         if _missing(e):
             raise RegistryError(f"{model_uri}: registered model {name!r} does not exist") from None
-        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
+        raise tracking_error(e) from None
     try:
         mv = (
             mlf.get_model_version_by_alias(name, alias)
@@ -87,22 +98,41 @@ def resolve_version(model_uri: str, download: bool = True) -> VersionRef:
         if _missing(e):
             what = f"alias {alias!r} points to no version" if alias else f"no version {number}"
             raise RegistryError(f"{model_uri}: {what} of model {name!r}") from None
-        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
-    local = (
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
-        if download
-        else ""
-    )
-    metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        raise tracking_error(e) from None
+    if not str(mv.version).isdigit():  # it becomes a path component below and in exports
+        raise RegistryError(f"{model_uri}: registry answered version {mv.version!r}")
+    with mlflow_errors():
+        local = (
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}")
+            if download
+            else ""
+        )
+        metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
     return VersionRef(
         model_name=name,
         version=str(mv.version),
         run_id=mv.run_id or "",
         base_model=mv.tags.get("base_model", ""),
-        adapter_dir=str(Path(local) / "artifacts" / "adapter") if local else "",
+        adapter_dir=_adapter_artifact(Path(local)) if local else "",
         tags=dict(mv.tags),
         recorded_metrics=dict(metrics),
     )
+
+
+def _adapter_artifact(model_dir: Path) -> str:
+    """Where a downloaded version keeps its adapter: the pyfunc's `adapter` artifact path in
+    MLmodel (artifacts/<name of the directory that was logged>), inside the download."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((model_dir / "MLmodel").read_text())
+        relative = meta["flavors"]["python_function"]["artifacts"]["adapter"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        relative = "artifacts/adapter"
+    found = (model_dir / relative).resolve()
+    if not found.is_relative_to(model_dir.resolve()):  # MLmodel is registry content too
+        raise RegistryError(f"{model_dir}/MLmodel: adapter path {relative!r} leaves the model")
+    return str(found)
 
 
 @task(name="fetch-version", **IO_RETRIES)
@@ -154,6 +184,8 @@ def pip_requirements() -> list[str]:
     """What the pyfunc needs at load time, pinned to what trained it."""
     from importlib.metadata import version
 
+    import torch
+
     torch_version = torch.__version__.split("+")[0]
     reqs = [f"torch=={torch_version}"]
     reqs += [f"{p}=={version(p)}" for p in ("transformers", "peft", "safetensors", "accelerate")]
@@ -174,6 +206,36 @@ def _quiet_model_logger():
         model_logger.setLevel(level)
 
 
+def _registered_for_run(mlf, model_name: str, run_id: str, adapter_sha256: str) -> str | None:
+    """A version of `model_name` already made from this run's adapter (an earlier attempt of
+    register_adapter whose answer was lost), or None."""
+    try:
+        found = mlf.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    except MlflowException as e:
+        if _missing(e):
+            return None
+        raise
+    same = [mv for mv in found if mv.tags.get("adapter_sha256") == adapter_sha256]
+    return str(min(int(mv.version) for mv in same)) if same else None
+
+
+def _check_logged(mlf, model_id: str, adapter_dir: str) -> None:
+    """Every file of the adapter is in the logged model's artifacts, at its size."""
+    # MLflow stores a directory artifact under its own name: artifacts/<adapter_dir's name>.
+    subdir = f"artifacts/{Path(adapter_dir).name}"
+    stored = {
+        Path(f.path).name: f.file_size
+        for f in mlf.list_logged_model_artifacts(model_id, subdir)
+        if not f.is_dir
+    }
+    for path in Path(adapter_dir).iterdir():
+        if path.is_file() and stored.get(path.name) != path.stat().st_size:
+            raise RegistryError(
+                f"logged model {model_id}: artifact {subdir}/{path.name} missing or incomplete "
+                "in the artifact store; no version was registered"
+            )
+
+
 @task(name="register-adapter", **IO_RETRIES)
 def register_adapter(
     *,
@@ -187,39 +249,49 @@ def register_adapter(
 ) -> str:
     """Log the adapter as a pyfunc model on the run, register a version, alias it (`challenger`).
 
-    The version is created with all its tags in one call, so no version exists without them.
+    All or nothing, and safe to retry: the artifacts are uploaded and checked first, then the
+    version is created with all its tags in one request, so no version exists without its
+    artifacts and tags. A retry after a lost answer or a failed alias finds the version this run
+    already made (same run id and adapter sha256) instead of registering a second one.
     """
+    valid_model_name(model_name, where="registry.model_name")
     mlf = client()
     signature = infer_signature(["prompt"], ["generated text"], params={"max_new_tokens": 32})
-    try:
-        # The signature is given explicitly; MLflow's hints about type hints and input examples
-        # (an input example would load the model once more just to log it) are noise here.
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _quiet_model_logger():
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name="adapter",
-                python_model=str(PYFUNC_FILE),
-                artifacts={"adapter": adapter_dir},
-                code_paths=[str(MODELS_DIR)],
-                model_config={"base_model": base_model, "max_new_tokens": max_new_tokens},
-                signature=signature,
-                pip_requirements=pip_requirements(),
-            )
-        version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-        mlf.set_registered_model_alias(model_name, alias, version.version)
-    except MlflowException as e:
-        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
-    logger().info("registered %s version %s (alias %s)", model_name, version.version, alias)
-    _link_artifacts(mlf, run_id, model_name, str(version.version))
-    return str(version.version)
+    with mlflow_errors():
+        version = _registered_for_run(mlf, model_name, run_id, tags.get("adapter_sha256", ""))
+        if version is None:
+            # The signature is given explicitly; MLflow's hints about type hints and input
+            # examples (an input example would load the model once more just to log it) are
+            # noise here.
+            with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _quiet_model_logger():
+                warnings.simplefilter("ignore", UserWarning)
+                info = mlflow.pyfunc.log_model(
+                    name="adapter",
+                    python_model=str(PYFUNC_FILE),
+                    artifacts={"adapter": adapter_dir},
+                    code_paths=[str(MODELS_DIR)],
+                    model_config={"base_model": base_model, "max_new_tokens": max_new_tokens},
+                    signature=signature,
+                    pip_requirements=pip_requirements(),
+                )
+            _check_logged(mlf, info.model_id, adapter_dir)
+            version = str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
+        else:
+            logger().info("run %s already registered as %s v%s", run_id, model_name, version)
+        mlf.set_registered_model_alias(model_name, alias, version)
+    logger().info("registered %s version %s (alias %s)", model_name, version, alias)
+    if in_prefect_run():
+        _link_artifacts(mlf, run_id, model_name, version)
+    return version
 
 
 def _link_artifacts(mlf, run_id: str, model_name: str, version: str) -> None:
     """Dashboard links to the MLflow run and model version, where MLflow has a web UI."""
-    uri = tracking_uri().rstrip("/")
+    uri = safe_tracking_uri().rstrip("/")  # a link is shown to everyone: no credentials in it
     if not uri.startswith(("http://", "https://")):
         return
-    experiment_id = mlf.get_run(run_id).info.experiment_id
+    with mlflow_errors():
+        experiment_id = mlf.get_run(run_id).info.experiment_id
     create_link_artifact(
         key="mlflow-run",
         link=f"{uri}/#/experiments/{experiment_id}/runs/{run_id}",
@@ -230,6 +302,25 @@ def _link_artifacts(mlf, run_id: str, model_name: str, version: str) -> None:
         link=f"{uri}/#/models/{model_name}/versions/{version}",
         link_text=f"{model_name} v{version}",
     )
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def _current_champion(mlf, model_name: str) -> str | None:
+    try:
+        return str(mlf.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException as e:
+        if _missing(e):
+            return None
+        raise
+
+
+def _recorded_metric(mlf, model_name: str, version: str, metric: str) -> float | None:
+    """The adapter's `metric` as recorded on the version's MLflow run at its evaluation."""
+    run_id = mlf.get_model_version(model_name, version).run_id
+    return mlf.get_run(run_id).data.metrics.get(f"adapter_{metric}") if run_id else None
 
 
 @task(name="promote", **IO_RETRIES)
@@ -246,42 +337,83 @@ def promote(
 ) -> Decision:
     """Move `champion` to `version` only if it beats the current champion; record the decision.
 
-    force=True moves it regardless (an operator's decision, e.g. a rollback), recorded as such.
+    champion_version/champion_value are the champion the caller compared against (read before
+    its evaluation). The decision is made under the model's promotion lock
+    (tasks.promotion_lock), against the champion read under that lock: when another promotion
+    moved `champion` in the meantime, this one is decided again against the new champion's
+    recorded figure (its run's `adapter_<metric>`) instead of overwriting it. Both outcomes are
+    tags on their versions. force=True moves it regardless (an operator's decision, e.g. a
+    rollback), recorded as such.
     """
+    valid_model_name(model_name, where="registry.model_name")
     mlf = client()
-    decision = decide(metric, challenger_value, champion_value, min_improvement)
-    if force:
-        decision = Decision(
-            True,
-            metric,
-            challenger_value,
-            champion_value,
-            f"forced by operator ({decision.reason})",
+    note = ""
+    with mlflow_errors(), promotion_lock(mlf, model_name):
+        current = _current_champion(mlf, model_name)
+        if not force and current not in (champion_version, version):
+            note = (
+                f"champion moved from {_v(champion_version)} to {_v(current)} while deciding; "
+                f"decided against {_v(current)}"
+            )
+            champion_version = current
+            champion_value = (
+                None if current is None else _recorded_metric(mlf, model_name, current, metric)
+            )
+        if force:
+            decision = decide(metric, challenger_value, champion_value, min_improvement)
+            decision = Decision(
+                True,
+                metric,
+                challenger_value,
+                champion_value,
+                f"forced by operator ({decision.reason})",
+            )
+        elif current is not None and current == version:
+            # An earlier attempt of this same promotion set the alias, then failed.
+            decision = Decision(
+                True, metric, challenger_value, champion_value, "already the champion"
+            )
+        elif champion_version is not None and champion_value is None:
+            decision = Decision(
+                False,
+                metric,
+                challenger_value,
+                None,
+                f"champion v{champion_version} recorded no adapter_{metric}; not overwritten",
+            )
+        else:
+            decision = decide(metric, challenger_value, champion_value, min_improvement)
+        if decision.promote:
+            mlf.set_registered_model_alias(model_name, CHAMPION, version)
+            now = _current_champion(mlf, model_name)
+            if now != version:  # someone moved it outside the lock (by hand, another tool)
+                note = f"{note}; " if note else ""
+                note += f"alias champion read back as {_v(now)} right after setting it"
+        outcome = (
+            ("promoted (forced)" if force else "promoted")
+            if decision.promote
+            else f"kept champion v{champion_version}"
         )
-    if decision.promote:
-        mlf.set_registered_model_alias(model_name, CHAMPION, version)
-    outcome = (
-        ("promoted (forced)" if force else "promoted")
-        if decision.promote
-        else f"kept champion v{champion_version}"
-    )
-    record = {
-        "promotion.outcome": outcome,
-        "promotion.metric": metric,
-        "promotion.challenger": f"{challenger_value:.6g}",
-        "promotion.champion": "none" if champion_value is None else f"{champion_value:.6g}",
-        "promotion.champion_version": champion_version or "none",
-        "promotion.reason": decision.reason,
-    }
-    for key, value in record.items():
-        mlf.set_model_version_tag(model_name, version, key, value)
-    create_markdown_artifact(
-        key="promotion",
-        markdown=(
-            f"### {model_name} v{version}: {outcome}\n\n"
-            + "\n".join(f"- **{k.split('.', 1)[1]}**: {v}" for k, v in record.items())
-        ),
-        description="Promotion gate decision",
-    )
+        record = {
+            "promotion.outcome": outcome,
+            "promotion.metric": metric,
+            "promotion.challenger": f"{challenger_value:.6g}",
+            "promotion.champion": "none" if champion_value is None else f"{champion_value:.6g}",
+            "promotion.champion_version": champion_version or "none",
+            "promotion.reason": decision.reason,
+        }
+        if note:
+            record["promotion.note"] = note
+        for key, value in record.items():
+            mlf.set_model_version_tag(model_name, version, key, value)
+    if in_prefect_run():
+        create_markdown_artifact(
+            key="promotion",
+            markdown=(
+                f"### {model_name} v{version}: {outcome}\n\n"
+                + "\n".join(f"- **{k.split('.', 1)[1]}**: {v}" for k, v in record.items())
+            ),
+            description="Promotion gate decision",
+        )
     logger().info("promotion of %s v%s: %s (%s)", model_name, version, outcome, decision.reason)
     return decision

@@ -9,6 +9,9 @@ from prefect.exceptions import MissingContextError
 
 from models.errors import LoraflowError
 
+# Seconds before each retry of an I/O task. Each MLflow request is already retried by MLflow
+# itself (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7 with backoff, ~4 minutes) and each S3 request
+# by botocore, so a task retry starts only after those gave up: these cover outages of minutes.
 RETRY_DELAYS = [2, 10, 30]
 
 
@@ -26,9 +29,31 @@ IO_RETRIES = {
 }
 
 
+def in_prefect_run() -> bool:
+    """Whether this code runs inside a Prefect flow or task run (where artifacts can be made)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow or task run, a plain logger elsewhere (e.g. task.fn)."""
     try:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("loraflow")
+
+
+def adapter_kept(error: BaseException, adapter_dir: str, adapter_sha256: str) -> Exception | None:
+    """When a run fails after training: log where the adapter is kept and, for loraflow's own
+    errors, return the same error with that location added to its one-line message."""
+    from pathlib import Path
+
+    kept = f"the trained adapter is kept at {Path(adapter_dir).resolve()}"
+    kept += f" (sha256 {adapter_sha256[:12]})" if adapter_sha256 else ""
+    logger().error("run failed after training; %s", kept)
+    if not isinstance(error, LoraflowError):
+        return None
+    again = type(error)(f"{error}; {kept}")
+    again.retryable = error.retryable
+    return again

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 
@@ -15,11 +18,74 @@ from tasks.runtime import IO_RETRIES
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+# MLflow answers with these when the request itself is wrong: asking again cannot help.
+PERMANENT_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
+
 
 class TrackingError(LoraflowError):
     """MLflow could not be reached or refused a request."""
 
     retryable = True
+
+
+# user:password@ (or a token as user) in any URI, and secret-looking query parameters.
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?i)\b(token|password|passwd|secret|key|signature)=[^&\s]+")
+
+
+def redact(text: str) -> str:
+    """`text` with credentials in URIs replaced by *** (messages, links, logs)."""
+    return _SECRET_QUERY.sub(r"\1=***", _USERINFO.sub(r"\g<scheme>***@", text))
+
+
+def safe_tracking_uri() -> str:
+    """The tracking URI as it may be shown or recorded: without credentials."""
+    return redact(tracking_uri())
+
+
+def tracking_error(error: Exception) -> TrackingError:
+    """One line naming the tracking server (never its credentials) and what went wrong."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    wrapped = TrackingError(f"MLflow at {safe_tracking_uri()}: {redact(first)}")
+    wrapped.retryable = getattr(error, "error_code", "") not in PERMANENT_ERRORS
+    return wrapped
+
+
+@contextlib.contextmanager
+def mlflow_errors():
+    """MLflow failures as TrackingError. The original is dropped (`from None`), not chained:
+    MLflow's own message names the request URL, credentials included, and a chained exception
+    would print it in every traceback."""
+    try:
+        yield
+    except MlflowException as e:
+        raise tracking_error(e) from None
+
+
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """Fail in one line when a tracking server (http/https URI) does not answer its health check.
+
+    Embedded stores (sqlite, a database URI) have nothing to ping; their errors come on first use.
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    where = f"MLflow tracking server {safe_tracking_uri()}"
+    try:
+        answer = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.Timeout:
+        raise TrackingError(f"{where} is unreachable (no answer within {timeout_s:g} s)") from None
+    except requests.RequestException as e:
+        reason = "connection refused" if "refused" in str(e).lower() else type(e).__name__
+        raise TrackingError(f"{where} is unreachable ({reason})") from None
+    if answer.status_code in (401, 403):
+        error = TrackingError(f"{where} refused the credentials (HTTP {answer.status_code})")
+        error.retryable = False
+        raise error
+    if answer.status_code != 200:
+        raise TrackingError(f"{where} is not healthy (HTTP {answer.status_code} on /health)")
 
 
 def tracking_uri() -> str:
@@ -38,6 +104,10 @@ def tracking_uri() -> str:
 def client() -> MlflowClient:
     """A client on the tracking URI; the model registry lives on the same store."""
     uri = tracking_uri()
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at <tracking URI>" on stdout when a run ends; with
+        # credentials in the URI that line would carry them to the console and the logs.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -83,8 +153,8 @@ def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, 
         for start in range(0, len(batch), 100):
             mlf.log_batch(run_id, params=batch[start : start + 100])
         mlf.log_text(run_id, config_yaml, "config/loraflow.yaml")
-    except mlflow.exceptions.MlflowException as e:
-        raise TrackingError(f"MLflow at {tracking_uri()}: {str(e).splitlines()[0]}") from e
+    except MlflowException as e:
+        raise tracking_error(e) from None
     return run_id
 
 
@@ -95,10 +165,12 @@ def log_metrics(*, run_id: str, metrics: dict[str, float], tags: dict[str, str] 
     now = int(time.time() * 1000)
     batch = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
     tag_list = [mlflow.entities.RunTag(k, str(v)) for k, v in sorted((tags or {}).items())]
-    mlf.log_batch(run_id, metrics=batch, tags=tag_list)
+    with mlflow_errors():
+        mlf.log_batch(run_id, metrics=batch, tags=tag_list)
 
 
 @task(name="close-mlflow-run", **IO_RETRIES)
 def close_run(*, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or failed)."""
-    client().set_terminated(run_id, status=status)
+    with mlflow_errors():
+        client().set_terminated(run_id, status=status)

@@ -13,6 +13,7 @@ from models.distributed import train_adapter_distributed
 from models.errors import LoraflowError
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
+from models.resources import explain_resource_errors
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
 from tasks import checkpoints
 from tasks.runtime import IO_RETRIES, logger
@@ -91,6 +92,9 @@ def train(
     if num_processes > 1:
         log.info("training with %d data-parallel processes (torchrun)", num_processes)
         run = functools.partial(train_adapter_distributed, num_processes)
+    run = explain_resource_errors(
+        run, device=device, output_dir=output_dir, batch_size=batch_size, max_seq_len=max_seq_len
+    )
     result = run(
         base_model=base_model,
         trust_remote_code=trust_remote_code,

@@ -72,3 +72,16 @@ def test_an_s3_remote_gets_the_push_and_serves_the_pull_in_a_fresh_clone(project
     assert {p.name: digest(p) for p in Path(pulled).iterdir()} == {
         p.name: digest(p) for p in (project / "data").iterdir()
     }
+
+
+@pytest.mark.parametrize("md5", ["../../../victim", "/tmp/victim", "0" * 31 + "/", ""])
+def test_a_recorded_md5_cannot_point_outside_the_data_versions(project, md5):
+    """data_md5 comes from a registry tag and names a directory that is replaced on a pull."""
+    victim = project.parent / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    with pytest.raises(DvcError, match=r"^data md5 .* is not an md5 \(32 hex digits") as err:
+        fetch_data_version.fn(md5=md5, repo=str(project))
+    assert not err.value.retryable
+    assert (victim / "keep").read_text() == "mine"
+    assert not (project / ".loraflow" / "data-versions").exists()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 from models.loading import load_base
@@ -76,3 +77,115 @@ def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, 
     assert champ.version == "1" and champ.base_model == str(tiny_base)
     assert (Path(champ.adapter_dir) / "adapter_model.safetensors").is_file()
     assert mlf.get_model_version("roundtrip", "1").tags["promotion.outcome"] == "promoted"
+
+
+def fail_once(monkeypatch, owner, name: str, error: Exception) -> list:
+    """owner.name raises `error` on its first call only; returns the list of calls made."""
+    real, calls = getattr(owner, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)
+    return calls
+
+
+def test_registration_is_all_or_nothing_and_safe_to_retry(
+    project, tiny_base, prefect_harness, monkeypatch
+):
+    """A failed upload leaves no version; a failure after the version exists (the alias call)
+    is retried into that same version, never a second one."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from models.hashing import file_sha256
+    from tasks.registry import RegistryError
+
+    trained_adapter(tiny_base, project / "adapter")
+    sha = file_sha256(project / "adapter" / "adapter_model.safetensors")
+    run_id = open_run.fn(experiment="t", run_name="r", config={}, config_yaml="{}\n", tags={})
+    tags = {"data_md5": "d" * 32, "adapter_sha256": sha, "base_model": str(tiny_base)}
+    kwargs = dict(
+        run_id=run_id, adapter_dir=str(project / "adapter"), base_model=str(tiny_base),
+        model_name="atomic", tags=tags, max_new_tokens=4,
+    )  # fmt: skip
+    mlf = client()
+
+    # 1. Uploading the artifacts fails: no version appears.
+    fail_once(monkeypatch, LocalArtifactRepository, "log_artifacts", OSError("connection reset"))
+    with pytest.raises(OSError, match="connection reset"):
+        register_adapter.fn(**kwargs)
+    assert mlf.search_model_versions("name = 'atomic'") == []
+
+    # 2. The version is created, then setting its alias fails once: the task's retry finds the
+    # version this run made and finishes it.
+    calls = fail_once(
+        monkeypatch, MlflowClient, "set_registered_model_alias",
+        MlflowException("injected: connection reset by peer"),
+    )  # fmt: skip
+    monkeypatch.setattr(register_adapter, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    state = register_adapter(**kwargs, return_state=True)
+    assert state.is_completed() and state.result() == "1" and len(calls) == 2
+    versions = mlf.search_model_versions("name = 'atomic'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert {k: versions[0].tags[k] for k in tags} == tags
+    assert str(mlf.get_model_version_by_alias("atomic", "challenger").version) == "1"
+    local = mlflow.artifacts.download_artifacts(artifact_uri="models:/atomic/1")
+    assert file_sha256(Path(local) / "artifacts/adapter/adapter_model.safetensors") == sha
+
+    # 3. Registering the same run's adapter again registers nothing new.
+    assert register_adapter.fn(**kwargs) == "1"
+    assert len(mlf.search_model_versions("name = 'atomic'")) == 1
+    # A name MLflow would refuse never reaches it, and is not worth a retry.
+    with pytest.raises(RegistryError, match="'a/b' is not a valid model name") as err:
+        register_adapter.fn(**{**kwargs, "model_name": "a/b"})
+    assert not err.value.retryable
+
+
+def two_versions(mlf, name: str) -> None:
+    experiment = mlf.create_experiment(name)
+    mlf.create_registered_model(name)
+    for score in (0.5, 0.7):
+        run_id = mlf.create_run(experiment).info.run_id
+        mlf.log_metric(run_id, "adapter_exact_match", score)
+        mlf.create_model_version(name, f"runs:/{run_id}/adapter", run_id)
+    mlf.set_registered_model_alias(name, "champion", "1")
+
+
+def test_an_expired_promotion_lock_is_broken_and_a_live_one_waited_for(
+    project, monkeypatch, caplog
+):
+    """A crashed promoter's lock does not block promotions past its lease; a live holder makes
+    the next promotion wait, then fail in one line naming the lock."""
+    import time
+
+    from tasks import promotion_lock
+    from tasks.tracking import TrackingError
+
+    mlf = client()
+    two_versions(mlf, "locked")
+    lock = promotion_lock.lock_name("locked")
+    args = dict(
+        model_name="locked", version="2", metric="exact_match", challenger_value=0.7,
+        champion_version="1", champion_value=0.5, min_improvement=0.0,
+    )  # fmt: skip
+
+    dead = {promotion_lock.OWNER: "host:1:dead", promotion_lock.EXPIRES: f"{time.time():.3f}"}
+    mlf.create_registered_model(lock, tags=dead)
+    assert promote.fn(**args).promote  # the expired lock was broken
+    assert f"broke the expired promotion lock {lock} held by host:1:dead" in caplog.text
+    assert str(mlf.get_model_version_by_alias("locked", "champion").version) == "2"
+    assert [m.name for m in mlf.search_registered_models("name LIKE 'locked.%'")] == []
+
+    monkeypatch.setattr(promotion_lock, "WAIT_S", 1.0)
+    alive = {promotion_lock.OWNER: "host:2:alive", promotion_lock.EXPIRES: f"{time.time() + 60}"}
+    mlf.create_registered_model(lock, tags=alive)
+    with pytest.raises(TrackingError) as err:
+        promote.fn(**{**args, "version": "1", "challenger_value": 0.9, "champion_version": "2"})
+    assert str(err.value) == f"registered model {lock}: promotion lock still held after 1 s"
+    assert str(mlf.get_model_version_by_alias("locked", "champion").version) == "2"
+    assert "promotion.outcome" not in mlf.get_model_version("locked", "1").tags

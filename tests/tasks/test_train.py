@@ -1,0 +1,65 @@
+"""The training task when memory or disk runs out: one clear error naming what ran out."""
+
+from pathlib import Path
+
+import pytest
+
+from flows.stages import train_args
+from models.config import config_from_dict
+from models.resources import ResourceError
+from tasks.train import train
+
+
+def args(tiny_base, tiny_data, tmp_path) -> dict:
+    config = config_from_dict(
+        {
+            "base_model": str(tiny_base),
+            "data": {"path": str(tiny_data), "max_seq_len": 64},
+            "adapter": {"r": 2, "target_modules": ["q_proj"]},
+            "training": {"max_steps": 1, "batch_size": 4, "output_dir": str(tmp_path / "runs")},
+        }
+    )
+    return {**train_args(config, str(tiny_base), "run1"), "log_to_run": False}
+
+
+def test_disk_full_while_saving_names_the_path(tiny_base, tiny_data, tmp_path, monkeypatch):
+    """A file of the adapter lands on a device that is always full (/dev/full: the kernel's
+    own ENOSPC on every write)."""
+    monkeypatch.chdir(tmp_path)
+    kwargs = args(tiny_base, tiny_data, tmp_path)
+    out = Path(kwargs["output_dir"])
+    out.mkdir(parents=True)
+    (out / "adapter_config.json").symlink_to("/dev/full")
+    with pytest.raises(ResourceError) as err:
+        train.fn(**kwargs)
+    message = str(err.value)
+    assert message.startswith(f"disk full writing {out} (")
+    assert "free space there or point training.output_dir at another disk" in message
+    assert "\n" not in message
+
+
+def test_out_of_memory_while_training_names_device_and_knobs(
+    tiny_base, tiny_data, tmp_path, monkeypatch
+):
+    """A training step asks the allocator for more memory than there is (torch's own error)."""
+    from transformers import Trainer
+
+    monkeypatch.chdir(tmp_path)
+
+    def greedy_step(self, *a, **k):
+        return torch_empty_too_big()
+
+    monkeypatch.setattr(Trainer, "training_step", greedy_step)
+    with pytest.raises(ResourceError) as err:
+        train.fn(**args(tiny_base, tiny_data, tmp_path))
+    assert str(err.value) == (
+        "out of memory on cpu while training (RuntimeError): lower training.batch_size (now 4) "
+        "or data.max_seq_len (now 64); training.grad_accum_steps keeps the effective batch"
+    )
+    assert not (tmp_path / "runs" / "run1" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def torch_empty_too_big():
+    import torch
+
+    return torch.empty(2**50)

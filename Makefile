@@ -36,8 +36,10 @@ demo-assets: setup
 run: demo-assets
 	$(BIN)/loraflow run configs/demo.yaml
 
+# Two pytest workers (one per file at a time; the team-stack module starts first).
+PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The benchmark suite on the demo model (README "Performance"); BENCH_ARGS=--json for JSON.
 bench: demo-assets

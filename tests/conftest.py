@@ -26,11 +26,23 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one torch thread each (and in every
+    # process they start), or the workers' thread pools fight over the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The longest module (a whole team stack) goes first, so that with two workers it runs beside
+# the rest instead of after it.
+_FIRST = ("tests/flows/test_team.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_FIRST))
 
 
 @pytest.fixture(scope="session")

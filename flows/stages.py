@@ -133,4 +133,5 @@ def train_metrics(adapter: TrainResult) -> dict[str, float]:
         "train_tokens_per_second": adapter.tokens_per_second,
         "train_peak_memory_bytes": adapter.peak_memory_bytes,
         "truncated_examples": adapter.truncated_examples,
+        "resumed_from_step": adapter.resumed_from_step,
     }

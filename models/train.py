@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -95,6 +96,14 @@ def deterministic_algorithms(enabled: bool):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
+
+
+def _load_adapter_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """The trainable weights of a finished training, from its last checkpoint."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_WEIGHTS)))
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -247,13 +256,20 @@ def train_adapter(
         callbacks=[_Relay(), *method_callbacks, *([_Checkpointed()] if checkpoints else [])],
         optimizers=optimizers,
     )
+    resumed_from = checkpoint_step(resume) if resume else 0
+    # A checkpoint of the last step means training had finished (the run failed later): take
+    # its weights. Resuming the Trainer there would run one more optimizer step.
+    finished = resumed_from >= max_steps
     started = time.perf_counter()
     with (
         track_peak_memory(device) as memory,
         deterministic_algorithms(deterministic),
         cpu_threads(threads if device == "cpu" else None),
     ):
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if finished:
+            _load_adapter_weights(model, resume)
+        else:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     seen = tokens["seen"]
     if world_size > 1 and torch.distributed.is_initialized():
@@ -262,20 +278,26 @@ def train_adapter(
         torch.distributed.all_reduce(total_seen)
         seen = int(total_seen.item())
 
-    resumed_from = checkpoint_step(resume) if resume else 0
-    train_loss = float(output.training_loss)
     if resumed_from:
         # The Trainer averages over this session's steps only; report the whole run's
         # logged losses instead (the checkpoint carries the earlier ones).
-        logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        history[:] = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
-        train_loss = sum(logged) / len(logged) if logged else train_loss
+        log_history = (
+            json.loads((resume / "trainer_state.json").read_text())["log_history"]
+            if finished
+            else trainer.state.log_history
+        )
+        history[:] = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+        logged = [loss for _, loss in history]
+        train_loss = sum(logged) / len(logged) if logged else float("nan")
+        steps = resumed_from if finished else output.global_step
+    else:
+        train_loss, steps = float(output.training_loss), output.global_step
     result = TrainResult(
         adapter_dir="",
         adapter_sha256="",
         trainable_params=trainable,
         total_params=total,
-        steps=output.global_step,
+        steps=steps,
         train_loss=train_loss,
         train_seconds=seconds,
         tokens_per_second=seen / seconds if seconds > 0 else 0.0,

@@ -400,6 +400,17 @@ def test_run_fails_clearly_and_keeps_the_adapter_when_the_server_stays_down(
     relay.up()  # nothing half-registered: no version without its artifacts and tags
     assert client().search_model_versions(f"name = '{name}'") == []
 
+    # Run again once the server is back: training resumes from the final checkpoint the failed
+    # run left (nothing is trained again) and the kept adapter is what gets registered.
+    import flows.finetune
+    import tasks.train
+
+    monkeypatch.setattr(flows.finetune, "train", tasks.train.train)
+    again = finetune(tiny_run(tiny_base, name))
+    assert again.version == "1" and again.adapter_sha256.startswith(sha)
+    assert again.adapter_sha256 == file_sha256(Path(adapter_dir) / "adapter_model.safetensors")
+    assert client().get_run(again.run_id).data.metrics["resumed_from_step"] == 4
+
 
 def test_a_run_with_secrets_around_survives_an_outage_and_leaks_nothing(
     project, tiny_base, relay, short_retries, s3_env, tracking_server, monkeypatch, capfd,

@@ -138,3 +138,23 @@ def test_a_checkpoint_cut_short_is_not_resumed_from(tiny_base, tiny_data, tmp_pa
         **{**args, "output_dir": str(tmp_path / "b")}, save_steps=5, checkpoint_dir=checkpoints
     )
     assert again.resumed_from_step == 5
+
+
+@pytest.mark.parametrize("method", ["lora", "vera", "dora"])
+def test_a_finished_training_is_taken_from_its_last_checkpoint(
+    tiny_base, tiny_data, tmp_path, method
+):
+    """A run that failed after training (e.g. registry down) leaves the last step's checkpoint;
+    the rerun takes those weights and trains no further step (with a constant learning rate one
+    more step would change them)."""
+    spec = AdapterSpec(**{**SPEC.__dict__, "dropout": 0.0})
+    args = {**kwargs(tiny_base, tiny_data, tmp_path / "a", method, spec), "max_steps": 10}
+    args["lr_scheduler"] = "constant"
+    checkpoints = tmp_path / "checkpoints"
+    first = train_adapter(**args, save_steps=5, checkpoint_dir=checkpoints)
+    again = train_adapter(
+        **{**args, "output_dir": str(tmp_path / "b")}, save_steps=5, checkpoint_dir=checkpoints
+    )
+    assert again.resumed_from_step == 10 and again.steps == 10
+    assert again.adapter_sha256 == first.adapter_sha256
+    assert again.loss_history == first.loss_history

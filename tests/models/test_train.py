@@ -10,7 +10,7 @@ from models.train import train_adapter
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=1)
 
 
-def train(tiny_base, tiny_data, out, method="lora", spec=SPEC, steps=4, on_log=None):
+def train(tiny_base, tiny_data, out, method="lora", spec=SPEC, steps=4, on_log=None, **extra):
     return train_adapter(
         base_model=str(tiny_base),
         train_file=tiny_data / "train.jsonl",
@@ -28,6 +28,7 @@ def train(tiny_base, tiny_data, out, method="lora", spec=SPEC, steps=4, on_log=N
         output_dir=out,
         extra_files={"loraflow.yaml": "x: 1\n"},
         on_log=on_log,
+        **extra,
     )
 
 
@@ -72,22 +73,10 @@ def test_deterministic_mode_is_on_while_training_only_and_changes_nothing_on_cpu
 
     seen = []
     default = train(tiny_base, tiny_data, tmp_path / "a")
-    strict = train_adapter(
-        base_model=str(tiny_base),
-        train_file=tiny_data / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
-        max_seq_len=64,
-        too_long="reject",
-        method="lora",
-        spec=SPEC,
-        max_steps=4,
-        learning_rate=3e-3,
-        batch_size=8,
-        logging_steps=2,
-        device="cpu",
-        output_dir=tmp_path / "b",
-        extra_files={"loraflow.yaml": "x: 1\n"},
+    strict = train(
+        tiny_base,
+        tiny_data,
+        tmp_path / "b",
         on_log=lambda m, s: seen.append(torch.are_deterministic_algorithms_enabled()),
         deterministic=True,
     )

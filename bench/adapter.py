@@ -20,10 +20,9 @@ from bench.common import (
     median,
     require_demo_assets,
     run_worker,
+    train_lora,
     worker_main,
 )
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _work(steps: int, reps: int, batch_size: int, tmp: str) -> dict:
@@ -31,28 +30,12 @@ def _work(steps: int, reps: int, batch_size: int, tmp: str) -> dict:
 
     from models.data import pad_batch, read_split, tokenize
     from models.loading import load_base
-    from models.methods import AdapterSpec
     from models.serving import load_adapted
-    from models.train import ADAPTER_WEIGHTS, train_adapter
+    from models.train import ADAPTER_WEIGHTS
 
     device = device_kind()
     out = Path(tmp) / "adapter"
-    train_adapter(
-        base_model=str(DEMO_BASE),
-        train_file=DEMO_DATA / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
-        max_seq_len=64,
-        too_long="reject",
-        method="lora",
-        spec=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=0),
-        max_steps=steps,
-        learning_rate=3e-3,
-        batch_size=16,
-        logging_steps=steps,
-        device=device,
-        output_dir=out,
-    )
+    train_lora(out, steps=steps, logging_steps=steps, device=device)
     base, tokenizer = load_base(str(DEMO_BASE), device=device)
     base.eval()
     unmerged, _ = load_adapted(str(DEMO_BASE), out, device=device)

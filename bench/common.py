@@ -16,6 +16,7 @@ DEMO_BASE = ROOT / ".loraflow" / "demo-base"
 DEMO_DATA = ROOT / "data"
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 RESULT_PREFIX = "BENCH_RESULT "
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Workers run offline and quiet; glibc returns freed memory at once, so that peak resident
 # memory measures what training holds (STACK-FACTS: peak RSS is meaningless without it).
@@ -112,3 +113,27 @@ class Stopwatch:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def train_lora(out, *, steps: int, seed: int = 0, **options):
+    """The pipeline's train_adapter on the demo task: LoRA r=8 on all linear layers, the demo
+    config's data settings, learning rate and batch; `options` override any of its arguments."""
+    from models.methods import AdapterSpec
+    from models.train import train_adapter
+
+    args = {
+        "base_model": str(DEMO_BASE),
+        "train_file": DEMO_DATA / "train.jsonl",
+        "prompt_field": "prompt",
+        "completion_field": "completion",
+        "max_seq_len": 64,
+        "too_long": "reject",
+        "method": "lora",
+        "spec": AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=seed),
+        "max_steps": steps,
+        "learning_rate": 3e-3,
+        "batch_size": 16,
+        "device": "cpu",
+        "output_dir": out,
+    }
+    return train_adapter(**{**args, **options})

@@ -23,11 +23,10 @@ from bench.common import (
     median,
     require_demo_assets,
     run_worker,
+    train_lora,
     worker_main,
 )
 from bench.data import write_long_data
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def matmul_peak(device: str, dtype, size: int, reps: int = 5) -> float:
@@ -55,8 +54,6 @@ def _work(
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from models.demo import model_config
-    from models.methods import AdapterSpec
-    from models.train import train_adapter
 
     device = device_kind()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -80,21 +77,17 @@ def _work(
         if "loss" in logs:
             stamps[step] = time.perf_counter()
 
-    result = train_adapter(
+    result = train_lora(
+        Path(tmp) / "adapter",
+        steps=warmup + steps,
         base_model=str(base),
         train_file=data / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
         max_seq_len=seq_len,
         too_long="truncate",
-        method="lora",
-        spec=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=0),
-        max_steps=warmup + steps,
         learning_rate=1e-4,
         batch_size=batch_size,
         logging_steps=1,
         device=device,
-        output_dir=Path(tmp) / "adapter",
         on_log=on_log,
         save=False,
     )

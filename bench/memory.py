@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.common import (
     DEMO_BASE,
+    TARGETS,
     Figure,
     device_kind,
     require_demo_assets,
@@ -26,7 +27,6 @@ from bench.common import (
 from bench.data import write_long_data
 
 METHODS = ("lora", "lora_fa", "vera", "full")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PAPER = "LoRA-FA paper: up to 1.4x lower overall memory than LoRA"
 MiB = 1 << 20
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import DEMO_BASE, Figure, median, require_demo_assets, run_worker, worker_main
+from bench.common import (
+    DEMO_BASE,
+    Figure,
+    median,
+    require_demo_assets,
+    run_worker,
+    train_lora,
+    worker_main,
+)
 from bench.data import write_varied_data
 
 GOAL = 1.5
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MAX_SEQ_LEN = 128
 BATCH = 16
 
@@ -23,26 +30,17 @@ BATCH = 16
 def _train_and_eval(data: Path, out: Path, *, packing: bool, seed: int, steps: int) -> dict:
     from models.data import read_split, tokenize
     from models.evaluate import completion_loss
-    from models.methods import AdapterSpec
     from models.serving import load_adapted
-    from models.train import train_adapter
 
-    result = train_adapter(
-        base_model=str(DEMO_BASE),
+    result = train_lora(
+        out,
+        steps=steps,
+        seed=seed,
         train_file=data / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
         max_seq_len=MAX_SEQ_LEN,
-        too_long="reject",
-        method="lora",
-        spec=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=seed),
-        max_steps=steps,
-        learning_rate=3e-3,
         batch_size=BATCH,
         warmup_steps=max(1, steps // 10),
         logging_steps=steps,
-        device="cpu",
-        output_dir=out,
         packing=packing,
     )
     model, tokenizer = load_adapted(str(DEMO_BASE), out)

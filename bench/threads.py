@@ -13,40 +13,18 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
-    DEMO_BASE,
-    DEMO_DATA,
     Figure,
     median,
     require_demo_assets,
     run_worker,
+    train_lora,
     worker_main,
 )
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
 
 def _train(threads: int, steps: int, out: Path) -> float:
-    from models.methods import AdapterSpec
-    from models.train import train_adapter
 
-    result = train_adapter(
-        base_model=str(DEMO_BASE),
-        train_file=DEMO_DATA / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
-        max_seq_len=64,
-        too_long="reject",
-        method="lora",
-        spec=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=0),
-        max_steps=steps,
-        learning_rate=3e-3,
-        batch_size=16,
-        warmup_steps=5,
-        logging_steps=100,
-        device="cpu",
-        output_dir=out,
-        threads=threads,
-    )
+    result = train_lora(out, steps=steps, warmup_steps=5, logging_steps=100, threads=threads)
     return result.tokens_per_second
 
 

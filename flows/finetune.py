@@ -128,6 +128,7 @@ def finetune(
         tags=tags,
     )
     checkpoint_key = training_key(tags)
+    training = train_args(config, base_model, run_id, checkpoint_key)
     adapter = None
     try:
         if config.training.deployment:
@@ -141,7 +142,7 @@ def finetune(
             dest = Path(config.training.output_dir) / run_id
             adapter = fetch_trained_adapter(run_id=run_id, dest=str(dest))
         else:
-            adapter = train(**train_args(config, base_model, run_id, checkpoint_key))
+            adapter = train(**training)
 
         champion = fetch_champion(model_name=registry.model_name)
         candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
@@ -202,7 +203,7 @@ def finetune(
         clear_checkpoints(
             checkpoint_store=config.training.checkpoint_store,
             checkpoint_key=checkpoint_key,
-            output_dir=train_args(config, base_model, run_id)["output_dir"],
+            output_dir=training["output_dir"],
         )
 
     if config.export.enabled and decision.promote:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.config import LoraflowConfig
 from models.train import TrainResult
+from tasks import checkpoints
 
 
 def config_parameter() -> LoraflowConfig:
@@ -87,9 +88,7 @@ def train_args(
 
 def training_key(tags: dict[str, str]) -> str:
     """The checkpoint key of a run from its lineage tags (config, data and base weights)."""
-    from tasks.checkpoints import checkpoint_key
-
-    return checkpoint_key(
+    return checkpoints.checkpoint_key(
         config_sha256=tags["config_sha256"],
         data_md5=tags["data_md5"],
         base_model_sha256=tags["base_model_sha256"],

@@ -76,9 +76,7 @@ def train(
 
     checkpointing = {}
     if save_steps > 0 and checkpoint_key:
-        store = checkpoints.open_store(
-            store=checkpoint_store, key=checkpoint_key, scratch=Path(output_dir).parent
-        )
+        store = _checkpoint_store(checkpoint_store, checkpoint_key, output_dir)
         step = checkpoints.restore(store)
         if step:
             log.info("resuming training from the checkpoint of step %d", step)
@@ -135,12 +133,15 @@ def train(
     return result
 
 
+def _checkpoint_store(store: str, key: str, output_dir: str) -> checkpoints.CheckpointStore:
+    """A training's checkpoint store; S3 checkpoints are staged beside its adapter directory."""
+    return checkpoints.open_store(store=store, key=key, scratch=Path(output_dir).parent)
+
+
 @task(name="clear-checkpoints", **IO_RETRIES)
 def clear_checkpoints(*, checkpoint_store: str, checkpoint_key: str, output_dir: str) -> None:
     """Drop a training's checkpoints once its adapter is stored for good (registered/published)."""
-    store = checkpoints.open_store(
-        store=checkpoint_store, key=checkpoint_key, scratch=Path(output_dir).parent
-    )
+    store = _checkpoint_store(checkpoint_store, checkpoint_key, output_dir)
     checkpoints.clear(store)
     logger().info("checkpoints %s cleared", store.describe())
 

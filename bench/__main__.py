@@ -8,6 +8,7 @@ Benchmarks (each measured in fresh worker processes, see its module):
   rerun     5. unchanged rerun vs first run of `loraflow run --skip-unchanged`
   flops     6. achieved training FLOP/s of a 100M+ model vs a measured matmul peak
   threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
+  grad_ckpt 8. training.gradient_checkpointing on vs off: peak memory and tokens/s
 
 On CPU every worker runs with 1 torch thread unless --threads says otherwise (see threads).
 """
@@ -23,9 +24,18 @@ import platform
 import sys
 import time
 
-from bench.common import BenchError
+from bench.common import QUIET, BenchError, OtherLoad
 
-BENCHMARKS = ("overhead", "packing", "memory", "adapter", "rerun", "flops", "threads")
+BENCHMARKS = (
+    "overhead",
+    "packing",
+    "memory",
+    "adapter",
+    "rerun",
+    "flops",
+    "threads",
+    "grad_ckpt",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,10 +62,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def table(figures: list) -> str:
-    rows = ["| # | figure | measured | goal | command |", "|---|---|---|---|---|"]
+    rows = [
+        "| # | figure | measured | goal | other load | command |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in figures:
-        rows.append(f"| {f.number} | {f.name} | {f.measured} | {f.goal} | `{f.command}` |")
+        load = f"{f.details['other_load']:.0%}"
+        rows.append(f"| {f.number} | {f.name} | {f.measured} | {f.goal} | {load} | `{f.command}` |")
     return "\n".join(rows)
+
+
+def verdicts(figures: list) -> list[str]:
+    """One line per figure with a goal: met, or missed (and whether the machine was busy)."""
+    lines = []
+    for f in figures:
+        met = f.details.get("goal_met")
+        if met is None:
+            continue
+        load = f.details["other_load"]
+        if met:
+            lines.append(f"goal {f.number}: met ({f.goal})")
+        elif load >= QUIET:
+            lines.append(
+                f"goal {f.number}: missed ({f.goal}) while other processes used {load:.0%} of the "
+                "CPUs; rerun it on a quiet machine before reading anything into it"
+            )
+        else:
+            lines.append(f"goal {f.number}: MISSED ({f.goal}) on a quiet machine")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             log("  (CPU only, skipped)\n")
             continue
         try:
-            figure = importlib.import_module(f"bench.{name}").run()
+            with OtherLoad() as load:
+                figure = importlib.import_module(f"bench.{name}").run()
         except BenchError as e:
             print(f"bench: {name}: {e}", file=sys.stderr)
             return 1
         figure.details["seconds"] = time.perf_counter() - t0
+        figure.details["other_load"] = load.share
         figures.append(figure)
-        for line in figure.lines:
+        for line in [*figure.lines, load.describe()]:
             log(f"  {line}")
         log(f"  ({figure.details['seconds']:.0f} s)\n")
     total = time.perf_counter() - started
@@ -100,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(table(figures))
+        print("", *verdicts(figures), sep="\n")
         print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
     return 0
 

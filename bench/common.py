@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,55 @@ class Stopwatch:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+QUIET = 0.10  # other processes' share of all CPUs below which a machine counts as quiet
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy seconds of all CPUs since boot incl. steal, CPU seconds of this process and its
+    waited-for children)."""
+    ours = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, ours
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK"), ours
+
+
+class OtherLoad:
+    """Share of all CPUs that other processes (and the hypervisor: steal) used while a block ran:
+    `with OtherLoad() as load: ...; load.share`. Side-by-side ratios hold up to moderate load,
+    but a shared machine moves them (README Performance), so the suite reports this per figure.
+    Linux only (0.0 elsewhere)."""
+
+    def __enter__(self) -> OtherLoad:
+        self.share = 0.0
+        self._start = (time.perf_counter(), *_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, busy0, ours0 = self._start
+        busy1, ours1 = _cpu_seconds()
+        wall = time.perf_counter() - wall0
+        if busy0 and wall > 0:
+            others = max(0.0, (busy1 - busy0) - (ours1 - ours0))
+            self.share = min(1.0, others / (wall * (os.cpu_count() or 1)))
+
+    @property
+    def quiet(self) -> bool:
+        return self.share < QUIET
+
+    def describe(self) -> str:
+        verdict = "quiet" if self.quiet else "BUSY: compare ratios from a quiet run"
+        return f"other processes used {self.share:.0%} of the {os.cpu_count()} CPUs ({verdict})"
 
 
 def train_lora(out, *, steps: int, seed: int = 0, **options):

@@ -47,28 +47,35 @@ def matmul_peak(device: str, dtype, size: int, reps: int = 5) -> float:
     return median(rates[1:])
 
 
-def _work(
-    hidden: int, layers: int, seq_len: int, batch_size: int, warmup: int, steps: int, tmp: str
-) -> dict:
+def build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, int]:
+    """A Llama-shaped model with random weights and the demo tokenizer, saved to `out`; returns
+    (out, all parameters, parameters of the matmul weights)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from models.demo import model_config
+
+    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_config(tokenizer, hidden, layers, head_dim=64))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    total_params = sum(p.numel() for p in model.parameters())
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return out, total_params, matmul_params
+
+
+def _work(
+    hidden: int, layers: int, seq_len: int, batch_size: int, warmup: int, steps: int, tmp: str
+) -> dict:
+    import torch
 
     device = device_kind()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     size = 8192 if device == "cuda" else 2048
     peak_before = matmul_peak(device, dtype, size)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(model_config(tokenizer, hidden, layers, head_dim=64))
-    base = Path(tmp) / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    total_params = sum(p.numel() for p in model.parameters())
-    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    del model
+    base, total_params, matmul_params = build_large_base(Path(tmp) / "base", hidden, layers)
     data = write_long_data(Path(tmp) / "data", n=batch_size * (warmup + steps))
 
     stamps: dict[int, float] = {}

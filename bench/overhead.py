@@ -3,7 +3,9 @@
 One worker process alternates the two on the demo config (same model, data, batch, seq length,
 steps, seed): a short warm-up of each, then `reps` rounds whose order flips every round. The
 pipeline side is the real train task (`tasks.train.train.fn`, what the finetune flow calls),
-logging its loss curve to an MLflow run on a scratch sqlite store.
+logging its loss curve to an MLflow run on a scratch sqlite store. The figure is the median of
+the per-round ratios: each round compares two runs a few seconds apart, so a slow drift of the
+machine's speed (other tenants of the host) cancels, where a ratio of per-arm medians keeps it.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
     return runs
 
 
-def run(*, steps: int = 120, reps: int = 3) -> Figure:
+def run(*, steps: int = 120, reps: int = 7) -> Figure:
     require_demo_assets()
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         runs = run_worker(
@@ -102,12 +104,15 @@ def run(*, steps: int = 120, reps: int = 3) -> Figure:
         )
     tps = {name: [r["tokens_per_second"] for r in rs] for name, rs in runs.items()}
     pipeline, plain = median(tps["pipeline"]), median(tps["plain"])
-    ratio = pipeline / plain
     per_round = [a / b for a, b in zip(tps["pipeline"], tps["plain"], strict=True)]
+    ratio = median(per_round)
     return Figure(
         number=1,
         name="overhead: pipeline train task vs plain Trainer + PEFT (tokens/s)",
-        measured=f"{ratio:.3f} ({pipeline:,.0f} vs {plain:,.0f} tokens/s)",
+        measured=(
+            f"{ratio:.3f} (median of {reps} paired rounds; {pipeline:,.0f} vs "
+            f"{plain:,.0f} tokens/s)"
+        ),
         goal=f">= {GOAL}",
         command="python -m bench --only overhead",
         details={
@@ -117,13 +122,15 @@ def run(*, steps: int = 120, reps: int = 3) -> Figure:
             "runs": runs,
             "per_round_ratio": per_round,
             "steps": steps,
+            "goal_met": ratio >= GOAL,
         },
         lines=[
             f"demo config, {steps} steps x {reps} rounds in rotating order (+ a warm-up of each)",
             "pipeline tokens/s: " + ", ".join(f"{v:,.0f}" for v in tps["pipeline"]),
             "plain    tokens/s: " + ", ".join(f"{v:,.0f}" for v in tps["plain"]),
             "per-round ratio:   " + ", ".join(f"{v:.3f}" for v in per_round),
-            f"median ratio {ratio:.3f} (goal >= {GOAL})",
+            f"median per-round ratio {ratio:.3f} (goal >= {GOAL}; ratio of the medians "
+            f"{pipeline / plain:.3f})",
         ],
     )
 

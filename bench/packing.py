@@ -90,6 +90,7 @@ def run(*, steps: int = 40, seeds: tuple[int, ...] = (0, 1, 2)) -> Figure:
             "max_eval_loss_diff": max(diffs),
             "seed_spread": noise,
             "within_noise": same,
+            "goal_met": ratio >= GOAL and same,
             "runs": runs,
         },
         lines=[

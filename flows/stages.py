@@ -77,6 +77,7 @@ def train_args(
         "num_processes": training.num_processes,
         "packing": training.packing,
         "threads": training.cpu_threads,
+        "gradient_checkpointing": training.gradient_checkpointing,
         "output_dir": str(Path(training.output_dir) / run_id / "adapter"),
         "config_yaml": config.to_yaml(),
         "save_steps": training.save_steps if checkpoint_key else 0,

@@ -186,6 +186,11 @@ class TrainingConfig(_Section):
         description="torch threads when training on CPU; empty = torch's default (one per core). "
         "1 can be much faster for small models on a busy machine.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each decoder layer in the backward pass instead of keeping its "
+        "activations: less training memory (see README Performance), about one more forward.",
+    )
 
     save_steps: int = Field(
         500,

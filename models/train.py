@@ -143,6 +143,7 @@ def train_adapter(
     deterministic: bool = False,
     packing: bool = False,
     threads: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
@@ -160,6 +161,8 @@ def train_adapter(
     packing: each batch is packed padding-free into rows of <= max_seq_len tokens
         (models.packing) instead of padded rows.
     threads: torch threads while training on CPU (None: torch's default, one per core).
+    gradient_checkpointing: keep only each decoder layer's input in the forward pass and
+        recompute the layer in the backward pass (less activation memory, one more forward).
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
@@ -240,6 +243,7 @@ def train_adapter(
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        activation_checkpointing=gradient_checkpointing,
         disable_tqdm=False,
         ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
     )

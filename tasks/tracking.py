@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
+import threading
 import time
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -174,3 +177,50 @@ def close_run(*, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or failed)."""
     with mlflow_errors():
         client().set_terminated(run_id, status=status)
+
+
+class BackgroundMetrics:
+    """Per-step metrics sent to an MLflow run by a background thread, one batch per step.
+
+    `log` returns at once, so a tracking server that is slow (a commit per request on sqlite, a
+    round trip per request on a server) or down (MLflow retries a request for minutes) neither
+    slows nor stalls training. Best effort, as a loss curve is: a batch that fails is a warning,
+    and `close` waits at most `timeout` seconds for what is still queued, then drops it with a
+    warning. Keys that already carry the prefix (the Trainer's end-of-run summary) are skipped.
+    """
+
+    def __init__(self, mlf: MlflowClient, run_id: str, log, prefix: str = "train_") -> None:
+        self._mlf, self._run_id, self._log, self._prefix = mlf, run_id, log, prefix
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._send, name="loraflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log(self, logs: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key=f"{self._prefix}{key}", value=float(value), timestamp=now, step=step)
+            for key, value in logs.items()
+            if not key.startswith(self._prefix)
+        ]
+        if metrics:
+            self._queue.put((step, metrics))
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            step, metrics = item
+            try:
+                self._mlf.log_batch(self._run_id, metrics=metrics)
+            except Exception as e:  # noqa: BLE001
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                self._log.warning("could not log step %d to MLflow: %s", step, redact(first))
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Send what is queued (waiting at most `timeout` seconds) and stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._log.warning(
+                "MLflow took more than %g s for the loss curve; %d logged steps not sent",
+                timeout,
+                self._queue.qsize() - 1,  # the stop marker is still queued behind them
+            )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from pathlib import Path
 
 from prefect import task
@@ -17,7 +16,7 @@ from models.resources import explain_resource_errors
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
 from tasks import checkpoints
 from tasks.runtime import IO_RETRIES, logger
-from tasks.tracking import client
+from tasks.tracking import BackgroundMetrics, client
 
 
 @task(name="train-adapter")
@@ -53,6 +52,7 @@ def train(
     deterministic: bool = False,
     packing: bool = False,
     threads: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
 
@@ -62,17 +62,6 @@ def train(
     """
     mlf = client()
     log = logger()
-
-    def relay(logs: dict[str, float], step: int) -> None:
-        # Logging is best effort: a blip of the tracking server must not kill training.
-        try:
-            now = int(time.time() * 1000)
-            for key, value in logs.items():
-                # Keys already prefixed are the Trainer's end-of-run summary, logged separately.
-                if not key.startswith("train_"):
-                    mlf.log_metric(run_id, f"train_{key}", value, timestamp=now, step=step)
-        except Exception as e:  # noqa: BLE001
-            log.warning("could not log step %d to MLflow: %s", step, e)
 
     checkpointing = {}
     if save_steps > 0 and checkpoint_key:
@@ -93,34 +82,40 @@ def train(
     run = explain_resource_errors(
         run, device=device, output_dir=output_dir, batch_size=batch_size, max_seq_len=max_seq_len
     )
-    result = run(
-        base_model=base_model,
-        trust_remote_code=trust_remote_code,
-        train_file=train_file,
-        prompt_field=prompt_field,
-        completion_field=completion_field,
-        max_seq_len=max_seq_len,
-        too_long=too_long,
-        method=method,
-        spec=spec,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum_steps=grad_accum_steps,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        lr_scheduler=lr_scheduler,
-        logging_steps=logging_steps,
-        device=device,
-        dtype=dtype,
-        output_dir=output_dir,
-        extra_files={"loraflow.yaml": config_yaml},
-        on_log=relay if log_to_run else None,
-        deterministic=deterministic,
-        **checkpointing,
-        packing=packing,
-        threads=threads,
-    )
+    curve = BackgroundMetrics(mlf, run_id, log) if log_to_run else None
+    try:
+        result = run(
+            base_model=base_model,
+            trust_remote_code=trust_remote_code,
+            train_file=train_file,
+            prompt_field=prompt_field,
+            completion_field=completion_field,
+            max_seq_len=max_seq_len,
+            too_long=too_long,
+            method=method,
+            spec=spec,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            grad_accum_steps=grad_accum_steps,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            lr_scheduler=lr_scheduler,
+            logging_steps=logging_steps,
+            device=device,
+            dtype=dtype,
+            output_dir=output_dir,
+            extra_files={"loraflow.yaml": config_yaml},
+            on_log=curve.log if curve else None,
+            deterministic=deterministic,
+            **checkpointing,
+            packing=packing,
+            threads=threads,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+    finally:
+        if curve:
+            curve.close()
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",
         method,

@@ -1,9 +1,15 @@
-"""The benchmark suite's command line (the benchmarks themselves are not tests: `make bench`)."""
+"""The benchmark suite's command line and load report (the benchmarks themselves are not tests:
+`make bench`)."""
+
+import subprocess
+import sys
+import time
 
 import pytest
 
-from bench.__main__ import BENCHMARKS, parse_args, table
-from bench.common import Figure
+import bench.common
+from bench.__main__ import BENCHMARKS, parse_args, table, verdicts
+from bench.common import Figure, OtherLoad
 
 
 def test_parse_args_selects_benchmarks():
@@ -15,7 +21,58 @@ def test_parse_args_selects_benchmarks():
 
 
 def test_table_has_one_row_per_figure():
-    rows = table([Figure(3, "memory", "1.2x", "report", "python -m bench --only memory")])
+    figure = Figure(3, "memory", "1.2x", "report", "python -m bench --only memory")
+    figure.details["other_load"] = 0.04
+    rows = table([figure])
     assert rows.splitlines()[2] == (
-        "| 3 | memory | 1.2x | report | `python -m bench --only memory` |"
+        "| 3 | memory | 1.2x | report | 4% | `python -m bench --only memory` |"
     )
+
+
+def _figure(number: int, met: bool | None, load: float) -> Figure:
+    figure = Figure(number, "f", "m", ">= 1.5x", "c", details={"other_load": load})
+    if met is not None:
+        figure.details["goal_met"] = met
+    return figure
+
+
+def test_verdicts_say_whether_a_missed_goal_was_measured_on_a_busy_machine():
+    lines = verdicts(
+        [
+            _figure(1, True, 0.0),
+            _figure(2, False, 0.45),
+            _figure(3, None, 0.0),
+            _figure(4, False, 0.01),
+        ]
+    )
+    assert lines[0] == "goal 1: met (>= 1.5x)"
+    assert lines[1].startswith(
+        "goal 2: missed (>= 1.5x) while other processes used 45% of the CPUs"
+    )
+    assert lines[2] == "goal 4: MISSED (>= 1.5x) on a quiet machine"
+    assert len(lines) == 3
+
+
+def test_other_load_excludes_our_own_cpu(monkeypatch):
+    # (all CPUs' busy seconds, ours) before and after: 3 s busy in all, 2 s of it ours.
+    readings = iter([(100.0, 10.0), (103.0, 12.0)])
+    monkeypatch.setattr(bench.common, "_cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(bench.common.os, "cpu_count", lambda: 2)
+    with OtherLoad() as load:
+        time.sleep(0.5)
+    assert 0.5 <= load.share <= 1.0  # 1 s of others over >= 0.5 s x 2 CPUs
+    assert not load.quiet
+
+
+def test_other_load_sees_a_busy_process_that_is_not_ours():
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        with OtherLoad() as load:
+            time.sleep(1.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    # One of the CPUs spun the whole time (not yet a waited-for child of ours, so not "ours").
+    assert load.share >= 0.8 / (bench.common.os.cpu_count() or 1)

@@ -1,0 +1,133 @@
+"""Figure 8: `training.gradient_checkpointing` off vs on: peak training memory and speed.
+
+LoRA r=8 on all linear layers of figure 6's Llama-shaped 101M model (hidden 1024, 8 layers,
+random weights), rows of exactly `seq_len` tokens, through the pipeline's `train_adapter`. Each
+arm trains in a fresh process, so that one arm's freed memory cannot hide the other's peak. The
+peak is train_adapter's own measurement, the one a run logs as `peak_memory_bytes` (growth of
+the peak resident set over `trainer.train()` on CPU, `max_memory_allocated` on CUDA); tokens/s
+is timed from the Trainer's per-step log after `warmup` steps.
+
+With checkpointing a decoder layer keeps only its input for the backward pass and runs its
+forward again there: for a frozen base with LoRA that is about 6 N FLOPs per token instead of
+4 N, so about 1.5x the time at best, for activations of one layer at a time instead of all.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import (
+    Figure,
+    device_kind,
+    require_demo_assets,
+    run_worker,
+    train_lora,
+    worker_main,
+)
+from bench.data import write_long_data
+from bench.flops import build_large_base
+
+MiB = 1 << 20
+
+
+def _work(
+    checkpointing: bool,
+    hidden: int,
+    layers: int,
+    seq_len: int,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    tmp: str,
+) -> dict:
+    base, total_params, _ = build_large_base(Path(tmp) / "base", hidden, layers)
+    data = write_long_data(Path(tmp) / "data", n=batch_size * (warmup + steps))
+    stamps: dict[int, float] = {}
+
+    def on_log(logs: dict, step: int) -> None:
+        if "loss" in logs:
+            stamps[step] = time.perf_counter()
+
+    result = train_lora(
+        Path(tmp) / "adapter",
+        steps=warmup + steps,
+        base_model=str(base),
+        train_file=data / "train.jsonl",
+        max_seq_len=seq_len,
+        too_long="truncate",
+        learning_rate=1e-4,
+        batch_size=batch_size,
+        logging_steps=1,
+        device=device_kind(),
+        on_log=on_log,
+        save=False,
+        gradient_checkpointing=checkpointing,
+    )
+    seconds = stamps[warmup + steps] - stamps[warmup]
+    return {
+        "total_params": total_params,
+        "peak_bytes": result.peak_memory_bytes,
+        "peak_kind": result.peak_memory_kind,
+        "tokens_per_second": steps * batch_size * seq_len / seconds,
+        "train_loss": result.train_loss,
+    }
+
+
+def run(
+    *,
+    hidden: int = 1024,
+    layers: int = 8,
+    seq_len: int = 128,
+    batch_size: int = 4,
+    warmup: int = 1,
+    steps: int = 2,
+) -> Figure:
+    require_demo_assets()
+    arms = {}
+    for checkpointing in (False, True):
+        with tempfile.TemporaryDirectory(prefix="bench-grad-ckpt-") as tmp:
+            arms["on" if checkpointing else "off"] = run_worker(
+                "bench.grad_ckpt",
+                {
+                    "checkpointing": checkpointing,
+                    "hidden": hidden,
+                    "layers": layers,
+                    "seq_len": seq_len,
+                    "batch_size": batch_size,
+                    "warmup": warmup,
+                    "steps": steps,
+                    "tmp": tmp,
+                },
+            )
+    off, on = arms["off"], arms["on"]
+    memory_ratio = off["peak_bytes"] / on["peak_bytes"]
+    speed_ratio = on["tokens_per_second"] / off["tokens_per_second"]
+    params = off["total_params"] / 1e6
+    return Figure(
+        number=8,
+        name=f"gradient checkpointing on vs off: peak training memory, speed ({params:.0f}M model)",
+        measured=(
+            f"{memory_ratio:.2f}x lower peak ({off['peak_bytes'] / MiB:,.0f} -> "
+            f"{on['peak_bytes'] / MiB:,.0f} MiB) at {speed_ratio:.2f}x the tokens/s "
+            f"({on['tokens_per_second']:,.0f} vs {off['tokens_per_second']:,.0f})"
+        ),
+        goal="report (a switch: trade speed for memory)",
+        command="python -m bench --only grad_ckpt",
+        details={"arms": arms, "memory_ratio": memory_ratio, "speed_ratio": speed_ratio},
+        lines=[
+            f"Llama-shaped, hidden {hidden}, {layers} layers ({params:.0f}M params), LoRA r=8 all "
+            f"linear, batch {batch_size} x {seq_len} tokens, {steps} timed steps after {warmup}, "
+            f"a fresh process per arm; peak = {off['peak_kind']}",
+            f"off: peak {off['peak_bytes'] / MiB:,.1f} MiB, {off['tokens_per_second']:,.0f} "
+            f"tokens/s, loss {off['train_loss']:.5f}",
+            f"on:  peak {on['peak_bytes'] / MiB:,.1f} MiB, {on['tokens_per_second']:,.0f} "
+            f"tokens/s, loss {on['train_loss']:.5f}",
+            f"memory {memory_ratio:.2f}x lower, speed {speed_ratio:.2f}x",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    worker_main(_work)

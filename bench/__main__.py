@@ -10,6 +10,9 @@ Benchmarks (each measured in fresh worker processes, see its module):
   threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
   grad_ckpt 8. training.gradient_checkpointing on vs off: peak memory and tokens/s
 
+Trials, run only when named in --only (a change that was tried and not kept):
+  compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps
+
 On CPU every worker runs with 1 torch thread unless --threads says otherwise (see threads).
 """
 
@@ -36,6 +39,7 @@ BENCHMARKS = (
     "threads",
     "grad_ckpt",
 )
+TRIALS = ("compile",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),
-        help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
+        help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)}; "
+        f"trials, only by name: {', '.join(TRIALS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON only")
     parser.add_argument(
@@ -55,9 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in args.only if name not in BENCHMARKS]
+    unknown = [name for name in args.only if name not in BENCHMARKS + TRIALS]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS}")
+        parser.error(
+            f"unknown benchmark(s) {', '.join(unknown)}; choose from {BENCHMARKS + TRIALS}"
+        )
     return args
 
 
@@ -68,7 +75,9 @@ def table(figures: list) -> str:
     ]
     for f in figures:
         load = f"{f.details['other_load']:.0%}"
-        rows.append(f"| {f.number} | {f.name} | {f.measured} | {f.goal} | {load} | `{f.command}` |")
+        cells = [str(f.number), f.name, f.measured, f.goal, load]
+        cells = [c.replace("|", "\\|") for c in cells]  # e.g. "|diff|" inside a cell
+        rows.append(f"| {' | '.join(cells)} | `{f.command}` |")
     return "\n".join(rows)
 
 

@@ -42,6 +42,19 @@ def reset_peak_rss() -> bool:
     return peak_rss_bytes() > 0
 
 
+def page_in(module: torch.nn.Module) -> None:
+    """Read one value per memory page of every CPU parameter and buffer.
+
+    Weights loaded from safetensors on CPU can stay mapped from the file and become resident
+    only when first used, i.e. during the first training step; read here, they count in the
+    memory in use before training, not in training's peak (as on CUDA, where they are
+    allocated before it)."""
+    with torch.no_grad():
+        for t in (*module.parameters(), *module.buffers()):
+            if t.device.type == "cpu" and t.numel() and t.is_contiguous():
+                t.view(-1)[:: max(1, _PAGE // t.element_size())].sum()
+
+
 class PeakMemory:
     """Result holder: `peak_bytes` is the growth over the level at entry."""
 

@@ -16,7 +16,7 @@ import torch
 from models.data import pad_batch, read_split, tokenize
 from models.hashing import file_sha256
 from models.loading import cpu_threads, load_base, resolve_device, resolve_dtype
-from models.memory import track_peak_memory
+from models.memory import page_in, track_peak_memory
 from models.methods import AdapterSpec, get_method
 from models.packing import pack_batch
 
@@ -264,6 +264,8 @@ def train_adapter(
     # A checkpoint of the last step means training had finished (the run failed later): take
     # its weights. Resuming the Trainer there would run one more optimizer step.
     finished = resumed_from >= max_steps
+    if device == "cpu":
+        page_in(model)  # mapped weights count before training, not in its peak
     started = time.perf_counter()
     with (
         track_peak_memory(device) as memory,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import bench.common
-from bench.__main__ import BENCHMARKS, parse_args, table, verdicts
+from bench.__main__ import BENCHMARKS, TRIALS, parse_args, table, verdicts
 from bench.common import Figure, OtherLoad
 
 
@@ -16,16 +16,18 @@ def test_parse_args_selects_benchmarks():
     assert parse_args([]).only == list(BENCHMARKS)
     args = parse_args(["--only", "memory,flops", "--json"])
     assert args.only == ["memory", "flops"] and args.json
+    assert "compile" in TRIALS and "compile" not in parse_args([]).only  # trials: by name only
+    assert parse_args(["--only", "compile"]).only == ["compile"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "nope"])
 
 
 def test_table_has_one_row_per_figure():
-    figure = Figure(3, "memory", "1.2x", "report", "python -m bench --only memory")
+    figure = Figure(3, "memory", "1.2x (|diff| 0)", "report", "python -m bench --only memory")
     figure.details["other_load"] = 0.04
     rows = table([figure])
     assert rows.splitlines()[2] == (
-        "| 3 | memory | 1.2x | report | 4% | `python -m bench --only memory` |"
+        "| 3 | memory | 1.2x (\\|diff\\| 0) | report | 4% | `python -m bench --only memory` |"
     )
 
 

@@ -1,0 +1,139 @@
+"""Trial 9 (not in the default suite; `python -m bench --only compile`): torch.compile on the
+demo config.
+
+Each arm is a fresh process training LoRA on the demo config with a plain transformers Trainer
++ PEFT (bench/plain.py's tokenization, padded batches), once eager and once with
+`TrainingArguments(torch_compile=True)` (TorchInductor; on CPU it compiles C++ with the
+system compiler). Measured from per-step timestamps: the time to the end of the first step
+(where compilation happens), the steady ms/step after `warm` steps (recompilations for new
+batch shapes happen before that), and the number of steps after which the compiled run has
+caught up with the eager one. The same seed gives both arms the same batches; their training
+losses are printed side by side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from bench.common import (
+    DEMO_BASE,
+    DEMO_DATA,
+    TARGETS,
+    Figure,
+    device_kind,
+    require_demo_assets,
+    run_worker,
+    worker_main,
+)
+
+
+def _work(compiled: bool, steps: int, warm: int, tmp: str) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from bench.plain import tokenize_jsonl
+    from models.data import pad_batch
+
+    cuda = device_kind() == "cuda"
+    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(DEMO_BASE), dtype=torch.bfloat16 if cuda else torch.float32
+    )
+    features = tokenize_jsonl(DEMO_DATA / "train.jsonl", tokenizer, 64)
+    set_seed(0)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+        ),
+    )
+    stamps: dict[int, float] = {}
+
+    class _Stamps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            stamps[state.global_step] = time.perf_counter()
+
+    args = TrainingArguments(
+        output_dir=f"{tmp}/trainer-{compiled}",
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=20,
+        logging_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=cuda,
+        use_cpu=not cuda,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        torch_compile=compiled,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=lambda b: pad_batch(b, tokenizer.pad_token_id),
+        callbacks=[_Stamps()],
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    return {
+        "first_step_seconds": stamps[1] - started,
+        "steady_ms_per_step": 1000 * (stamps[steps] - stamps[warm]) / (steps - warm),
+        "total_seconds": stamps[steps] - started,
+        "train_loss": float(output.training_loss),
+    }
+
+
+def run(*, steps: int = 200, warm: int = 40) -> Figure:
+    require_demo_assets()
+    arms = {}
+    with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
+        for compiled in (False, True):
+            arms["compiled" if compiled else "eager"] = run_worker(
+                "bench.compile", {"compiled": compiled, "steps": steps, "warm": warm, "tmp": tmp}
+            )
+    eager, compiled = arms["eager"], arms["compiled"]
+    speedup = eager["steady_ms_per_step"] / compiled["steady_ms_per_step"]
+    saved_per_step = eager["steady_ms_per_step"] - compiled["steady_ms_per_step"]
+    extra = compiled["first_step_seconds"] - eager["first_step_seconds"]
+    break_even = extra * 1000 / saved_per_step if saved_per_step > 0 else float("inf")
+    return Figure(
+        number=9,
+        name="trial: torch.compile (inductor) vs eager, demo config, plain Trainer + PEFT",
+        measured=(
+            f"steady {speedup:.2f}x ({compiled['steady_ms_per_step']:.1f} vs "
+            f"{eager['steady_ms_per_step']:.1f} ms/step) after {extra:.0f} s of compilation: "
+            f"breaks even after ~{break_even:,.0f} steps"
+        ),
+        goal="keep only if it pays",
+        command="python -m bench --only compile",
+        details={"arms": arms, "speedup": speedup, "break_even_steps": break_even},
+        lines=[
+            f"demo config, batch 16, padded, {steps} steps, steady = steps {warm}-{steps}, "
+            "a fresh process per arm",
+            f"eager:    first step {eager['first_step_seconds']:.1f} s, steady "
+            f"{eager['steady_ms_per_step']:.1f} ms/step, {steps} steps in "
+            f"{eager['total_seconds']:.1f} s, loss {eager['train_loss']:.5f}",
+            f"compiled: first step {compiled['first_step_seconds']:.1f} s, steady "
+            f"{compiled['steady_ms_per_step']:.1f} ms/step, {steps} steps in "
+            f"{compiled['total_seconds']:.1f} s, loss {compiled['train_loss']:.5f}",
+            f"steady speedup {speedup:.2f}x; break-even after ~{break_even:,.0f} steps",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    worker_main(_work)

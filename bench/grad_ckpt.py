@@ -2,10 +2,11 @@
 
 LoRA r=8 on all linear layers of figure 6's Llama-shaped 101M model (hidden 1024, 8 layers,
 random weights), rows of exactly `seq_len` tokens, through the pipeline's `train_adapter`. Each
-arm trains in a fresh process, so that one arm's freed memory cannot hide the other's peak. The
-peak is train_adapter's own measurement, the one a run logs as `peak_memory_bytes` (growth of
-the peak resident set over `trainer.train()` on CPU, `max_memory_allocated` on CUDA); tokens/s
-is timed from the Trainer's per-step log after `warmup` steps.
+arm trains in a fresh process (with bench.common.MEMORY_ENV, as figure 3), so that one arm's
+freed memory cannot hide the other's peak. The peak is train_adapter's own measurement, the one
+a run logs as `peak_memory_bytes` (growth of the peak resident set over `trainer.train()` on
+CPU, `max_memory_allocated` on CUDA); tokens/s is timed from the Trainer's per-step log after
+`warmup` steps.
 
 With checkpointing a decoder layer keeps only its input for the backward pass and runs its
 forward again there: for a frozen base with LoRA that is about 6 N FLOPs per token instead of
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import (
+    MEMORY_ENV,
     Figure,
     device_kind,
     require_demo_assets,
@@ -100,6 +102,7 @@ def run(
                     "steps": steps,
                     "tmp": tmp,
                 },
+                env=MEMORY_ENV,
             )
     off, on = arms["off"], arms["on"]
     memory_ratio = off["peak_bytes"] / on["peak_bytes"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.common import (
     DEMO_BASE,
+    MEMORY_ENV,
     TARGETS,
     Figure,
     device_kind,
@@ -144,6 +145,7 @@ def run(*, r: int = 8, batch_size: int = 8, seq_len: int = 256, steps: int = 2) 
                     "steps": steps,
                     "data": str(data),
                 },
+                env=MEMORY_ENV,
             )
     peak = {m: rows[m]["peak_growth_bytes"] for m in METHODS}
     saved = {m: rows[m]["saved_activation_bytes"] for m in METHODS}

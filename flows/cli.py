@@ -234,6 +234,7 @@ def cmd_plan(args) -> int:
         seq_len=config.data.max_seq_len,
         dtype=config.training.dtype,
         trust_remote_code=config.base_model_trust_remote_code,
+        gradient_checkpointing=config.training.gradient_checkpointing,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), sort_keys=True))

@@ -44,14 +44,17 @@ def _meta_model(base_model: str, trust_remote_code: bool):
     return model, config
 
 
-def activation_bytes(config, batch_size: int, seq_len: int, dtype_bytes: int) -> int:
+def activation_bytes(
+    config, batch_size: int, seq_len: int, dtype_bytes: int, checkpointing: bool = False
+) -> int:
     """Activations kept for the backward pass of a decoder-only transformer, per step.
 
     Per layer and token: ~10 hidden-sized tensors (norms, q/k/v/o inputs and outputs, residuals)
     and ~3 MLP-width tensors (gate, up, their product), plus the attention probabilities
     (heads x seq per token) for kernels that materialize them. On top: the fp32 logits and
     their gradient over the vocabulary. Frozen base layers still keep activations because the
-    adapters sit inside them.
+    adapters sit inside them. With gradient checkpointing every layer keeps only its input, and
+    one layer at a time holds its full activations while it is recomputed.
     """
     hidden = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * hidden)
@@ -60,6 +63,8 @@ def activation_bytes(config, batch_size: int, seq_len: int, dtype_bytes: int) ->
     tokens = batch_size * seq_len
     per_layer = tokens * (10 * hidden + 3 * inter + heads * seq_len) * dtype_bytes
     logits = tokens * config.vocab_size * 4 * 2
+    if checkpointing:
+        return layers * tokens * hidden * dtype_bytes + per_layer + logits
     return layers * per_layer + logits
 
 
@@ -72,6 +77,7 @@ def plan_run(
     seq_len: int,
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> Plan:
     """Exact trainable/total parameter counts and adapter size; estimated peak training memory.
 
@@ -104,7 +110,7 @@ def plan_run(
     else:
         base_bytes = frozen * width
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
-    acts = activation_bytes(config, batch_size, seq_len, width)
+    acts = activation_bytes(config, batch_size, seq_len, width, gradient_checkpointing)
     return Plan(
         method=method,
         trainable_params=trainable,

@@ -76,6 +76,19 @@ def test_adapter_bytes_and_memory_parts(llama7b):
     assert q.base_weight_bytes < lora.base_weight_bytes / 3
 
 
+def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(llama7b):
+    """Llama-7B (32 layers, hidden 4096, MLP 11008, 32 heads, vocab 32000), bf16, 2 x 256."""
+    args = dict(base_model=llama7b, method="lora", spec=spec(), batch_size=2, seq_len=256)
+    full = plan_run(**args, dtype="bfloat16")
+    ckpt = plan_run(**args, dtype="bfloat16", gradient_checkpointing=True)
+    tokens = 2 * 256
+    per_layer = tokens * (10 * 4096 + 3 * 11008 + 32 * 256) * 2
+    logits = tokens * 32000 * 4 * 2
+    assert full.activation_bytes == 32 * per_layer + logits
+    assert ckpt.activation_bytes == 32 * tokens * 4096 * 2 + per_layer + logits
+    assert ckpt.base_weight_bytes == full.base_weight_bytes
+
+
 @pytest.mark.parametrize("method", ["lora", "lora_fa", "vera", "delta_lora", "dora", "rslora"])
 def test_plan_matches_a_real_build(tiny_base, method):
     s = spec(r=4, targets=["q_proj", "v_proj", "up_proj"])

@@ -168,6 +168,30 @@ class OtherLoad:
         return f"other processes used {self.share:.0%} of the {os.cpu_count()} CPUs ({verdict})"
 
 
+def step_clock() -> list[float]:
+    """Times at which any Trainer's training_step is entered from now on in this process (the
+    class is patched). Differences of consecutive entries are whole step cycles: batch,
+    forward, backward, optimizer, callbacks. Arms that see the same batches in the same order
+    can then be compared step by step, which the host's occasional multi-second stalls
+    (STACK-FACTS) disturb far less than whole-run times."""
+    from transformers import Trainer
+
+    starts: list[float] = []
+    original = Trainer.training_step
+
+    def timed(self, *args, **kwargs):
+        starts.append(time.perf_counter())
+        return original(self, *args, **kwargs)
+
+    Trainer.training_step = timed
+    return starts
+
+
+def paired_step_ratios(baseline: list[float], candidate: list[float]) -> list[float]:
+    """baseline / candidate step time for each step index (= candidate's speed-up per step)."""
+    return [b / c for b, c in zip(baseline, candidate, strict=True)]
+
+
 def train_lora(out, *, steps: int, seed: int = 0, **options):
     """The pipeline's train_adapter on the demo task: LoRA r=8 on all linear layers, the demo
     config's data settings, learning rate and batch; `options` override any of its arguments."""

@@ -25,8 +25,10 @@ from bench.common import (
     DEMO_DATA,
     Figure,
     median,
+    paired_step_ratios,
     require_demo_assets,
     run_worker,
+    step_clock,
     worker_main,
 )
 
@@ -88,25 +90,8 @@ def _plain(steps: int, tmp: str, tag: str) -> dict:
     )
 
 
-def _step_clock() -> list[float]:
-    """Times at which Trainer.training_step is entered, in both arms (the class is patched)."""
-    import time
-
-    from transformers import Trainer
-
-    starts: list[float] = []
-    original = Trainer.training_step
-
-    def timed(self, *args, **kwargs):
-        starts.append(time.perf_counter())
-        return original(self, *args, **kwargs)
-
-    Trainer.training_step = timed
-    return starts
-
-
 def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
-    starts = _step_clock()
+    starts = step_clock()
     arms = {"pipeline": _pipeline, "plain": _plain}
     for name, fn in arms.items():
         fn(warmup_steps, tmp, f"warmup-{name}")
@@ -130,11 +115,9 @@ def run(*, steps: int = 120, reps: int = 7) -> Figure:
             env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"},
         )
     step_ratios = [
-        plain_s / pipeline_s
+        ratio
         for pipe_run, plain_run in zip(runs["pipeline"], runs["plain"], strict=True)
-        for pipeline_s, plain_s in zip(
-            pipe_run["step_seconds"], plain_run["step_seconds"], strict=True
-        )
+        for ratio in paired_step_ratios(plain_run["step_seconds"], pipe_run["step_seconds"])
     ]
     ratio = median(step_ratios)
     tps = {name: [r["tokens_per_second"] for r in rs] for name, rs in runs.items()}

@@ -53,9 +53,11 @@ lint: setup
 
 # Re-pin every dependency (run after editing pyproject.toml). The torch pin stays the plain
 # version so that the same lock installs the CPU wheel here and the CUDA build elsewhere.
+# --upgrade-package torch: uv otherwise prefers the lock's own plain `torch==X` pin, i.e. the PyPI
+# build with its CUDA packages, over the local +cpu wheel of the same version.
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(UV_FLAGS) \
-		--no-header -o requirements.lock
+		$(if $(FIND_LINKS),--upgrade-package torch) --no-header -o requirements.lock
 	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
 
 # The team stack in Docker (Prefect + MLflow on PostgreSQL, MinIO, workers); see infra/.

@@ -81,3 +81,17 @@ def test_pad_batch_masks_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_chunked_encoding_gives_each_text_its_own_ids(tiny_base):
+    """Texts are encoded a chunk at a time; chunk edges change nothing."""
+    from transformers import AutoTokenizer
+
+    from models.data import Example, _encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    examples = [Example(f"prompt {i} " * (i + 1), f" answer {i}", i + 1) for i in range(5)]
+    prompts, completions = _encode(examples, tok, chunk=2)
+    for ex, p, c in zip(examples, prompts, completions, strict=True):
+        assert p == tok(ex.prompt, add_special_tokens=False)["input_ids"]
+        assert c == tok(ex.completion, add_special_tokens=False)["input_ids"]

@@ -107,18 +107,6 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Stopwatch:
-    """Wall time of a block: `with Stopwatch() as t: ...; t.seconds`."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
 QUIET = 0.10  # other processes' share of all CPUs below which a machine counts as quiet
 
 
@@ -168,28 +156,41 @@ class OtherLoad:
         return f"other processes used {self.share:.0%} of the {os.cpu_count()} CPUs ({verdict})"
 
 
-def step_clock() -> list[float]:
-    """Times at which any Trainer's training_step is entered from now on in this process (the
-    class is patched). Differences of consecutive entries are whole step cycles: batch,
-    forward, backward, optimizer, callbacks. Arms that see the same batches in the same order
-    can then be compared step by step, which the host's occasional multi-second stalls
-    (STACK-FACTS) disturb far less than whole-run times."""
-    from transformers import Trainer
+class StepClock:
+    """Times every Trainer's training_step in this process from now on (the class is patched):
+    `clock.reset()` before a training, `clock.step_seconds()` after it. A step's time runs from
+    one training_step call to the next, i.e. the whole cycle: batch, forward, backward,
+    optimizer, callbacks. Arms that see the same batches in the same order can then be compared
+    step by step, which the host's occasional multi-second stalls (STACK-FACTS) disturb far
+    less than whole-run times."""
 
-    starts: list[float] = []
-    original = Trainer.training_step
+    def __init__(self) -> None:
+        from transformers import Trainer
 
-    def timed(self, *args, **kwargs):
-        starts.append(time.perf_counter())
-        return original(self, *args, **kwargs)
+        self._starts: list[float] = []
+        original = Trainer.training_step
 
-    Trainer.training_step = timed
-    return starts
+        def timed(trainer, *args, **kwargs):
+            self._starts.append(time.perf_counter())
+            return original(trainer, *args, **kwargs)
+
+        Trainer.training_step = timed
+
+    def reset(self) -> None:
+        self._starts.clear()
+
+    def step_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self._starts[:-1], self._starts[1:], strict=True)]
 
 
-def paired_step_ratios(baseline: list[float], candidate: list[float]) -> list[float]:
-    """baseline / candidate step time for each step index (= candidate's speed-up per step)."""
-    return [b / c for b, c in zip(baseline, candidate, strict=True)]
+def paired_step_ratios(baseline_runs: list[dict], candidate_runs: list[dict]) -> list[float]:
+    """baseline / candidate time of step i of paired runs (their "step_seconds"), for every step
+    of every pair: the candidate's speed-up on each batch."""
+    return [
+        b / c
+        for base, cand in zip(baseline_runs, candidate_runs, strict=True)
+        for b, c in zip(base["step_seconds"], cand["step_seconds"], strict=True)
+    ]
 
 
 def train_lora(out, *, steps: int, seed: int = 0, **options):

@@ -1,8 +1,8 @@
 """Trial 9 (not in the default suite; `python -m bench --only compile`): torch.compile on the
 demo config.
 
-Each arm is a fresh process training LoRA on the demo config with a plain transformers Trainer
-+ PEFT (bench/plain.py's tokenization, padded batches), once eager and once with
+Each arm is a fresh process training LoRA on the demo config with bench/plain.py's plain
+transformers Trainer + PEFT script (padded batches), once eager and once with
 `TrainingArguments(torch_compile=True)` (TorchInductor; on CPU it compiles C++ with the
 system compiler). The compiled arm runs twice on one fresh Inductor cache directory: cold (a
 first run on a machine) and warm (a later run of the same shapes, e.g. the next nightly
@@ -23,7 +23,6 @@ from bench.common import (
     DEMO_DATA,
     TARGETS,
     Figure,
-    device_kind,
     require_demo_assets,
     run_worker,
     worker_main,
@@ -32,70 +31,45 @@ from bench.common import (
 
 def _work(compiled: bool, steps: int, warm: int, tmp: str) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import TrainerCallback
 
-    from bench.plain import tokenize_jsonl
-    from models.data import pad_batch
+    from bench.plain import train_plain
 
-    cuda = device_kind() == "cuda"
-    tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
-    model = AutoModelForCausalLM.from_pretrained(
-        str(DEMO_BASE), dtype=torch.bfloat16 if cuda else torch.float32
-    )
-    features = tokenize_jsonl(DEMO_DATA / "train.jsonl", tokenizer, 64)
-    set_seed(0)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
-        ),
-    )
     stamps: dict[int, float] = {}
 
     class _Stamps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            stamps[0] = time.perf_counter()
+
         def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
+            if torch.cuda.is_available():
                 torch.cuda.synchronize()
             stamps[state.global_step] = time.perf_counter()
 
-    args = TrainingArguments(
-        output_dir=f"{tmp}/trainer-{compiled}",
+    got = train_plain(
+        base_model=str(DEMO_BASE),
+        train_file=str(DEMO_DATA / "train.jsonl"),
+        max_seq_len=64,
+        batch_size=16,
         max_steps=steps,
-        per_device_train_batch_size=16,
         learning_rate=3e-3,
         warmup_steps=20,
+        lr_scheduler="linear",
         logging_steps=steps,
-        save_strategy="no",
-        report_to="none",
+        r=8,
+        alpha=16.0,
+        dropout=0.0,
+        target_modules=TARGETS,
         seed=0,
-        bf16=cuda,
-        use_cpu=not cuda,
-        remove_unused_columns=False,
-        disable_tqdm=True,
+        output_dir=f"{tmp}/trainer-{compiled}",
         torch_compile=compiled,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=features,
-        data_collator=lambda b: pad_batch(b, tokenizer.pad_token_id),
         callbacks=[_Stamps()],
     )
-    started = time.perf_counter()
-    output = trainer.train()
     return {
-        "first_step_seconds": stamps[1] - started,
+        "first_step_seconds": stamps[1] - stamps[0],
         "steady_ms_per_step": 1000 * (stamps[steps] - stamps[warm]) / (steps - warm),
-        "total_seconds": stamps[steps] - started,
-        "train_loss": float(output.training_loss),
+        "total_seconds": stamps[steps] - stamps[0],
+        "train_loss": got["train_loss"],
     }
 
 

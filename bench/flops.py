@@ -47,7 +47,7 @@ def matmul_peak(device: str, dtype, size: int, reps: int = 5) -> float:
     return median(rates[1:])
 
 
-def build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, int]:
+def _build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, int]:
     """A Llama-shaped model with random weights and the demo tokenizer, saved to `out`; returns
     (out, all parameters, parameters of the matmul weights)."""
     import torch
@@ -65,6 +65,52 @@ def build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, in
     return out, total_params, matmul_params
 
 
+def train_large_lora(
+    tmp: Path,
+    *,
+    hidden: int,
+    layers: int,
+    seq_len: int,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    **options,
+) -> dict:
+    """LoRA r=8 on all linear layers of a fresh Llama-shaped base (hidden x layers), rows of
+    exactly seq_len tokens, through the pipeline's train_adapter; `options` go to it. Returns
+    the TrainResult, the base's parameter counts and tokens/s timed from the Trainer's per-step
+    log after `warmup` steps."""
+    base, total_params, matmul_params = _build_large_base(tmp / "base", hidden, layers)
+    data = write_long_data(tmp / "data", n=batch_size * (warmup + steps))
+    stamps: dict[int, float] = {}
+
+    def on_log(logs: dict, step: int) -> None:
+        if "loss" in logs:
+            stamps[step] = time.perf_counter()
+
+    result = train_lora(
+        tmp / "adapter",
+        steps=warmup + steps,
+        base_model=str(base),
+        train_file=data / "train.jsonl",
+        max_seq_len=seq_len,
+        too_long="truncate",
+        learning_rate=1e-4,
+        batch_size=batch_size,
+        logging_steps=1,
+        on_log=on_log,
+        save=False,
+        **options,
+    )
+    seconds = stamps[warmup + steps] - stamps[warmup]
+    return {
+        "result": result,
+        "total_params": total_params,
+        "matmul_params": matmul_params,
+        "tokens_per_second": steps * batch_size * seq_len / seconds,
+    }
+
+
 def _work(
     hidden: int, layers: int, seq_len: int, batch_size: int, warmup: int, steps: int, tmp: str
 ) -> dict:
@@ -75,43 +121,29 @@ def _work(
     size = 8192 if device == "cuda" else 2048
     peak_before = matmul_peak(device, dtype, size)
 
-    base, total_params, matmul_params = build_large_base(Path(tmp) / "base", hidden, layers)
-    data = write_long_data(Path(tmp) / "data", n=batch_size * (warmup + steps))
-
-    stamps: dict[int, float] = {}
-
-    def on_log(logs: dict, step: int) -> None:
-        if "loss" in logs:
-            stamps[step] = time.perf_counter()
-
-    result = train_lora(
-        Path(tmp) / "adapter",
-        steps=warmup + steps,
-        base_model=str(base),
-        train_file=data / "train.jsonl",
-        max_seq_len=seq_len,
-        too_long="truncate",
-        learning_rate=1e-4,
+    trained = train_large_lora(
+        Path(tmp),
+        hidden=hidden,
+        layers=layers,
+        seq_len=seq_len,
         batch_size=batch_size,
-        logging_steps=1,
+        warmup=warmup,
+        steps=steps,
         device=device,
-        on_log=on_log,
-        save=False,
     )
     peak_after = matmul_peak(device, dtype, size)
-    seconds = stamps[warmup + steps] - stamps[warmup]
-    tokens = steps * batch_size * seq_len
-    flops_per_token = 4 * matmul_params + 6 * result.trainable_params
+    adapter_params = trained["result"].trainable_params
+    flops_per_token = 4 * trained["matmul_params"] + 6 * adapter_params
     return {
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "total_params": total_params,
-        "matmul_params": matmul_params,
-        "adapter_params": result.trainable_params,
-        "tokens_per_second": tokens / seconds,
+        "total_params": trained["total_params"],
+        "matmul_params": trained["matmul_params"],
+        "adapter_params": adapter_params,
+        "tokens_per_second": trained["tokens_per_second"],
         "flops_per_token": flops_per_token,
-        "achieved_flops": flops_per_token * tokens / seconds,
+        "achieved_flops": flops_per_token * trained["tokens_per_second"],
         "peak_flops": max(peak_before, peak_after),
         "peak_before_after": [peak_before, peak_after],
         "matmul_size": size,

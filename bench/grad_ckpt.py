@@ -16,7 +16,6 @@ forward again there: for a frozen base with LoRA that is about 6 N FLOPs per tok
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from bench.common import (
@@ -25,11 +24,9 @@ from bench.common import (
     device_kind,
     require_demo_assets,
     run_worker,
-    train_lora,
     worker_main,
 )
-from bench.data import write_long_data
-from bench.flops import build_large_base
+from bench.flops import train_large_lora
 
 MiB = 1 << 20
 
@@ -44,35 +41,23 @@ def _work(
     steps: int,
     tmp: str,
 ) -> dict:
-    base, total_params, _ = build_large_base(Path(tmp) / "base", hidden, layers)
-    data = write_long_data(Path(tmp) / "data", n=batch_size * (warmup + steps))
-    stamps: dict[int, float] = {}
-
-    def on_log(logs: dict, step: int) -> None:
-        if "loss" in logs:
-            stamps[step] = time.perf_counter()
-
-    result = train_lora(
-        Path(tmp) / "adapter",
-        steps=warmup + steps,
-        base_model=str(base),
-        train_file=data / "train.jsonl",
-        max_seq_len=seq_len,
-        too_long="truncate",
-        learning_rate=1e-4,
+    trained = train_large_lora(
+        Path(tmp),
+        hidden=hidden,
+        layers=layers,
+        seq_len=seq_len,
         batch_size=batch_size,
-        logging_steps=1,
+        warmup=warmup,
+        steps=steps,
         device=device_kind(),
-        on_log=on_log,
-        save=False,
         gradient_checkpointing=checkpointing,
     )
-    seconds = stamps[warmup + steps] - stamps[warmup]
+    result = trained["result"]
     return {
-        "total_params": total_params,
+        "total_params": trained["total_params"],
         "peak_bytes": result.peak_memory_bytes,
         "peak_kind": result.peak_memory_kind,
-        "tokens_per_second": steps * batch_size * seq_len / seconds,
+        "tokens_per_second": trained["tokens_per_second"],
         "train_loss": result.train_loss,
     }
 

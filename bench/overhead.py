@@ -24,11 +24,11 @@ from bench.common import (
     DEMO_CONFIG,
     DEMO_DATA,
     Figure,
+    StepClock,
     median,
     paired_step_ratios,
     require_demo_assets,
     run_worker,
-    step_clock,
     worker_main,
 )
 
@@ -91,7 +91,7 @@ def _plain(steps: int, tmp: str, tag: str) -> dict:
 
 
 def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
-    starts = step_clock()
+    clock = StepClock()
     arms = {"pipeline": _pipeline, "plain": _plain}
     for name, fn in arms.items():
         fn(warmup_steps, tmp, f"warmup-{name}")
@@ -99,9 +99,9 @@ def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
     for rep in range(reps):
         order = list(arms)[rep % len(arms) :] + list(arms)[: rep % len(arms)]
         for name in order:
-            starts.clear()
+            clock.reset()
             got = arms[name](steps, tmp, f"{name}-{rep}")
-            got["step_seconds"] = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+            got["step_seconds"] = clock.step_seconds()
             runs[name].append(got)
     return runs
 
@@ -114,11 +114,7 @@ def run(*, steps: int = 120, reps: int = 7) -> Figure:
             {"steps": steps, "reps": reps, "warmup_steps": 10, "tmp": tmp},
             env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"},
         )
-    step_ratios = [
-        ratio
-        for pipe_run, plain_run in zip(runs["pipeline"], runs["plain"], strict=True)
-        for ratio in paired_step_ratios(plain_run["step_seconds"], pipe_run["step_seconds"])
-    ]
+    step_ratios = paired_step_ratios(runs["plain"], runs["pipeline"])
     ratio = median(step_ratios)
     tps = {name: [r["tokens_per_second"] for r in rs] for name, rs in runs.items()}
     pipeline, plain = median(tps["pipeline"]), median(tps["plain"])

@@ -5,7 +5,7 @@ examples in the same batches); tokens/s counts real tokens. Each seed trains bot
 order that flips every seed; then each adapter's eval loss is computed on the eval split. The
 padded arm's spread over seeds is the noise the packed-vs-padded difference is judged against.
 
-The speed figure is the median over paired steps (bench.common.step_clock): step i of both arms
+The speed figure is the median over paired steps (bench.common.StepClock): step i of both arms
 of a seed holds the same examples, so the ratio of their step times is the tokens/s ratio of
 that batch; a host stall then spoils a step or two instead of a whole run. Whole-run tokens/s
 (over `trainer.train()`) are reported beside it.
@@ -19,11 +19,11 @@ from pathlib import Path
 from bench.common import (
     DEMO_BASE,
     Figure,
+    StepClock,
     median,
     paired_step_ratios,
     require_demo_assets,
     run_worker,
-    step_clock,
     train_lora,
     worker_main,
 )
@@ -61,17 +61,16 @@ def _train_and_eval(data: Path, out: Path, *, packing: bool, seed: int, steps: i
 
 
 def _work(steps: int, seeds: list[int], tmp: str) -> dict:
-    starts = step_clock()
+    clock = StepClock()
     data = write_varied_data(Path(tmp) / "data", n_train=1024, n_eval=200)
     runs: dict[str, list[dict]] = {"padded": [], "packed": []}
     for i, seed in enumerate(seeds):
         order = ["padded", "packed"] if i % 2 == 0 else ["packed", "padded"]
         for arm in order:
             out = Path(tmp) / f"{arm}-{seed}"
-            starts.clear()
+            clock.reset()
             got = _train_and_eval(data, out, packing=arm == "packed", seed=seed, steps=steps)
-            steps_s = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
-            runs[arm].append({"seed": seed, **got, "step_seconds": steps_s})
+            runs[arm].append({"seed": seed, **got, "step_seconds": clock.step_seconds()})
     return {"runs": runs}
 
 
@@ -80,11 +79,7 @@ def run(*, steps: int = 40, seeds: tuple[int, ...] = (0, 1, 2)) -> Figure:
     with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
         got = run_worker("bench.packing", {"steps": steps, "seeds": list(seeds), "tmp": tmp})
     runs = got["runs"]
-    step_ratios = [
-        ratio
-        for padded, packed in zip(runs["padded"], runs["packed"], strict=True)
-        for ratio in paired_step_ratios(padded["step_seconds"], packed["step_seconds"])
-    ]
+    step_ratios = paired_step_ratios(runs["padded"], runs["packed"])
     ratio = median(step_ratios)
     tps = {arm: [r["tokens_per_second"] for r in rs] for arm, rs in runs.items()}
     whole = median(tps["packed"]) / median(tps["padded"])

@@ -44,8 +44,12 @@ def train_plain(
     target_modules: list[str] | str,
     seed: int,
     output_dir: str,
+    torch_compile: bool = False,
+    callbacks: list | None = None,
 ) -> dict:
-    """Train LoRA with a plain Trainer; returns tokens, seconds, tokens/s and the final loss."""
+    """Train LoRA with a plain Trainer; returns tokens, seconds, tokens/s and the final loss.
+
+    torch_compile and callbacks go to the Trainer as they are (the compile trial uses them)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -96,8 +100,15 @@ def train_plain(
         bf16=bf16,
         use_cpu=not cuda,
         remove_unused_columns=False,
+        torch_compile=torch_compile,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collate)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=collate,
+        callbacks=callbacks,
+    )
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started

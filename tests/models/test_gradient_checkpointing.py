@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from models.config import TrainingConfig
 from models.methods import AdapterSpec
-from models.train import ADAPTER_WEIGHTS, train_adapter
+from models.train import ADAPTER_WEIGHTS
+from tests.models.test_train import train
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"], seed=3)
 
@@ -28,21 +29,13 @@ def test_same_adapter_with_and_without_checkpointing(
 
     def run(on: bool):
         calls.clear()
-        result = train_adapter(
-            base_model=str(tiny_base),
-            train_file=tiny_data / "train.jsonl",
-            prompt_field="prompt",
-            completion_field="completion",
-            max_seq_len=64,
-            too_long="reject",
+        result = train(
+            tiny_base,
+            tiny_data,
+            tmp_path / f"{method}-{on}",
             method=method,
             spec=SPEC,
-            max_steps=3,
-            learning_rate=3e-3,
-            batch_size=8,
-            logging_steps=1,
-            device="cpu",
-            output_dir=tmp_path / f"{method}-{on}",
+            steps=3,
             gradient_checkpointing=on,
         )
         return result, len(calls)

@@ -27,7 +27,8 @@ import platform
 import sys
 import time
 
-from bench.common import QUIET, BenchError, OtherLoad
+from bench.measure import QUIET, OtherLoad
+from bench.workers import BenchError
 
 BENCHMARKS = (
     "overhead",

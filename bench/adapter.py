@@ -12,17 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (
-    DEMO_BASE,
-    DEMO_DATA,
-    Figure,
-    device_kind,
-    median,
-    require_demo_assets,
-    run_worker,
-    train_lora,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, DEMO_DATA, require_demo_assets, train_lora
+from bench.measure import Figure, median
+from bench.workers import device_kind, run_worker, worker_main
 
 
 def _work(steps: int, reps: int, batch_size: int, tmp: str) -> dict:

@@ -18,15 +18,9 @@ from __future__ import annotations
 import tempfile
 import time
 
-from bench.common import (
-    DEMO_BASE,
-    DEMO_DATA,
-    TARGETS,
-    Figure,
-    require_demo_assets,
-    run_worker,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, DEMO_DATA, TARGETS, require_demo_assets
+from bench.measure import Figure
+from bench.workers import run_worker, worker_main
 
 
 def _work(compiled: bool, steps: int, warm: int, tmp: str) -> dict:

@@ -6,7 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from models.demo import RULES, TASK_WORDS, format_completion, format_prompt, generic_documents
+from demo.base_model import generic_documents
+from demo.task import RULES, TASK_WORDS, format_completion, format_prompt
 
 
 def _write(path: Path, rows: list[dict]) -> None:

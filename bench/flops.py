@@ -16,17 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (
-    DEMO_BASE,
-    Figure,
-    device_kind,
-    median,
-    require_demo_assets,
-    run_worker,
-    train_lora,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, require_demo_assets, train_lora
 from bench.data import write_long_data
+from bench.measure import Figure, median
+from bench.workers import device_kind, run_worker, worker_main
 
 
 def matmul_peak(device: str, dtype, size: int, reps: int = 5) -> float:
@@ -53,7 +46,7 @@ def _build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, i
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from models.demo import model_config
+    from demo import model_config
 
     tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 LoRA r=8 on all linear layers of figure 6's Llama-shaped 101M model (hidden 1024, 8 layers,
 random weights), rows of exactly `seq_len` tokens, through the pipeline's `train_adapter`. Each
-arm trains in a fresh process (with bench.common.MEMORY_ENV, as figure 3), so that one arm's
+arm trains in a fresh process (with bench.workers.MEMORY_ENV, as figure 3), so that one arm's
 freed memory cannot hide the other's peak. The peak is train_adapter's own measurement, the one
 a run logs as `peak_memory_bytes` (growth of the peak resident set over `trainer.train()` on
 CPU, `max_memory_allocated` on CUDA); tokens/s is timed from the Trainer's per-step log after
@@ -18,15 +18,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import (
-    MEMORY_ENV,
-    Figure,
-    device_kind,
-    require_demo_assets,
-    run_worker,
-    worker_main,
-)
+from bench.assets import require_demo_assets
 from bench.flops import train_large_lora
+from bench.measure import Figure
+from bench.workers import MEMORY_ENV, device_kind, run_worker, worker_main
 
 MiB = 1 << 20
 

@@ -15,17 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (
-    DEMO_BASE,
-    MEMORY_ENV,
-    TARGETS,
-    Figure,
-    device_kind,
-    require_demo_assets,
-    run_worker,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, TARGETS, require_demo_assets
 from bench.data import write_long_data
+from bench.measure import Figure
+from bench.workers import MEMORY_ENV, device_kind, run_worker, worker_main
 
 METHODS = ("lora", "lora_fa", "vera", "full")
 PAPER = "LoRA-FA paper: up to 1.4x lower overall memory than LoRA"

@@ -19,18 +19,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import (
-    DEMO_BASE,
-    DEMO_CONFIG,
-    DEMO_DATA,
-    Figure,
-    StepClock,
-    median,
-    paired_step_ratios,
-    require_demo_assets,
-    run_worker,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, DEMO_CONFIG, DEMO_DATA, require_demo_assets
+from bench.measure import Figure, StepClock, median, paired_step_ratios
+from bench.workers import run_worker, worker_main
 
 GOAL = 0.97
 

@@ -5,7 +5,7 @@ examples in the same batches); tokens/s counts real tokens. Each seed trains bot
 order that flips every seed; then each adapter's eval loss is computed on the eval split. The
 padded arm's spread over seeds is the noise the packed-vs-padded difference is judged against.
 
-The speed figure is the median over paired steps (bench.common.StepClock): step i of both arms
+The speed figure is the median over paired steps (bench.measure.StepClock): step i of both arms
 of a seed holds the same examples, so the ratio of their step times is the tokens/s ratio of
 that batch; a host stall then spoils a step or two instead of a whole run. Whole-run tokens/s
 (over `trainer.train()`) are reported beside it.
@@ -16,18 +16,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import (
-    DEMO_BASE,
-    Figure,
-    StepClock,
-    median,
-    paired_step_ratios,
-    require_demo_assets,
-    run_worker,
-    train_lora,
-    worker_main,
-)
+from bench.assets import DEMO_BASE, require_demo_assets, train_lora
 from bench.data import write_varied_data
+from bench.measure import Figure, StepClock, median, paired_step_ratios
+from bench.workers import run_worker, worker_main
 
 GOAL = 1.5
 MAX_SEQ_LEN = 128

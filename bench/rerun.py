@@ -17,15 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import (
-    DEMO_BASE,
-    DEMO_CONFIG,
-    DEMO_DATA,
-    BenchError,
-    Figure,
-    require_demo_assets,
-    worker_env,
-)
+from bench.assets import DEMO_BASE, DEMO_CONFIG, DEMO_DATA, require_demo_assets
+from bench.measure import Figure
+from bench.workers import BenchError, worker_env
 
 
 def _call(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:

@@ -12,14 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.common import (
-    Figure,
-    median,
-    require_demo_assets,
-    run_worker,
-    train_lora,
-    worker_main,
-)
+from bench.assets import require_demo_assets, train_lora
+from bench.measure import Figure, median
+from bench.workers import run_worker, worker_main
 
 
 def _train(threads: int, steps: int, out: Path) -> float:

@@ -12,20 +12,7 @@ from pydantic import ValidationError
 
 from models.config import ConfigError, LoraflowConfig, load_config
 from models.errors import LoraflowError
-
-# Telemetry that would try the network (and block or fail offline) stays off unless the user
-# explicitly turned it on.
-QUIET_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    # The embedded Prefect API starts in a subprocess; on a busy 2-core machine it can take
-    # longer than Prefect's default wait.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
+from tasks.lib.environment import quiet_environ
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -54,7 +41,7 @@ def check_services(export_to: str | None = None) -> None:
 
         check_reachable()
     if export_to:
-        from tasks import s3
+        from tasks.lib import s3
 
         s3.check_bucket(s3.client(), s3.parse_s3_uri(export_to))
 
@@ -201,7 +188,7 @@ def cmd_export(args) -> int:
         first = e.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--{first['loc'][0]}: {message}") from None
-    from tasks import s3
+    from tasks.lib import s3
     from tasks.registry import parse_model_uri, resolve_version
 
     # Fail in one line, before the flow starts, on a malformed model URI, a missing bucket,
@@ -254,7 +241,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_demo_assets(args) -> int:
-    from models.demo import build_demo_base_model, build_demo_data
+    from demo import build_demo_base_model, build_demo_data
 
     data_dir, model_dir = Path(args.data_dir), Path(args.model_dir)
     if args.force or not (data_dir / "train.jsonl").is_file():
@@ -334,8 +321,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet_environ()
     # Deprecations raised inside transformers' own code paths are not actionable for users.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     args = parser().parse_args(argv)

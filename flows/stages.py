@@ -10,7 +10,7 @@ from pathlib import Path
 
 from models.config import LoraflowConfig
 from models.train import TrainResult
-from tasks import checkpoints
+from tasks.lib import checkpoint_store as checkpoints
 
 
 def config_parameter() -> LoraflowConfig:
@@ -49,8 +49,9 @@ def train_args(
 ) -> dict:
     """For tasks.train.train; the adapter goes to <training.output_dir>/<run id>/adapter.
 
-    checkpoint_key (see tasks.checkpoints.checkpoint_key): checkpoint every training.save_steps
-    and resume from an earlier run's checkpoints with the same key; None = no checkpoints.
+    checkpoint_key (see tasks.lib.checkpoint_store.checkpoint_key): checkpoint every
+    training.save_steps and resume from an earlier run's checkpoints with the same key; None =
+    no checkpoints.
     """
     data, training = config.data, config.training
     return {

@@ -14,6 +14,7 @@ import yaml
 from prefect import task
 
 from models.errors import LoraflowError
+from tasks.lib.environment import QUIET_ENV
 from tasks.runtime import IO_RETRIES, logger
 
 MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
@@ -45,9 +46,8 @@ def find_dvc_repo(path: Path) -> Path:
 
 
 def dvc_env(repo: Path) -> dict[str, str]:
-    """Environment for dvc: no analytics, its site cache inside the repo's runtime state."""
-    env = dict(os.environ)
-    env.setdefault("DVC_NO_ANALYTICS", "1")
+    """Environment for dvc: no analytics (QUIET_ENV), its site cache in the repo's runtime state."""
+    env = {**QUIET_ENV, **os.environ}
     env.setdefault("DVC_SITE_CACHE_DIR", str(repo / ".loraflow" / "dvc-site-cache"))
     return env
 

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 from models.merge import merge_adapter
-from tasks import s3
+from tasks.lib import s3
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client

@@ -6,7 +6,7 @@ from prefect import task
 
 from models.checks import check_inputs as run_checks
 from models.data import SplitReport
-from tasks import s3
+from tasks.lib import s3
 from tasks.runtime import IO_RETRIES
 from tasks.tracking import check_reachable
 

@@ -19,7 +19,7 @@ import models
 from models.config import check_model_name
 from models.errors import LoraflowError
 from models.promotion import LINEAGE_KEYS, Decision, changed_inputs, decide
-from tasks.promotion_lock import promotion_lock
+from tasks.lib.promotion_lock import promotion_lock
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
@@ -30,7 +30,7 @@ class RegistryError(LoraflowError):
     """A registered model, version or alias that does not exist."""
 
 
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_FILE = Path(__file__).parent / "lib" / "pyfunc_model.py"
 MODELS_DIR = Path(models.__file__).parent
 
 
@@ -339,7 +339,7 @@ def promote(
 
     champion_version/champion_value are the champion the caller compared against (read before
     its evaluation). The decision is made under the model's promotion lock
-    (tasks.promotion_lock), against the champion read under that lock: when another promotion
+    (tasks.lib.promotion_lock), against the champion read under that lock: when another promotion
     moved `champion` in the meantime, this one is decided again against the new champion's
     recorded figure (its run's `adapter_<metric>`) instead of overwriting it. Both outcomes are
     tags on their versions. force=True moves it regardless (an operator's decision, e.g. a

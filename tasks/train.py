@@ -14,7 +14,7 @@ from models.hashing import file_sha256
 from models.methods import AdapterSpec
 from models.resources import explain_resource_errors
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
-from tasks import checkpoints
+from tasks.lib import checkpoint_store as checkpoints
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import BackgroundMetrics, client
 

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lib.environment import QUIET_ENV
+
 # Before anything imports prefect/mlflow/dvc: state goes to a temp dir, telemetry stays off.
 _STATE = Path(tempfile.mkdtemp(prefix="loraflow-tests-"))
 os.environ.update(
     {
+        **QUIET_ENV,
         "PREFECT_HOME": str(_STATE / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
     }
 )
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -48,7 +46,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A small, briefly pretrained Llama-architecture model built by the demo builder."""
-    from models.demo import build_demo_base_model
+    from demo import build_demo_base_model
 
     out = tmp_path_factory.mktemp("tiny-base")
     build_demo_base_model(out, pretrain_steps=20, hidden_size=64, num_layers=2, n_docs=2000)
@@ -58,7 +56,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Demo instruction data, few examples."""
-    from models.demo import build_demo_data
+    from demo import build_demo_data
 
     out = tmp_path_factory.mktemp("tiny-data")
     build_demo_data(out, n_train=256, n_eval=32)

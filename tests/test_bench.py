@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import bench.common
+import bench.measure
 from bench.__main__ import BENCHMARKS, TRIALS, parse_args, table, verdicts
-from bench.common import Figure, OtherLoad
+from bench.measure import Figure, OtherLoad
 
 
 def test_parse_args_selects_benchmarks():
@@ -58,8 +58,8 @@ def test_verdicts_say_whether_a_missed_goal_was_measured_on_a_busy_machine():
 def test_other_load_excludes_our_own_cpu(monkeypatch):
     # (all CPUs' busy seconds, ours) before and after: 3 s busy in all, 2 s of it ours.
     readings = iter([(100.0, 10.0), (103.0, 12.0)])
-    monkeypatch.setattr(bench.common, "_cpu_seconds", lambda: next(readings))
-    monkeypatch.setattr(bench.common.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench.measure, "_cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(bench.measure.os, "cpu_count", lambda: 2)
     with OtherLoad() as load:
         time.sleep(0.5)
     assert 0.5 <= load.share <= 1.0  # 1 s of others over >= 0.5 s x 2 CPUs
@@ -77,4 +77,4 @@ def test_other_load_sees_a_busy_process_that_is_not_ours():
         busy.kill()
         busy.wait()
     # One of the CPUs spun the whole time (not yet a waited-for child of ours, so not "ours").
-    assert load.share >= 0.8 / (bench.common.os.cpu_count() or 1)
+    assert load.share >= 0.8 / (bench.measure.os.cpu_count() or 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.config import ExportConfig
-from tasks import s3
+from tasks.lib import s3
 from tests.tasks.test_registry import trained_adapter
 
 
@@ -18,7 +18,7 @@ def new_bucket() -> str:
 
 
 class RequestCounter:
-    """Counts the S3 operations every client made by tasks.s3.client sends."""
+    """Counts the S3 operations every client made by tasks.lib.s3.client sends."""
 
     def __init__(self, monkeypatch):
         self.calls: list[str] = []

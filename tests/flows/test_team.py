@@ -111,7 +111,6 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
         **os.environ,
         "PREFECT_HOME": str(root / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",

@@ -4,7 +4,7 @@ directory (another worker), clean-up."""
 import boto3
 
 from models.train import CHECKPOINT_DONE
-from tasks import checkpoints
+from tasks.lib import checkpoint_store as checkpoints
 
 
 def fake_checkpoint(root, step, payload):

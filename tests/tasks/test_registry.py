@@ -163,7 +163,7 @@ def test_an_expired_promotion_lock_is_broken_and_a_live_one_waited_for(
     the next promotion wait, then fail in one line naming the lock."""
     import time
 
-    from tasks import promotion_lock
+    from tasks.lib import promotion_lock
     from tasks.tracking import TrackingError
 
     mlf = client()

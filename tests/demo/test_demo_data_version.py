@@ -9,7 +9,7 @@ from tests.conftest import REPO, run
 
 
 def test_regenerated_demo_data_matches_committed_data_dvc(tmp_path):
-    from models.demo import build_demo_data
+    from demo import build_demo_data
 
     committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     repo = tmp_path / "clone"

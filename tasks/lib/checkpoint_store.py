@@ -21,7 +21,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from models.train import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
-from tasks import s3 as s3io
+from tasks.lib import s3 as s3io
 from tasks.runtime import logger
 
 _STEP_MANIFEST = re.compile(r"checkpoint-(\d+)/" + re.escape(s3io.MANIFEST) + "$")

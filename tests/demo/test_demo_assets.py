@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from models import demo
+import demo
+import demo.base_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Tiny sizes: the same code paths as the default build, in about a second.
@@ -171,8 +172,10 @@ def test_tokenizer_adds_no_special_tokens(model_dir):
 
 def test_task_words_are_single_tokens_with_the_default_corpus():
     # Keeps completions short (one token per word); checked with the default tokenizer corpus.
-    docs = demo.generic_documents(0, demo.DEFAULT_N_DOCS)
-    tok = demo.train_tokenizer(docs + demo.task_like_lines(), demo.DEFAULT_VOCAB_SIZE)
+    docs = demo.base_model.generic_documents(0, demo.base_model.DEFAULT_N_DOCS)
+    tok = demo.base_model.train_tokenizer(
+        docs + demo.base_model.task_like_lines(), demo.base_model.DEFAULT_VOCAB_SIZE
+    )
     multi = [w for w in demo.TASK_WORDS if len(tok(" " + w).input_ids) != 1]
     assert multi == []
 
@@ -185,7 +188,7 @@ def test_base_model_build_is_deterministic_in_process(model_dir, tmp_path):
 def test_base_model_and_data_are_identical_from_a_fresh_process(model_dir, data_dir, tmp_path):
     # A new interpreter with a different hash seed: catches set/dict ordering and global RNG state.
     code = (
-        "import sys; from models import demo; "
+        "import sys; import demo; "
         f"demo.build_demo_base_model(sys.argv[1], **{TINY_MODEL!r}); "
         f"demo.build_demo_data(sys.argv[2], **{TINY_DATA!r})"
     )

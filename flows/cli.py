@@ -174,6 +174,7 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     from models.config import ExportConfig
+    from models.schema import describe_error
 
     try:
         export = ExportConfig(
@@ -186,7 +187,7 @@ def cmd_export(args) -> int:
         )
     except ValidationError as e:
         first = e.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
+        message = describe_error(ExportConfig, first)
         raise ConfigError(f"--{first['loc'][0]}: {message}") from None
     from tasks.lib import s3
     from tasks.registry import parse_model_uri, resolve_version

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.errors import LoraflowError
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.promotion import METRIC_DIRECTIONS
+from models.schema import describe_error
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -45,12 +46,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str = Field("data", description="Directory holding the train/eval JSONL files.")
+    """Where the train/eval splits live and how examples are turned into tokens."""
+
+    path: str = Field(
+        "data", description="Directory holding the train/eval JSONL files (versioned by DVC)."
+    )
     train_file: str = Field("train.jsonl", description="Train split file name inside `path`.")
     eval_file: str = Field("eval.jsonl", description="Eval split file name inside `path`.")
     prompt_field: str = Field("prompt", description="JSON field holding the model input.")
     completion_field: str = Field("completion", description="JSON field holding the target.")
-    max_seq_len: int = Field(128, description="Max tokens of prompt + completion + eos.")
+    max_seq_len: int = Field(128, ge=8, description="Max tokens of prompt + completion + eos.")
     too_long: Literal["truncate", "reject"] = Field(
         "reject", description="What to do with examples longer than max_seq_len."
     )
@@ -67,19 +72,18 @@ class DataConfig(_Section):
             raise ValueError(f"must be a file inside data.path (got {v!r})")
         return v
 
-    @field_validator("max_seq_len")
-    @classmethod
-    def _seq_len(cls, v: int) -> int:
-        if v < 8:
-            raise ValueError(f"must be >= 8 (got {v})")
-        return v
-
 
 class AdapterConfig(_Section):
-    method: str = Field("lora", description=f"Adapter method: one of {', '.join(METHOD_NAMES)}.")
-    r: int = Field(8, description="Rank of the low-rank update.")
-    alpha: float = Field(16.0, description="Scaling numerator: the update is scaled by alpha/r.")
-    dropout: float = Field(0.05, description="Dropout on the adapter input, in [0, 1).")
+    """The adapter method and its hyperparameters (`models/methods/`, one module per method)."""
+
+    method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
+        "lora", description="Adapter method; the README's method table says what each trains."
+    )
+    r: int = Field(8, ge=1, description="Rank of the low-rank update.")
+    alpha: float = Field(
+        16.0, gt=0, description="Scaling numerator: the update is scaled by alpha/r."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
         description="Linear layer names to adapt, or 'all-linear'.",
@@ -111,34 +115,6 @@ class AdapterConfig(_Section):
             loraplus_lr_ratio=self.loraplus_lr_ratio,
         )
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHOD_NAMES:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHOD_NAMES)}")
-        return v
-
-    @field_validator("r")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1 (got {v})")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"must be > 0 (got {v})")
-        return v
-
-    @field_validator("dropout")
-    @classmethod
-    def _dropout(cls, v: float) -> float:
-        if not 0 <= v < 1:
-            raise ValueError(f"must be in [0, 1) (got {v})")
-        return v
-
     @field_validator("target_modules")
     @classmethod
     def _targets(cls, v: list[str] | str) -> list[str] | str:
@@ -148,23 +124,28 @@ class AdapterConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    max_steps: int = Field(200, description="Optimizer steps to train.")
-    learning_rate: float = Field(2e-3, description="Peak learning rate (AdamW).")
-    batch_size: int = Field(16, description="Examples per device per step.")
-    grad_accum_steps: int = Field(1, description="Gradient accumulation steps.")
+    """The optimizer, the schedule, where training runs, and its checkpoints."""
+
+    max_steps: int = Field(200, ge=1, description="Optimizer steps to train.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(16, ge=1, description="Examples per device per step.")
+    grad_accum_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
     warmup_steps: int = Field(10, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Learning-rate schedule after warmup."
     )
-    logging_steps: int = Field(10, description="Log the training loss every N steps.")
+    logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train: auto picks CUDA when available."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype: auto = bf16 on CUDA with bf16 support, else fp32."
     )
-    output_dir: str = Field(".loraflow/runs", description="Where adapters are written locally.")
+    output_dir: str = Field(
+        ".loraflow/runs",
+        description="Where adapters are written locally: `<output_dir>/<MLflow run id>/adapter`.",
+    )
     deployment: str | None = Field(
         None,
         description="Prefect deployment that trains (e.g. train-adapter/train on the gpu pool); "
@@ -172,28 +153,38 @@ class TrainingConfig(_Section):
     )
     num_processes: int = Field(
         1,
+        ge=1,
         description="Data-parallel training processes on this machine (DDP via torchrun: one per "
-        "GPU on CUDA, gloo on CPU); batch_size stays per process.",
+        "GPU with NCCL, gloo on CPU); batch_size stays per process, so the global batch is "
+        "num_processes x batch_size x grad_accum_steps. Rank 0 logs and saves; the pipeline "
+        "registers once.",
     )
     packing: bool = Field(
         False,
         description="Padding-free batches: each batch's examples packed into rows of at most "
-        "data.max_seq_len tokens, position ids "
-        "restarting per example so they do not attend to each other (same loss, no pad compute).",
+        "data.max_seq_len tokens, position ids restarting per example so they do not attend to "
+        "each other (same loss and gradients, no pad compute). Pays off when example lengths "
+        "vary (about 1.6x on 10-90-token examples); leave it off for short uniform ones such as "
+        "the demo data (docs/performance.md).",
     )
     cpu_threads: int | None = Field(
         None,
-        description="torch threads when training on CPU; empty = torch's default (one per core). "
-        "1 can be much faster for small models on a busy machine.",
+        ge=1,
+        description="torch threads when training on CPU; empty = torch's default (one per core), "
+        "slightly faster on a quiet machine. 1 is far faster for small models on a shared, "
+        "busy machine (docs/performance.md).",
     )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute each decoder layer in the backward pass instead of keeping its "
-        "activations: less training memory (see README Performance), about one more forward.",
+        "activations: much less training memory for about one more forward pass per step "
+        "(3.6x lower peak at 0.68x the speed on a 101M model, docs/performance.md); "
+        "`loraflow plan` counts it.",
     )
 
     save_steps: int = Field(
         500,
+        ge=0,
         description="Checkpoint every N steps (and at the last step); a rerun with the same "
         "config, data and base model resumes from the newest checkpoint. 0 = no checkpoints.",
     )
@@ -209,13 +200,6 @@ class TrainingConfig(_Section):
         "bit-identical either way.",
     )
 
-    @field_validator("save_steps")
-    @classmethod
-    def _save_steps(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
-
     @field_validator("checkpoint_store")
     @classmethod
     def _store(cls, v: str) -> str:
@@ -223,42 +207,31 @@ class TrainingConfig(_Section):
             raise ValueError(f"must be a directory or an s3://bucket/prefix URI (got {v!r})")
         return v
 
-    @field_validator("learning_rate")
-    @classmethod
-    def _lr(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"must be > 0 (got {v})")
-        return v
-
-    @field_validator(
-        "max_steps", "batch_size", "grad_accum_steps", "logging_steps", "num_processes"
-    )
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1 (got {v})")
-        return v
-
-    @field_validator("cpu_threads")
-    @classmethod
-    def _threads(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1 or empty (got {v})")
-        return v
-
 
 class EvaluationConfig(_Section):
+    """How base, adapter and champion are evaluated on the eval split."""
+
     batch_size: int = Field(32, description="Eval batch size (loss and generation).")
     max_new_tokens: int = Field(16, description="Generation budget for exact match.")
     max_examples: int | None = Field(None, description="Evaluate only the first N examples.")
 
 
 class RegistryConfig(_Section):
-    model_name: str = Field("loraflow-demo", description="MLflow registered model name.")
+    """Where runs and versions go in MLflow, and when a new version becomes champion."""
+
+    model_name: str = Field(
+        "loraflow-demo",
+        description="MLflow registered model name (letters, digits, '_', '-', '.'; no '..').",
+    )
     experiment: str = Field("loraflow", description="MLflow experiment for the runs.")
-    promote_metric: str = Field(
+    promote_metric: Literal[tuple(METRIC_DIRECTIONS)] = Field(  # type: ignore[valid-type]
         "exact_match",
-        description=f"Metric deciding promotion: one of {', '.join(METRIC_DIRECTIONS)}.",
+        description="Metric deciding promotion: "
+        + ", ".join(
+            f"{m} ({'higher' if d == 'max' else 'lower'} is better)"
+            for m, d in METRIC_DIRECTIONS.items()
+        )
+        + ".",
     )
     min_improvement: float = Field(
         0.0, description="Promote only when the challenger beats the champion by more than this."
@@ -269,23 +242,22 @@ class RegistryConfig(_Section):
     def _name(cls, v: str) -> str:
         return check_model_name(v)
 
-    @field_validator("promote_metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v not in METRIC_DIRECTIONS:
-            raise ValueError(f"unknown metric {v!r}; choose one of {', '.join(METRIC_DIRECTIONS)}")
-        return v
-
 
 class ExportConfig(_Section):
-    enabled: bool = Field(False, description="Merge the promoted adapter and export it to S3.")
+    """Merging the promoted adapter into its base and publishing it to S3."""
+
+    enabled: bool = Field(
+        False, description="Merge each new champion and export it to S3 as the run's last stage."
+    )
     to: str | None = Field(None, description="Destination, e.g. s3://bucket/prefix.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Dtype of the merged weights (auto = the base's)."
     )
     max_shard_size: str = Field("2GB", description="Largest safetensors shard, e.g. 500MB.")
-    concurrency: int = Field(8, description="Parallel S3 transfers per file (multipart).")
-    multipart_threshold_mb: int = Field(64, description="Files above this use multipart upload.")
+    concurrency: int = Field(8, ge=1, description="Parallel S3 transfers per file (multipart).")
+    multipart_threshold_mb: int = Field(
+        64, ge=1, description="Files above this use multipart upload."
+    )
     sse: Literal["AES256", "aws:kms"] | None = Field(
         None, description="Server-side encryption for uploaded objects."
     )
@@ -296,13 +268,6 @@ class ExportConfig(_Section):
     def _s3_uri(cls, v: str | None) -> str | None:
         if v is not None and (not v.startswith("s3://") or len(v) <= len("s3://")):
             raise ValueError(f"must be an s3://bucket/prefix URI (got {v!r})")
-        return v
-
-    @field_validator("concurrency", "multipart_threshold_mb")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1 (got {v})")
         return v
 
 
@@ -337,6 +302,10 @@ class LoraflowConfig(_Section):
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
 
+# Literal fields whose bad value reads best as "unknown <noun>"; the others say "unknown value".
+_NOUNS = {"method": "method", "promote_metric": "metric"}
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     """One line: where (file and dotted key), what, and the bad value."""
     first = err.errors()[0]
@@ -345,9 +314,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {where!r}"
     if first["type"] == "missing":
         return f"{source}: missing required key {where!r}"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] not in ("value_error",) and "input" in first:
-        msg = f"{msg} (got {first['input']!r})"
+    msg = describe_error(LoraflowConfig, first, _NOUNS)
     if msg.startswith(f"{where}."):  # the message already names the field
         return f"{source}: {msg}"
     return f"{source}: {where}: {msg}"

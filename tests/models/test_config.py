@@ -17,8 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert isinstance(config, LoraflowConfig)
-    # Each run config starts with a comment saying what it is for and how to run it.
-    assert path.read_text().startswith("#")
+    # Each run config starts with a comment saying what it is for and the command that runs it.
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert len(header) >= 2, "start with: what the config is for, then the command that runs it"
+    assert any("loraflow " in line or "make " in line for line in header[1:]), header
 
 
 def test_overrides_parse_values_as_yaml(tmp_path):
@@ -59,8 +65,16 @@ BAD = [
     ({"base_model": "m", "adapter": {"rank": 3}}, "unknown key 'adapter.rank'"),
     ({"base_model": "m", "adapter": {"method": "nope"}}, "adapter.method: unknown method 'nope'"),
     ({"base_model": "m", "adapter": {"r": 0}}, "adapter.r: must be >= 1 (got 0)"),
-    ({"base_model": "m", "adapter": {"alpha": 0}}, "adapter.alpha: must be > 0"),
+    ({"base_model": "m", "adapter": {"alpha": 0}}, "adapter.alpha: must be > 0 (got 0.0)"),
     ({"base_model": "m", "adapter": {"dropout": 1.0}}, "adapter.dropout: must be in [0, 1)"),
+    ({"base_model": "m", "adapter": {"dropout": -0.1}}, "must be in [0, 1) (got -0.1)"),
+    ({"base_model": "m", "training": {"save_steps": -1}}, "training.save_steps: must be >= 0"),
+    ({"base_model": "m", "training": {"cpu_threads": 0}}, "must be >= 1 or empty (got 0)"),
+    ({"base_model": "m", "export": {"concurrency": 0}}, "export.concurrency: must be >= 1"),
+    (
+        {"base_model": "m", "training": {"lr_scheduler": "cosin"}},
+        "training.lr_scheduler: unknown value 'cosin'; choose one of linear, cosine, constant",
+    ),
     ({"base_model": "m", "adapter": {"target_modules": []}}, "adapter.target_modules"),
     ({"base_model": "m", "training": {"learning_rate": 0}}, "training.learning_rate: must be > 0"),
     ({"base_model": "m", "training": {"max_steps": "many"}}, "training.max_steps"),
@@ -94,3 +108,19 @@ def test_bad_override_and_missing_file(tmp_path):
     cfg.write_text("base_model: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML at line"):
         load_config(cfg)
+
+
+def test_bounds_are_in_the_schema_the_run_form_reads():
+    """The Prefect run form and docs/configuration.md read the bounds from the JSON schema."""
+    defs = LoraflowConfig.model_json_schema()["$defs"]
+    adapter, training = defs["AdapterConfig"]["properties"], defs["TrainingConfig"]["properties"]
+    assert adapter["r"]["minimum"] == 1
+    assert adapter["alpha"]["exclusiveMinimum"] == 0
+    assert (adapter["dropout"]["minimum"], adapter["dropout"]["exclusiveMaximum"]) == (0, 1)
+    assert "lora_fa" in adapter["method"]["enum"]
+    assert training["cpu_threads"]["anyOf"][0]["minimum"] == 1
+    assert defs["RegistryConfig"]["properties"]["promote_metric"]["enum"] == [
+        "exact_match",
+        "eval_loss",
+        "perplexity",
+    ]

@@ -19,13 +19,13 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test bench lint lock clean up up-gpu down
+.PHONY: setup run demo-assets test bench docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
 # --compile-bytecode: every process (CLI, dvc, servers, workers) then starts from .pyc files,
 # also where PYTHONDONTWRITEBYTECODE is set, instead of compiling ~11,000 modules each time
-# (14 s per `loraflow run` on 2 cores; README Performance, row 5).
+# (14 s per `loraflow run` on 2 cores; docs/performance.md, row 5).
 $(BIN)/loraflow: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
@@ -44,9 +44,15 @@ PYTEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
-# The benchmark suite on the demo model (README "Performance"); BENCH_ARGS=--json for JSON.
+# The benchmark suite on the demo model (docs/performance.md); BENCH_ARGS=--json for JSON.
 bench: demo-assets
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# docs/configuration.md is rendered from the config's schema (models/config_reference.py);
+# a test fails when the committed page differs, so run this after editing models/config.py.
+docs: setup
+	$(BIN)/python -c "from models.config_reference import render; print(render(), end='')" \
+		> docs/configuration.md
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

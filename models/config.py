@@ -21,6 +21,8 @@ from models.schema import describe_error
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Literal fields whose bad value reads best as "unknown <noun>"; the others say "unknown value".
+_NOUNS = {"method": "method", "promote_metric": "metric"}
 
 
 def check_model_name(name: str) -> str:
@@ -51,8 +53,13 @@ class DataConfig(_Section):
     path: str = Field(
         "data", description="Directory holding the train/eval JSONL files (versioned by DVC)."
     )
-    train_file: str = Field("train.jsonl", description="Train split file name inside `path`.")
-    eval_file: str = Field("eval.jsonl", description="Eval split file name inside `path`.")
+    train_file: str = Field(
+        "train.jsonl",
+        description="Train split file name inside `path` (no absolute path, no '..').",
+    )
+    eval_file: str = Field(
+        "eval.jsonl", description="Eval split file name inside `path` (no absolute path, no '..')."
+    )
     prompt_field: str = Field("prompt", description="JSON field holding the model input.")
     completion_field: str = Field("completion", description="JSON field holding the target.")
     max_seq_len: int = Field(128, ge=8, description="Max tokens of prompt + completion + eos.")
@@ -300,10 +307,6 @@ class LoraflowConfig(_Section):
     def sha256(self) -> str:
         """Hash of the resolved config; equal configs give equal hashes."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
-
-
-# Literal fields whose bad value reads best as "unknown <noun>"; the others say "unknown value".
-_NOUNS = {"method": "method", "promote_metric": "metric"}
 
 
 def _format_error(err: ValidationError, source: str) -> str:

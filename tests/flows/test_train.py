@@ -20,27 +20,36 @@ def tiny_config(tiny_base):
     )
 
 
+def pushed_version(project, kept):
+    """Version and push data/; then only the DVC remote holds it (no data/, no DVC cache)."""
+    from tasks.data import push_data, version_data
+
+    dataset = version_data.fn(data_dir="data")
+    push_data.fn(dataset=dataset)
+    shutil.move(project / "data", kept)
+    shutil.rmtree(project / ".dvc" / "cache")
+    return dataset
+
+
+def new_run() -> str:
+    from tasks.tracking import open_run
+
+    return open_run.fn(experiment="dispatch", run_name="r", config={}, config_yaml="{}\n", tags={})
+
+
 def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
     project, tiny_base, prefect_harness, tmp_path
 ):
     from prefect.client.orchestration import get_client
 
     from flows.train import train_remote
-    from tasks.data import push_data, version_data
-    from tasks.tracking import client, open_run
+    from tasks.tracking import client
     from tasks.train import fetch_trained_adapter
 
-    dataset = version_data.fn(data_dir="data")
-    push_data.fn(dataset=dataset)
-    # Only the DVC remote holds the data now: this machine has neither data/ nor a DVC cache.
     kept = tmp_path / "data"
-    shutil.move(project / "data", kept)
-    shutil.rmtree(project / ".dvc" / "cache")
-
+    dataset = pushed_version(project, kept)
     config = tiny_config(tiny_base)
-    run_id = open_run.fn(
-        experiment="dispatch", run_name="r", config={}, config_yaml="{}\n", tags={}
-    )
+    run_id = new_run()
     state = train_remote(config, run_id=run_id, data_md5=dataset.md5, return_state=True)
     sha = state.result()
     assert len(sha) == 64
@@ -70,3 +79,31 @@ def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
     args = train_args(with_data_dir(config, str(kept)), str(tiny_base), "local")
     local = train.fn(**{**args, "log_to_run": False})
     assert local.adapter_sha256 == sha
+
+
+def test_checkpoints_of_a_dispatched_training_are_written_then_cleared(
+    project, tiny_base, prefect_harness, tmp_path, monkeypatch
+):
+    from flows.train import train_remote
+    from models.train import checkpoint_step
+    from tasks.lib import checkpoint_store
+
+    dataset = pushed_version(project, tmp_path / "data")
+    plain = tiny_config(tiny_base)
+    config = plain.model_copy(
+        update={"training": plain.training.model_copy(update={"save_steps": 2})}
+    )
+    saved, real_save = [], checkpoint_store.save
+
+    def save(store, checkpoint):  # the real save, watched
+        saved.append(
+            (store.key, checkpoint_step(checkpoint), (checkpoint / "trainer_state.json").is_file())
+        )
+        real_save(store, checkpoint)
+
+    monkeypatch.setattr(checkpoint_store, "save", save)
+    sha = train_remote(config, run_id=new_run(), data_md5=dataset.md5, checkpoint_key="k-1")
+    assert saved == [("k-1", 2, True), ("k-1", 4, True)]
+    # Published, so its checkpoints are gone; checkpointing did not change what was trained.
+    assert not (project / ".loraflow" / "checkpoints" / "k-1").exists()
+    assert sha == train_remote(plain, run_id=new_run(), data_md5=dataset.md5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from models.loading import load_base
+from models.loading import load_base, offline_if_local
 
 
 def merge_adapter(
@@ -27,8 +27,8 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    target = _target_dtype(dtype, base_model, trust_remote_code)
     base, _ = load_base(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    target = _target_dtype(dtype, base)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(target)
     merged.config.name_or_path = ""  # no local path of the exporting machine in the export
@@ -40,10 +40,15 @@ def merge_adapter(
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
-def _target_dtype(dtype: str, base) -> torch.dtype:
+def _target_dtype(dtype: str, base_model: str, trust_remote_code: bool) -> torch.dtype:
     if dtype != "auto":
         return getattr(torch, dtype)
-    configured = getattr(base.config, "dtype", None) or getattr(base.config, "torch_dtype", None)
+    from transformers import AutoConfig
+
+    # From the saved config: a model loaded in fp32 reports fp32 whatever its weights were.
+    offline_if_local(base_model)
+    config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    configured = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(configured, str):
         configured = getattr(torch, configured, None)
     return configured if isinstance(configured, torch.dtype) else torch.float32

@@ -39,3 +39,19 @@ def test_every_adapter_method_is_one_module_in_the_registry():
 
     modules = {p.stem for p in (REPO / "models" / "methods").glob("*.py")} - {"__init__", "base"}
     assert modules == set(METHODS)
+
+
+MAX_MODULE_LINES = 400
+SOURCE_DIRS = ("flows", "tasks", "models", "demo", "bench", "tests")
+
+
+def test_every_module_is_at_most_400_lines():
+    """Small modules with one job: past ~400 lines a module is doing two things."""
+    files = sorted(p for d in SOURCE_DIRS for p in (REPO / d).rglob("*.py"))
+    assert len(files) > 50
+    too_long = {
+        str(f.relative_to(REPO)): n
+        for f in files
+        if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}

@@ -1,0 +1,135 @@
+"""Evaluation, whose figures gate promotion: loss on completions only, perplexity, exact match."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from models.data import Example, read_split, tokenize
+from models.evaluate import completion_loss, evaluate_candidates
+from models.loading import load_base
+from models.serving import generate, load_adapted
+from tests.tasks.test_registry import trained_adapter
+
+EXAMPLES = [
+    Example("Q: what is red?\nA:", " a colour", 1),
+    Example("Translate 'cat':", " chat, in French", 2),
+    Example("2+2=", " 4", 3),
+    Example("Name a planet. Answer:", " Mars is one of them", 4),
+    Example("x", " y", 5),
+]
+
+
+def evaluate(candidates: dict, eval_file, **settings) -> dict[str, dict[str, float]]:
+    """The one call into evaluate_candidates (and through it evaluate_model) in this module."""
+    return evaluate_candidates(
+        candidates,
+        eval_file=eval_file,
+        prompt_field="prompt",
+        completion_field="completion",
+        **{"max_seq_len": 64, "batch_size": 2, "max_new_tokens": 4, **settings},
+    )
+
+
+def hand_loss(model, features) -> float:
+    """Mean of -log p(token) over completion tokens, each example run alone without padding."""
+    total, count = 0.0, 0
+    for f in features:
+        ids = torch.tensor([f["input_ids"]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        for pos, label in enumerate(f["labels"]):
+            if label != -100:
+                # The token at `pos` is predicted from the logits at `pos - 1`.
+                total -= float(logprobs[pos - 1, label])
+                count += 1
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base):
+    model, tok = load_base(str(tiny_base))
+    model.eval()
+    return model, tok
+
+
+def test_completion_loss_is_the_mean_over_completion_tokens_only(base):
+    model, tok = base
+    features = tokenize(EXAMPLES, tok, max_seq_len=64, too_long="truncate").features
+    # The completion (and eos) are labelled, the prompt is not.
+    prompt_len = len(tok(EXAMPLES[0].prompt, add_special_tokens=False)["input_ids"])
+    assert features[0]["labels"][:prompt_len] == [-100] * prompt_len
+    assert features[0]["labels"][-1] == tok.eos_token_id
+    expected = hand_loss(model, features)
+    assert len({len(f["input_ids"]) for f in features}) > 1  # batches of 2+ are padded
+    for batch_size in (1, 2, 3, 5):
+        assert completion_loss(model, tok, features, batch_size) == pytest.approx(
+            expected, rel=1e-5
+        )
+    # Counting prompt tokens too gives another figure: the exclusion is what is measured.
+    everything = [{**f, "labels": f["input_ids"]} for f in features]
+    assert abs(hand_loss(model, everything) - expected) > 1e-3
+
+
+def test_padding_is_excluded_whatever_the_pad_token_is(base):
+    model, tok = base
+    features = tokenize(EXAMPLES[:2], tok, max_seq_len=64, too_long="truncate").features
+    alone = [completion_loss(model, tok, [f], 1) for f in features]
+    counts = [sum(label != -100 for label in f["labels"]) for f in features]
+    pooled = sum(a * c for a, c in zip(alone, counts, strict=True)) / sum(counts)
+    assert completion_loss(model, tok, features, 2) == pytest.approx(pooled, rel=1e-5)
+
+
+def write_split(path, pairs):
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
+    return path
+
+
+def test_exact_match_compares_stripped_greedy_output(base, tiny_base, tmp_path):
+    model, tok = base
+    prompts = [e.prompt for e in EXAMPLES[:4]]
+    answers = generate(model, tok, prompts, max_new_tokens=4, batch_size=2)
+    assert all(a.strip() for a in answers), answers  # non-empty, so each case below is decided
+    completions = [
+        "  " + answers[0].strip() + "\n",  # hit: surrounding whitespace does not count
+        answers[1],  # hit: verbatim
+        answers[2].strip().upper() + "Z",  # miss: different text
+        answers[3] + " and more",  # miss: a prefix is not a match
+    ]
+    eval_file = write_split(tmp_path / "eval.jsonl", zip(prompts, completions, strict=True))
+    report = evaluate({"base": (str(tiny_base), None)}, eval_file)["base"]
+    assert report["exact_match"] == 0.5
+    assert report["examples"] == 4.0
+    features = tokenize(read_split(eval_file, "prompt", "completion"), tok, 64, "truncate")
+    assert report["eval_loss"] == pytest.approx(hand_loss(model, features.features), rel=1e-5)
+    assert report["perplexity"] == pytest.approx(math.exp(report["eval_loss"]), rel=1e-12)
+
+    only_two = evaluate({"base": (str(tiny_base), None)}, eval_file, max_examples=2)["base"]
+    assert only_two["exact_match"] == 1.0 and only_two["examples"] == 2.0
+
+
+def test_candidates_are_scored_on_the_same_split(tiny_base, tiny_data, tmp_path):
+    _, adapter_logits = trained_adapter(tiny_base, tmp_path / "adapter")
+    eval_file = tiny_data / "eval.jsonl"
+    candidates = {"base": (str(tiny_base), None), "adapter": (str(tiny_base), tmp_path / "adapter")}
+    report = evaluate(candidates, eval_file, max_examples=6, batch_size=4)
+    assert set(report) == {"base", "adapter"}
+
+    examples = read_split(eval_file, "prompt", "completion")[:6]
+    for name, (model, tok) in {
+        "base": load_base(str(tiny_base)),
+        "adapter": load_adapted(str(tiny_base), tmp_path / "adapter"),
+    }.items():
+        model.eval()
+        features = tokenize(examples, tok, 64, "truncate").features
+        answers = generate(model, tok, [e.prompt for e in examples], max_new_tokens=4, batch_size=4)
+        pairs = zip(answers, examples, strict=True)
+        hits = sum(a.strip() == e.completion.strip() for a, e in pairs)
+        got = report[name]
+        assert got["examples"] == 6.0
+        assert got["eval_loss"] == pytest.approx(hand_loss(model, features), rel=1e-5), name
+        assert got["perplexity"] == pytest.approx(math.exp(got["eval_loss"]), rel=1e-12)
+        assert got["exact_match"] == hits / 6
+    # The adapter was trained (B is not zero): its figures are its own, not the base's.
+    assert report["adapter"]["eval_loss"] != report["base"]["eval_loss"]

@@ -1,0 +1,83 @@
+"""Lineage tags: the code version (and whether it had local changes), base weights, packages."""
+
+import hashlib
+import subprocess
+from importlib import metadata
+
+import pytest
+
+from tasks import lineage
+from tasks.lineage import collect_lineage, git_commit, package_versions
+
+
+def git(repo, *args) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "ci@example.com")
+    git(root, "config", "user.name", "ci")
+    (root / "code.py").write_text("x = 1\n")
+    git(root, "add", "code.py")
+    git(root, "commit", "-q", "-m", "one")
+    return root
+
+
+def test_git_commit_and_the_dirty_flag(repo, tmp_path):
+    head = git(repo, "rev-parse", "HEAD")
+    assert len(head) == 40
+    assert git_commit(str(repo)) == (head, False)
+    (repo / "notes.txt").write_text("untracked files are not code changes\n")
+    assert git_commit(str(repo)) == (head, False)
+    (repo / "code.py").write_text("x = 2\n")
+    assert git_commit(str(repo)) == (head, True)
+    git(repo, "commit", "-qam", "two")
+    second = git(repo, "rev-parse", "HEAD")
+    assert second != head and git_commit(str(repo)) == (second, False)
+    # In a subdirectory it is the same checkout.
+    (repo / "sub").mkdir()
+    assert git_commit(str(repo / "sub")) == (second, False)
+
+
+def test_outside_a_checkout_the_commit_is_unknown(tmp_path):
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert git_commit(str(outside)) == ("unknown", False)
+    assert git_commit(str(tmp_path / "missing")) == ("unknown", False)
+
+
+def test_package_versions(monkeypatch):
+    versions = package_versions()
+    assert set(versions) == set(lineage.PACKAGES)
+    assert versions["torch"] == metadata.version("torch")
+    assert versions["peft"] == metadata.version("peft")
+    monkeypatch.setattr(lineage, "PACKAGES", ("torch", "no-such-package-loraflow"))
+    assert package_versions() == {
+        "torch": metadata.version("torch"),
+        "no-such-package-loraflow": "not installed",
+    }
+
+
+def test_collect_lineage_records_the_base_weights_hash(repo, tiny_base, monkeypatch):
+    monkeypatch.chdir(repo)
+    tags = collect_lineage.fn(base_model=str(tiny_base))
+    # By hand: each weight file's relative path, NUL, its sha256 hex and a newline, hashed.
+    h = hashlib.sha256()
+    for weights in sorted(tiny_base.glob("*.safetensors")):
+        h.update(f"{weights.name}\0{hashlib.sha256(weights.read_bytes()).hexdigest()}\n".encode())
+    assert tags["base_model_sha256"] == h.hexdigest()
+    assert tags["base_model"] == str(tiny_base)
+    assert tags["git_commit"] == git(repo, "rev-parse", "HEAD") and tags["git_dirty"] == "false"
+    assert tags["version.transformers"] == metadata.version("transformers")
+    assert all(isinstance(v, str) for v in tags.values())  # MLflow tags are strings
+
+    (repo / "code.py").write_text("changed\n")
+    assert collect_lineage.fn(base_model=str(tiny_base))["git_dirty"] == "true"
+    # A hub id is named, not hashed (nothing is downloaded).
+    assert collect_lineage.fn(base_model="org/some-model")["base_model_sha256"] == "hub"

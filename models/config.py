@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.errors import LoraflowError
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.promotion import METRIC_DIRECTIONS
+from models.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -335,6 +336,76 @@ class LoraflowConfig(_Section):
     def sha256(self) -> str:
         """Hash of the resolved config; equal configs give equal hashes."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+    # One typed argument object per stage (models.specs), built here and nowhere else.
+
+    def with_data_dir(self, data_dir: str) -> LoraflowConfig:
+        """The same config reading its splits from `data_dir` (a data version pulled by md5)."""
+        return self.model_copy(update={"data": self.data.model_copy(update={"path": data_dir})})
+
+    def adapter_dir(self, run_id: str) -> str:
+        """Where run `run_id` writes its adapter: <training.output_dir>/<run id>/adapter."""
+        return str(Path(self.training.output_dir) / run_id / "adapter")
+
+    def data_spec(self) -> DataSpec:
+        data = self.data
+        return DataSpec(
+            path=data.path,
+            train_file=data.train_file,
+            eval_file=data.eval_file,
+            prompt_field=data.prompt_field,
+            completion_field=data.completion_field,
+            max_seq_len=data.max_seq_len,
+            too_long=data.too_long,
+        )
+
+    def check_spec(self, base_model: str) -> CheckSpec:
+        """For the input checks; `base_model` as resolved (models.loading.canonical_base)."""
+        return CheckSpec(
+            base_model=base_model,
+            data=self.data_spec(),
+            method=self.adapter.method,
+            target_modules=self.adapter.target_modules,
+            trust_remote_code=self.base_model_trust_remote_code,
+        )
+
+    def train_spec(self, base_model: str) -> TrainSpec:
+        """For the training; `base_model` as resolved (models.loading.canonical_base)."""
+        training = self.training
+        return TrainSpec(
+            base_model=base_model,
+            data=self.data_spec(),
+            method=self.adapter.method,
+            adapter=self.adapter.to_spec(),
+            max_steps=training.max_steps,
+            learning_rate=training.learning_rate,
+            batch_size=training.batch_size,
+            grad_accum_steps=training.grad_accum_steps,
+            warmup_steps=training.warmup_steps,
+            weight_decay=training.weight_decay,
+            lr_scheduler=training.lr_scheduler,
+            logging_steps=training.logging_steps,
+            device=training.device,
+            dtype=training.dtype,
+            trust_remote_code=self.base_model_trust_remote_code,
+            num_processes=training.num_processes,
+            packing=training.packing,
+            cpu_threads=training.cpu_threads,
+            gradient_checkpointing=training.gradient_checkpointing,
+            save_steps=training.save_steps,
+            deterministic=training.deterministic,
+        )
+
+    def eval_spec(self) -> EvalSpec:
+        """For the evaluation of every candidate (base, adapter, champion)."""
+        evaluation = self.evaluation
+        return EvalSpec(
+            data=self.data_spec(),
+            batch_size=evaluation.batch_size,
+            max_new_tokens=evaluation.max_new_tokens,
+            max_examples=evaluation.max_examples,
+            trust_remote_code=self.base_model_trust_remote_code,
+        )
 
 
 def _format_error(err: ValidationError, source: str) -> str:

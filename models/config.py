@@ -337,7 +337,8 @@ class LoraflowConfig(_Section):
         """Hash of the resolved config; equal configs give equal hashes."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
-    # One typed argument object per stage (models.specs), built here and nowhere else.
+    # One typed argument object per stage (models.specs), built here and nowhere else. A spec
+    # field is the config field of the same name.
 
     def with_data_dir(self, data_dir: str) -> LoraflowConfig:
         """The same config reading its splits from `data_dir` (a data version pulled by md5)."""
@@ -348,16 +349,7 @@ class LoraflowConfig(_Section):
         return str(Path(self.training.output_dir) / run_id / "adapter")
 
     def data_spec(self) -> DataSpec:
-        data = self.data
-        return DataSpec(
-            path=data.path,
-            train_file=data.train_file,
-            eval_file=data.eval_file,
-            prompt_field=data.prompt_field,
-            completion_field=data.completion_field,
-            max_seq_len=data.max_seq_len,
-            too_long=data.too_long,
-        )
+        return DataSpec(**self.data.model_dump(exclude={"dvc_remote"}))
 
     def check_spec(self, base_model: str) -> CheckSpec:
         """For the input checks; `base_model` as resolved (models.loading.canonical_base)."""
@@ -370,41 +362,24 @@ class LoraflowConfig(_Section):
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:
-        """For the training; `base_model` as resolved (models.loading.canonical_base)."""
-        training = self.training
+        """For the training; `base_model` as resolved (models.loading.canonical_base). Where the
+        adapter and checkpoints go (training.output_dir, checkpoint_store) is the caller's."""
+        training = self.training.model_dump(include=set(TrainSpec.__dataclass_fields__))
         return TrainSpec(
             base_model=base_model,
             data=self.data_spec(),
             method=self.adapter.method,
             adapter=self.adapter.to_spec(),
-            max_steps=training.max_steps,
-            learning_rate=training.learning_rate,
-            batch_size=training.batch_size,
-            grad_accum_steps=training.grad_accum_steps,
-            warmup_steps=training.warmup_steps,
-            weight_decay=training.weight_decay,
-            lr_scheduler=training.lr_scheduler,
-            logging_steps=training.logging_steps,
-            device=training.device,
-            dtype=training.dtype,
             trust_remote_code=self.base_model_trust_remote_code,
-            num_processes=training.num_processes,
-            packing=training.packing,
-            cpu_threads=training.cpu_threads,
-            gradient_checkpointing=training.gradient_checkpointing,
-            save_steps=training.save_steps,
-            deterministic=training.deterministic,
+            **training,
         )
 
     def eval_spec(self) -> EvalSpec:
         """For the evaluation of every candidate (base, adapter, champion)."""
-        evaluation = self.evaluation
         return EvalSpec(
             data=self.data_spec(),
-            batch_size=evaluation.batch_size,
-            max_new_tokens=evaluation.max_new_tokens,
-            max_examples=evaluation.max_examples,
             trust_remote_code=self.base_model_trust_remote_code,
+            **self.evaluation.model_dump(),
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench.workers import ROOT, BenchError
 
 DEMO_BASE = ROOT / ".loraflow" / "demo-base"
@@ -18,25 +20,49 @@ def require_demo_assets() -> None:
         )
 
 
-def train_lora(out, *, steps: int, seed: int = 0, **options):
-    """The pipeline's train_adapter on the demo task: LoRA r=8 on all linear layers, the demo
-    config's data settings, learning rate and batch; `options` override any of its arguments."""
+def lora_spec(*, steps: int, seed: int = 0, data: dict | None = None, **overrides):
+    """The demo task as the pipeline trains it: LoRA r=8 on all linear layers, the demo config's
+    data settings, learning rate and batch, on CPU. `data` replaces fields of the DataSpec,
+    `overrides` fields of the TrainSpec (dataclasses.replace)."""
     from models.methods import AdapterSpec
+    from models.specs import DataSpec, TrainSpec
+
+    spec = TrainSpec(
+        base_model=str(DEMO_BASE),
+        data=DataSpec(
+            path=str(DEMO_DATA),
+            train_file="train.jsonl",
+            eval_file="eval.jsonl",
+            prompt_field="prompt",
+            completion_field="completion",
+            max_seq_len=64,
+            too_long="reject",
+        ),
+        method="lora",
+        adapter=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=seed),
+        max_steps=steps,
+        learning_rate=3e-3,
+        batch_size=16,
+        device="cpu",
+    )
+    data_spec = dataclasses.replace(spec.data, **(data or {}))
+    return dataclasses.replace(spec, data=data_spec, **overrides)
+
+
+def train_lora(
+    out,
+    *,
+    steps: int,
+    seed: int = 0,
+    data: dict | None = None,
+    on_log=None,
+    save: bool = True,
+    callbacks: list | None = None,
+    **overrides,
+):
+    """The pipeline's train_adapter on `lora_spec(steps=, seed=, data=, **overrides)`, saving to
+    `out`; on_log, save and callbacks are train_adapter's run-only arguments."""
     from models.train import train_adapter
 
-    args = {
-        "base_model": str(DEMO_BASE),
-        "train_file": DEMO_DATA / "train.jsonl",
-        "prompt_field": "prompt",
-        "completion_field": "completion",
-        "max_seq_len": 64,
-        "too_long": "reject",
-        "method": "lora",
-        "spec": AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=seed),
-        "max_steps": steps,
-        "learning_rate": 3e-3,
-        "batch_size": 16,
-        "device": "cpu",
-        "output_dir": out,
-    }
-    return train_adapter(**{**args, **options})
+    spec = lora_spec(steps=steps, seed=seed, data=data, **overrides)
+    return train_adapter(spec, output_dir=out, on_log=on_log, save=save, callbacks=callbacks)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from bench.assets import DEMO_BASE, DEMO_DATA, TARGETS, require_demo_assets
+from bench.assets import lora_spec, require_demo_assets
 from bench.measure import Figure
 from bench.workers import run_worker, worker_main
 
@@ -41,20 +41,7 @@ def _work(compiled: bool, steps: int, warm: int, tmp: str) -> dict:
             stamps[state.global_step] = time.perf_counter()
 
     got = train_plain(
-        base_model=str(DEMO_BASE),
-        train_file=str(DEMO_DATA / "train.jsonl"),
-        max_seq_len=64,
-        batch_size=16,
-        max_steps=steps,
-        learning_rate=3e-3,
-        warmup_steps=20,
-        lr_scheduler="linear",
-        logging_steps=steps,
-        r=8,
-        alpha=16.0,
-        dropout=0.0,
-        target_modules=TARGETS,
-        seed=0,
+        lora_spec(steps=steps, warmup_steps=20, logging_steps=steps),
         output_dir=f"{tmp}/trainer-{compiled}",
         torch_compile=compiled,
         callbacks=[_Stamps()],

@@ -70,9 +70,9 @@ def train_large_lora(
     **options,
 ) -> dict:
     """LoRA r=8 on all linear layers of a fresh Llama-shaped base (hidden x layers), rows of
-    exactly seq_len tokens, through the pipeline's train_adapter; `options` go to it. Returns
-    the TrainResult, the base's parameter counts and tokens/s timed from the Trainer's per-step
-    log after `warmup` steps."""
+    exactly seq_len tokens, through the pipeline's train_adapter; `options` replace fields of
+    its TrainSpec. Returns the TrainResult, the base's parameter counts and tokens/s timed from
+    the Trainer's per-step log after `warmup` steps."""
     base, total_params, matmul_params = _build_large_base(tmp / "base", hidden, layers)
     data = write_long_data(tmp / "data", n=batch_size * (warmup + steps))
     stamps: dict[int, float] = {}
@@ -84,15 +84,13 @@ def train_large_lora(
     result = train_lora(
         tmp / "adapter",
         steps=warmup + steps,
+        data={"path": str(data), "max_seq_len": seq_len, "too_long": "truncate"},
+        on_log=on_log,
+        save=False,
         base_model=str(base),
-        train_file=data / "train.jsonl",
-        max_seq_len=seq_len,
-        too_long="truncate",
         learning_rate=1e-4,
         batch_size=batch_size,
         logging_steps=1,
-        on_log=on_log,
-        save=False,
         **options,
     )
     seconds = stamps[warmup + steps] - stamps[warmup]

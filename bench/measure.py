@@ -1,5 +1,5 @@
 """A figure of the Performance table and what figures are measured with: other processes'
-load, per-step clocks, paired ratios, medians."""
+load, paired ratios of per-step times (bench.clock.StepClock), medians."""
 
 from __future__ import annotations
 
@@ -74,33 +74,6 @@ class OtherLoad:
     def describe(self) -> str:
         verdict = "quiet" if self.quiet else "BUSY: compare ratios from a quiet run"
         return f"other processes used {self.share:.0%} of the {os.cpu_count()} CPUs ({verdict})"
-
-
-class StepClock:
-    """Times every Trainer's training_step in this process from now on (the class is patched):
-    `clock.reset()` before a training, `clock.step_seconds()` after it. A step's time runs from
-    one training_step call to the next, i.e. the whole cycle: batch, forward, backward,
-    optimizer, callbacks. Arms that see the same batches in the same order can then be compared
-    step by step, which the host's occasional multi-second stalls (STACK-FACTS) disturb far
-    less than whole-run times."""
-
-    def __init__(self) -> None:
-        from transformers import Trainer
-
-        self._starts: list[float] = []
-        original = Trainer.training_step
-
-        def timed(trainer, *args, **kwargs):
-            self._starts.append(time.perf_counter())
-            return original(trainer, *args, **kwargs)
-
-        Trainer.training_step = timed
-
-    def reset(self) -> None:
-        self._starts.clear()
-
-    def step_seconds(self) -> list[float]:
-        return [b - a for a, b in zip(self._starts[:-1], self._starts[1:], strict=True)]
 
 
 def paired_step_ratios(baseline_runs: list[dict], candidate_runs: list[dict]) -> list[float]:

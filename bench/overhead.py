@@ -5,29 +5,29 @@ steps, seed, so the same batches in the same order): a short warm-up of each, th
 whose order flips every round. The pipeline side is the real train task (`tasks.train.train.fn`,
 what the finetune flow calls), logging its loss curve to an MLflow run on a scratch sqlite store.
 
-Two figures. Per step: both arms' `Trainer.training_step` is timed from one call to the next
-(the whole step cycle: batch, forward, backward, optimizer, callbacks); step i of the pipeline
-and step i of the plain script in the same round see the same batch, so their time ratio is the
-tokens/s ratio of that batch. The goal is judged on the median of these paired ratios: this host
-stalls for seconds now and then (STACK-FACTS), which a median over hundreds of step pairs
-shrugs off and a few whole-run ratios do not. Whole runs: tokens over `trainer.train()`, so
-per-run costs (start, end) count too; reported as the median of the per-round ratios.
+Two figures. Per step: both arms' Trainer steps are timed from one step's start to the next
+(bench.clock.StepClock, the whole step cycle: batch, forward, backward, optimizer, callbacks);
+step i of the pipeline and step i of the plain script in the same round see the same batch, so
+their time ratio is the tokens/s ratio of that batch. The goal is judged on the median of these
+paired ratios: this host stalls for seconds now and then (STACK-FACTS), which a median over
+hundreds of step pairs shrugs off and a few whole-run ratios do not. Whole runs: tokens over
+`trainer.train()`, so per-run costs (start, end) count too; reported as the median of the
+per-round ratios.
 """
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 from bench.assets import DEMO_BASE, DEMO_CONFIG, DEMO_DATA, require_demo_assets
-from bench.measure import Figure, StepClock, median, paired_step_ratios
+from bench.measure import Figure, median, paired_step_ratios
 from bench.workers import run_worker, worker_main
 
 GOAL = 0.97
 
 
 def _config(steps: int, output_dir: str):
-    from models.config import load_config
+    from models.config_file import load_config
 
     return load_config(
         DEMO_CONFIG,
@@ -40,8 +40,7 @@ def _config(steps: int, output_dir: str):
     )
 
 
-def _pipeline(steps: int, tmp: str, tag: str) -> dict:
-    from flows.stages import train_args
+def _pipeline(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
     from tasks.tracking import open_run
     from tasks.train import train
 
@@ -53,45 +52,36 @@ def _pipeline(steps: int, tmp: str, tag: str) -> dict:
         config_yaml=config.to_yaml(),
         tags={},
     )
-    result = train.fn(**train_args(config, str(DEMO_BASE), run_id))
+    result = train.fn(
+        config.train_spec(str(DEMO_BASE)),
+        run_id=run_id,
+        output_dir=config.adapter_dir(run_id),
+        config_yaml=config.to_yaml(),
+        callbacks=callbacks,
+    )
     return {"tokens_per_second": result.tokens_per_second, "train_loss": result.train_loss}
 
 
-def _plain(steps: int, tmp: str, tag: str) -> dict:
+def _plain(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
     from bench.plain import train_plain
 
-    config = _config(steps, tmp)
-    data, adapter, training = config.data, config.adapter, config.training
-    return train_plain(
-        base_model=str(DEMO_BASE),
-        train_file=str(Path(data.path) / data.train_file),
-        max_seq_len=data.max_seq_len,
-        batch_size=training.batch_size,
-        max_steps=training.max_steps,
-        learning_rate=training.learning_rate,
-        warmup_steps=training.warmup_steps,
-        lr_scheduler=training.lr_scheduler,
-        logging_steps=training.logging_steps,
-        r=adapter.r,
-        alpha=adapter.alpha,
-        dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
-        seed=adapter.seed,
-        output_dir=f"{tmp}/plain-{tag}",
-    )
+    spec = _config(steps, tmp).train_spec(str(DEMO_BASE))
+    return train_plain(spec, output_dir=f"{tmp}/plain-{tag}", callbacks=callbacks)
 
 
 def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
+    from bench.clock import StepClock
+
     clock = StepClock()
     arms = {"pipeline": _pipeline, "plain": _plain}
     for name, fn in arms.items():
-        fn(warmup_steps, tmp, f"warmup-{name}")
+        fn(warmup_steps, tmp, f"warmup-{name}", [clock])
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for rep in range(reps):
         order = list(arms)[rep % len(arms) :] + list(arms)[: rep % len(arms)]
         for name in order:
             clock.reset()
-            got = arms[name](steps, tmp, f"{name}-{rep}")
+            got = arms[name](steps, tmp, f"{name}-{rep}", [clock])
             got["step_seconds"] = clock.step_seconds()
             runs[name].append(got)
     return runs

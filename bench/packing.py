@@ -5,7 +5,7 @@ examples in the same batches); tokens/s counts real tokens. Each seed trains bot
 order that flips every seed; then each adapter's eval loss is computed on the eval split. The
 padded arm's spread over seeds is the noise the packed-vs-padded difference is judged against.
 
-The speed figure is the median over paired steps (bench.measure.StepClock): step i of both arms
+The speed figure is the median over paired steps (bench.clock.StepClock): step i of both arms
 of a seed holds the same examples, so the ratio of their step times is the tokens/s ratio of
 that batch; a host stall then spoils a step or two instead of a whole run. Whole-run tokens/s
 (over `trainer.train()`) are reported beside it.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.assets import DEMO_BASE, require_demo_assets, train_lora
 from bench.data import write_varied_data
-from bench.measure import Figure, StepClock, median, paired_step_ratios
+from bench.measure import Figure, median, paired_step_ratios
 from bench.workers import run_worker, worker_main
 
 GOAL = 1.5
@@ -26,7 +26,9 @@ MAX_SEQ_LEN = 128
 BATCH = 16
 
 
-def _train_and_eval(data: Path, out: Path, *, packing: bool, seed: int, steps: int) -> dict:
+def _train_and_eval(
+    data: Path, out: Path, *, packing: bool, seed: int, steps: int, callbacks: list
+) -> dict:
     from models.data import read_split, tokenize
     from models.evaluate import completion_loss
     from models.serving import load_adapted
@@ -35,8 +37,8 @@ def _train_and_eval(data: Path, out: Path, *, packing: bool, seed: int, steps: i
         out,
         steps=steps,
         seed=seed,
-        train_file=data / "train.jsonl",
-        max_seq_len=MAX_SEQ_LEN,
+        data={"path": str(data), "max_seq_len": MAX_SEQ_LEN},
+        callbacks=callbacks,
         batch_size=BATCH,
         warmup_steps=max(1, steps // 10),
         logging_steps=steps,
@@ -53,6 +55,8 @@ def _train_and_eval(data: Path, out: Path, *, packing: bool, seed: int, steps: i
 
 
 def _work(steps: int, seeds: list[int], tmp: str) -> dict:
+    from bench.clock import StepClock
+
     clock = StepClock()
     data = write_varied_data(Path(tmp) / "data", n_train=1024, n_eval=200)
     runs: dict[str, list[dict]] = {"padded": [], "packed": []}
@@ -61,7 +65,9 @@ def _work(steps: int, seeds: list[int], tmp: str) -> dict:
         for arm in order:
             out = Path(tmp) / f"{arm}-{seed}"
             clock.reset()
-            got = _train_and_eval(data, out, packing=arm == "packed", seed=seed, steps=steps)
+            got = _train_and_eval(
+                data, out, packing=arm == "packed", seed=seed, steps=steps, callbacks=[clock]
+            )
             runs[arm].append({"seed": seed, **got, "step_seconds": clock.step_seconds()})
     return {"runs": runs}
 

@@ -1,4 +1,5 @@
-"""The baseline a user would otherwise write: transformers Trainer + PEFT, nothing of loraflow.
+"""The baseline a user would otherwise write: transformers Trainer + PEFT, nothing of loraflow's
+training code; its settings are read from the same TrainSpec as the pipeline's.
 
 Same model, data, tokens, batch, steps and optimizer settings as the pipeline's train task; the
 data is tokenized the same way (prompt + completion + eos, loss on the completion) so that both
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.specs import TrainSpec
 
 
 def tokenize_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:
@@ -28,26 +33,11 @@ def tokenize_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:
 
 
 def train_plain(
-    *,
-    base_model: str,
-    train_file: str,
-    max_seq_len: int,
-    batch_size: int,
-    max_steps: int,
-    learning_rate: float,
-    warmup_steps: int,
-    lr_scheduler: str,
-    logging_steps: int,
-    r: int,
-    alpha: float,
-    dropout: float,
-    target_modules: list[str] | str,
-    seed: int,
-    output_dir: str,
-    torch_compile: bool = False,
-    callbacks: list | None = None,
+    spec: TrainSpec, *, output_dir: str, torch_compile: bool = False, callbacks: list | None = None
 ) -> dict:
-    """Train LoRA with a plain Trainer; returns tokens, seconds, tokens/s and the final loss.
+    """Train LoRA with a plain Trainer on the spec's base, train split, tokens, batch, steps,
+    optimizer schedule and LoRA settings (its other fields are the pipeline's own); returns
+    tokens, seconds, tokens/s and the final loss.
 
     torch_compile and callbacks go to the Trainer as they are (the compile trial uses them)."""
     import torch
@@ -63,19 +53,20 @@ def train_plain(
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    adapter = spec.adapter
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     model = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype=torch.bfloat16 if bf16 else torch.float32
+        spec.base_model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
-    features = tokenize_jsonl(train_file, tokenizer, max_seq_len)
-    set_seed(seed)
+    features = tokenize_jsonl(spec.data.train_path, tokenizer, spec.data.max_seq_len)
+    set_seed(adapter.seed)
     model = get_peft_model(
         model,
         LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            target_modules=target_modules,
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
             task_type="CAUSAL_LM",
         ),
     )
@@ -88,15 +79,15 @@ def train_plain(
 
     args = TrainingArguments(
         output_dir=output_dir,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        lr_scheduler_type=lr_scheduler,
-        logging_steps=logging_steps,
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        warmup_steps=spec.warmup_steps,
+        lr_scheduler_type=spec.lr_scheduler,
+        logging_steps=spec.logging_steps,
         save_strategy="no",
         report_to="none",
-        seed=seed,
+        seed=adapter.seed,
         bf16=bf16,
         use_cpu=not cuda,
         remove_unused_columns=False,

@@ -19,7 +19,7 @@ from bench.workers import run_worker, worker_main
 
 def _train(threads: int, steps: int, out: Path) -> float:
 
-    result = train_lora(out, steps=steps, warmup_steps=5, logging_steps=100, threads=threads)
+    result = train_lora(out, steps=steps, warmup_steps=5, logging_steps=100, cpu_threads=threads)
     return result.tokens_per_second
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from models.config import ConfigError, LoraflowConfig, load_config
+from models.config import ConfigError, LoraflowConfig
+from models.config_file import load_config
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
 
@@ -22,10 +23,9 @@ def _error(message: str, code: int = 2) -> int:
 
 def check(config: LoraflowConfig) -> list:
     """Every check that must pass before anything is trained, written or pushed."""
-    from flows.stages import check_args
     from models.checks import check_inputs
 
-    reports = check_inputs(**check_args(config, config.base_model))
+    reports = check_inputs(config.check_spec(config.base_model))
     check_services(export_to=config.export.to if config.export.enabled else None)
     return reports
 
@@ -214,16 +214,7 @@ def cmd_plan(args) -> int:
     from models.plan import plan_run
 
     config = load_config(args.config, args.overrides)
-    plan = plan_run(
-        base_model=config.base_model,
-        method=config.adapter.method,
-        spec=config.adapter.to_spec(),
-        batch_size=config.training.batch_size,
-        seq_len=config.data.max_seq_len,
-        dtype=config.training.dtype,
-        trust_remote_code=config.base_model_trust_remote_code,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-    )
+    plan = plan_run(config.train_spec(config.base_model))
     if args.json:
         print(json.dumps(plan.to_dict(), sort_keys=True))
         return 0

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.stages import check_args, eval_args, run_tags, train_args, train_metrics
-from models.config import ConfigError, LoraflowConfig, apply_overrides, config_from_dict
+from models.config import ConfigError, LoraflowConfig, config_from_dict
+from models.config_file import apply_overrides
 from models.loading import canonical_base
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_comparison
-from tasks.lineage import collect_lineage
+from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs
 from tasks.registry import register_adapter
 from tasks.tracking import close_run, log_metrics, open_run
@@ -43,7 +43,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
     configs = method_configs(config, methods)
     base_model = canonical_base(config.base_model)
     for method_config in configs.values():
-        check_inputs(**check_args(method_config, base_model))
+        check_inputs(method_config.check_spec(base_model))
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
@@ -56,7 +56,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
         config_yaml=config.to_yaml(),
         tags={**run_tags(config, lineage, dataset.md5), "method": ",".join(methods)},
     )
-    base_report = evaluate(candidates={"base": (base_model, None)}, **eval_args(config))
+    base_report = evaluate(candidates={"base": (base_model, None)}, spec=config.eval_spec())
     log_metrics(run_id=parent, metrics={f"base_{k}": v for k, v in base_report["base"].items()})
 
     rows = []
@@ -69,13 +69,19 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
             config_yaml=method_config.to_yaml(),
             tags={**tags, "mlflow.parentRunId": parent},
         )
-        adapter = train(**train_args(method_config, base_model, run_id))
+        adapter = train(
+            method_config.train_spec(base_model),
+            run_id=run_id,
+            output_dir=method_config.adapter_dir(run_id),
+            config_yaml=method_config.to_yaml(),
+        )
         scores = evaluate(
-            candidates={"adapter": (base_model, adapter.adapter_dir)}, **eval_args(method_config)
+            candidates={"adapter": (base_model, adapter.adapter_dir)},
+            spec=method_config.eval_spec(),
         )["adapter"]
         log_metrics(
             run_id=run_id,
-            metrics={**train_metrics(adapter), **{f"adapter_{k}": v for k, v in scores.items()}},
+            metrics={**adapter.metrics(), **{f"adapter_{k}": v for k, v in scores.items()}},
             tags={"adapter_sha256": adapter.adapter_sha256},
         )
         version = register_adapter(

@@ -10,23 +10,15 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.export import export_model
-from flows.stages import (
-    check_args,
-    config_parameter,
-    eval_args,
-    run_tags,
-    train_args,
-    train_metrics,
-    training_key,
-)
 from models.config import LoraflowConfig
 from models.loading import canonical_base, is_local
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_evaluation
-from tasks.lineage import collect_lineage
+from tasks.lib.checkpoint_store import training_key
+from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
-from tasks.runtime import adapter_kept
+from tasks.runtime import adapter_kept, config_parameter
 from tasks.tracking import close_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
@@ -93,7 +85,7 @@ def finetune(
     registry = config.registry
     base_model = canonical_base(config.base_model)
 
-    splits = check_inputs(**check_args(config, base_model))
+    splits = check_inputs(config.check_spec(base_model))
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
@@ -128,7 +120,7 @@ def finetune(
         tags=tags,
     )
     checkpoint_key = training_key(tags)
-    training = train_args(config, base_model, run_id, checkpoint_key)
+    adapter_dir = config.adapter_dir(run_id)
     adapter = None
     try:
         if config.training.deployment:
@@ -142,7 +134,14 @@ def finetune(
             dest = Path(config.training.output_dir) / run_id
             adapter = fetch_trained_adapter(run_id=run_id, dest=str(dest))
         else:
-            adapter = train(**training)
+            adapter = train(
+                config.train_spec(base_model),
+                run_id=run_id,
+                output_dir=adapter_dir,
+                config_yaml=config.to_yaml(),
+                checkpoint_store=config.training.checkpoint_store,
+                checkpoint_key=checkpoint_key,
+            )
 
         champion = fetch_champion(model_name=registry.model_name)
         candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
@@ -154,11 +153,11 @@ def finetune(
             )
         elif champion:
             candidates["champion"] = (champion.base_model, champion.adapter_dir)
-        report = evaluate(candidates=candidates, **eval_args(config))
+        report = evaluate(candidates=candidates, spec=config.eval_spec())
         record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
         log_metrics(
             run_id=run_id,
-            metrics=train_metrics(adapter),
+            metrics=adapter.metrics(),
             tags={"adapter_sha256": adapter.adapter_sha256},
         )
 
@@ -203,7 +202,7 @@ def finetune(
         clear_checkpoints(
             checkpoint_store=config.training.checkpoint_store,
             checkpoint_key=checkpoint_key,
-            output_dir=training["output_dir"],
+            output_dir=adapter_dir,
         )
 
     if config.export.enabled and decision.promote:

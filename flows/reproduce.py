@@ -8,7 +8,6 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
-from flows.stages import train_args, with_data_dir
 from models.config import config_from_dict
 from models.loading import is_local
 from tasks.data import fetch_data_version
@@ -71,9 +70,14 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
         )
         return Reproduction(run_id, False, recorded, "", differences)
     data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
-    args = train_args(with_data_dir(config, data_dir), base_model, run_id)
-    args["output_dir"] = str(Path(workdir) / run_id / "adapter")  # never over the run's own
-    result = train(**args, log_to_run=False)
+    local = config.with_data_dir(data_dir)
+    result = train(
+        local.train_spec(base_model),
+        run_id=run_id,
+        output_dir=str(Path(workdir) / run_id / "adapter"),  # never over the run's own
+        config_yaml=local.to_yaml(),
+        log_to_run=False,
+    )
     identical = result.adapter_sha256 == recorded
     if not identical:
         differences.insert(

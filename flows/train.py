@@ -11,10 +11,10 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from flows.stages import config_parameter, train_args, with_data_dir
 from models.config import LoraflowConfig
 from models.loading import canonical_base
 from tasks.data import fetch_data_version
+from tasks.runtime import config_parameter
 from tasks.train import clear_checkpoints, publish_adapter, train
 
 
@@ -41,14 +41,21 @@ def train_remote(
     Returns the adapter's sha256.
     """
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
-    local = with_data_dir(config, data_dir)
-    args = train_args(local, canonical_base(config.base_model), run_id, checkpoint_key or None)
-    result = train(**args)
+    local = config.with_data_dir(data_dir)
+    adapter_dir = local.adapter_dir(run_id)
+    result = train(
+        local.train_spec(canonical_base(config.base_model)),
+        run_id=run_id,
+        output_dir=adapter_dir,
+        config_yaml=local.to_yaml(),
+        checkpoint_store=config.training.checkpoint_store,
+        checkpoint_key=checkpoint_key or None,
+    )
     publish_adapter(run_id=run_id, result=result)
     if checkpoint_key and config.training.save_steps:
         clear_checkpoints(
             checkpoint_store=config.training.checkpoint_store,
             checkpoint_key=checkpoint_key,
-            output_dir=args["output_dir"],
+            output_dir=adapter_dir,
         )
     return result.adapter_sha256

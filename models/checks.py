@@ -12,6 +12,7 @@ from models.loading import (
     preflight_base,
 )
 from models.methods import get_method
+from models.specs import CheckSpec
 
 
 def cuda_available() -> bool:
@@ -20,44 +21,33 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def check_inputs(
-    *,
-    base_model: str,
-    trust_remote_code: bool,
-    target_modules: list[str] | str,
-    data_dir: str,
-    train_file: str,
-    eval_file: str,
-    prompt_field: str,
-    completion_field: str,
-    method: str | None = None,
-    max_seq_len: int | None = None,
-    too_long: str = "reject",
-) -> list[SplitReport]:
+def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model present and safe to load, target modules present.
 
     Cheapest first: reading the JSONL takes milliseconds, building the model skeleton seconds.
-    With max_seq_len, every example is tokenized with the base model's tokenizer: examples
-    over the limit are an error naming how many and the first line (too_long='reject'), or a
+    Every example is then tokenized with the base model's tokenizer: examples over
+    data.max_seq_len are an error naming how many and the first line (too_long='reject'), or a
     warning with the count (too_long='truncate').
     """
-    if method is not None and get_method(method).needs_cuda and not cuda_available():
+    data = spec.data
+    if get_method(spec.method).needs_cuda and not cuda_available():
         raise ModelError(
-            f"adapter.method {method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none is "
-            "available here; use lora or lora_fa on this machine"
+            f"adapter.method {spec.method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none "
+            "is available here; use lora or lora_fa on this machine"
         )
-    reports = validate_dataset(data_dir, train_file, eval_file, prompt_field, completion_field)
-    preflight_base(base_model, trust_remote_code)
-    kinds = layer_kinds(base_model, trust_remote_code)
-    check_target_modules(target_modules, linear_names(kinds), kinds, method or "lora")
-    if max_seq_len is not None:
-        tokenizer = load_tokenizer(base_model, trust_remote_code)
-        for report in reports:
-            examples = read_split(report.path, prompt_field, completion_field)
-            cut = tokenize(examples, tokenizer, max_seq_len, too_long, source=report.path)
-            if cut.truncated:
-                report.warnings.append(
-                    f"{cut.truncated} example(s) longer than data.max_seq_len={max_seq_len} "
-                    "tokens will be truncated"
-                )
+    reports = validate_dataset(
+        data.path, data.train_file, data.eval_file, data.prompt_field, data.completion_field
+    )
+    preflight_base(spec.base_model, spec.trust_remote_code)
+    kinds = layer_kinds(spec.base_model, spec.trust_remote_code)
+    check_target_modules(spec.target_modules, linear_names(kinds), kinds, spec.method)
+    tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
+    for report in reports:
+        examples = read_split(report.path, data.prompt_field, data.completion_field)
+        cut = tokenize(examples, tokenizer, data.max_seq_len, data.too_long, source=report.path)
+        if cut.truncated:
+            report.warnings.append(
+                f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
+                "tokens will be truncated"
+            )
     return reports

@@ -18,6 +18,7 @@ from models.errors import LoraflowError
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.promotion import METRIC_DIRECTIONS
 from models.schema import describe_error
+from models.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -308,6 +309,51 @@ class LoraflowConfig(_Section):
         """Hash of the resolved config; equal configs give equal hashes."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
+    # One typed argument object per stage (models.specs), built here and nowhere else. A spec
+    # field is the config field of the same name.
+
+    def with_data_dir(self, data_dir: str) -> LoraflowConfig:
+        """The same config reading its splits from `data_dir` (a data version pulled by md5)."""
+        return self.model_copy(update={"data": self.data.model_copy(update={"path": data_dir})})
+
+    def adapter_dir(self, run_id: str) -> str:
+        """Where run `run_id` writes its adapter: <training.output_dir>/<run id>/adapter."""
+        return str(Path(self.training.output_dir) / run_id / "adapter")
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(**self.data.model_dump(exclude={"dvc_remote"}))
+
+    def check_spec(self, base_model: str) -> CheckSpec:
+        """For the input checks; `base_model` as resolved (models.loading.canonical_base)."""
+        return CheckSpec(
+            base_model=base_model,
+            data=self.data_spec(),
+            method=self.adapter.method,
+            target_modules=self.adapter.target_modules,
+            trust_remote_code=self.base_model_trust_remote_code,
+        )
+
+    def train_spec(self, base_model: str) -> TrainSpec:
+        """For the training; `base_model` as resolved (models.loading.canonical_base). Where the
+        adapter and checkpoints go (training.output_dir, checkpoint_store) is the caller's."""
+        training = self.training.model_dump(include=set(TrainSpec.__dataclass_fields__))
+        return TrainSpec(
+            base_model=base_model,
+            data=self.data_spec(),
+            method=self.adapter.method,
+            adapter=self.adapter.to_spec(),
+            trust_remote_code=self.base_model_trust_remote_code,
+            **training,
+        )
+
+    def eval_spec(self) -> EvalSpec:
+        """For the evaluation of every candidate (base, adapter, champion)."""
+        return EvalSpec(
+            data=self.data_spec(),
+            trust_remote_code=self.base_model_trust_remote_code,
+            **self.evaluation.model_dump(),
+        )
+
 
 def _format_error(err: ValidationError, source: str) -> str:
     """One line: where (file and dotted key), what, and the bad value."""
@@ -323,52 +369,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: {where}: {msg}"
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `dotted.key=value`; the value is YAML so lists and numbers work."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e.problem})") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with every `--set` override applied."""
-    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {k!r} is not a section")
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> LoraflowConfig:
     """Validate plain data into a config, raising ConfigError with a one-line message."""
     try:
         return LoraflowConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> LoraflowConfig:
-    """Load a YAML config file, apply `--set` overrides, and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{line}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

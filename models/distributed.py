@@ -5,14 +5,14 @@ The caller's process launches `python -m torch.distributed.run --standalone --np
 Trainer log as one `LORAFLOW_LOG {json}` line on stdout (relayed live to `on_log`), saves the
 adapter and writes the TrainResult as JSON; the other ranks only train. Finished checkpoints are
 announced the same way (`LORAFLOW_CHECKPOINT path`) and handed to `on_checkpoint` in the caller.
-`batch_size` stays per process, so the global batch is N x batch_size (x grad_accum_steps).
+The TrainSpec travels as JSON; N is its num_processes and its batch_size stays per process, so
+the global batch is N x batch_size (x grad_accum_steps).
 
 Backend: NCCL on CUDA (one GPU per process), gloo on CPU, chosen by the Trainer from the device.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.errors import LoraflowError
-from models.methods import AdapterSpec
+from models.specs import TrainSpec
 from models.train import TrainResult, train_adapter
 
 LOG_PREFIX = "LORAFLOW_LOG "
@@ -34,23 +34,30 @@ class DistributedTrainingError(LoraflowError):
 
 
 def train_adapter_distributed(
-    num_processes: int,
+    spec: TrainSpec,
+    *,
+    output_dir: str | Path,
+    extra_files: dict[str, str] | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
-    **kwargs,
 ) -> TrainResult:
-    """`train_adapter(**kwargs)` in `num_processes` DDP processes; the result comes from rank 0."""
+    """train_adapter in spec.num_processes DDP processes; the result comes from rank 0."""
+    num_processes = spec.num_processes
     if num_processes < 2:
         raise ValueError("num_processes must be >= 2 for a distributed run")
-    spec: AdapterSpec = kwargs.pop("spec")
     with tempfile.TemporaryDirectory(prefix="loraflow-ddp-") as tmp:
         request = Path(tmp) / "request.json"
         result_file = Path(tmp) / "result.json"
         request.write_text(
             json.dumps(
                 {
-                    "kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()},
-                    "spec": dataclasses.asdict(spec),
+                    "spec": spec.to_dict(),
+                    "run": {
+                        "output_dir": str(output_dir),
+                        "extra_files": extra_files,
+                        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+                    },
                     "result": str(result_file),
                 }
             )
@@ -96,11 +103,11 @@ def _worker(request_path: str) -> None:
         print(CHECKPOINT_PREFIX + str(path), flush=True)
 
     result = train_adapter(
-        spec=AdapterSpec(**request["spec"]),
+        TrainSpec.from_dict(request["spec"]),
         on_log=relay,
         on_checkpoint=announce,
         save=rank == 0,
-        **request["kwargs"],
+        **request["run"],
     )
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from models.data import pad_batch, read_split, tokenize
 from models.loading import load_base
 from models.serving import generate, load_adapted
+from models.specs import EvalSpec
 
 
 @torch.no_grad()
@@ -33,28 +33,19 @@ def completion_loss(model, tokenizer, features: list[dict], batch_size: int) -> 
     return total / max(count, 1)
 
 
-def evaluate_model(
-    model,
-    tokenizer,
-    *,
-    eval_file: str | Path,
-    prompt_field: str,
-    completion_field: str,
-    max_seq_len: int,
-    batch_size: int,
-    max_new_tokens: int,
-    max_examples: int | None = None,
-) -> dict[str, float]:
+def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
     """eval_loss, perplexity and exact_match (greedy output equals the completion, stripped)."""
-    examples = read_split(eval_file, prompt_field, completion_field)[:max_examples]
-    features = tokenize(examples, tokenizer, max_seq_len, "truncate").features
-    loss = completion_loss(model, tokenizer, features, batch_size)
+    data = spec.data
+    examples = read_split(data.eval_path, data.prompt_field, data.completion_field)
+    examples = examples[: spec.max_examples]
+    features = tokenize(examples, tokenizer, data.max_seq_len, "truncate").features
+    loss = completion_loss(model, tokenizer, features, spec.batch_size)
     answers = generate(
         model,
         tokenizer,
         [e.prompt for e in examples],
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.batch_size,
     )
     hits = sum(a.strip() == e.completion.strip() for a, e in zip(answers, examples, strict=True))
     return {
@@ -66,40 +57,23 @@ def evaluate_model(
 
 
 def evaluate_candidates(
-    candidates: dict[str, tuple[str, str | None]],
-    *,
-    eval_file: str | Path,
-    prompt_field: str,
-    completion_field: str,
-    max_seq_len: int,
-    batch_size: int,
-    max_new_tokens: int,
-    max_examples: int | None = None,
-    device: str = "cpu",
-    trust_remote_code: bool = False,
+    candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:
     """Evaluate each named (base model, adapter dir or None) on the same eval split, in fp32."""
     report = {}
     for name, (base_model, adapter_dir) in candidates.items():
         if adapter_dir is None:
             model, tokenizer = load_base(
-                base_model, device=device, trust_remote_code=trust_remote_code
+                base_model, device=spec.device, trust_remote_code=spec.trust_remote_code
             )
             model.eval()
         else:
             model, tokenizer = load_adapted(
-                base_model, adapter_dir, device=device, trust_remote_code=trust_remote_code
+                base_model,
+                adapter_dir,
+                device=spec.device,
+                trust_remote_code=spec.trust_remote_code,
             )
-        report[name] = evaluate_model(
-            model,
-            tokenizer,
-            eval_file=eval_file,
-            prompt_field=prompt_field,
-            completion_field=completion_field,
-            max_seq_len=max_seq_len,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            max_examples=max_examples,
-        )
+        report[name] = evaluate_model(model, tokenizer, spec)
         del model
     return report

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from models.loading import offline_if_local
-from models.methods import AdapterSpec, get_method
+from models.methods import get_method
+from models.specs import TrainSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 weight, fp32 grad, two fp32 Adam moments
@@ -68,36 +69,28 @@ def activation_bytes(
     return layers * per_layer + logits
 
 
-def plan_run(
-    *,
-    base_model: str,
-    method: str,
-    spec: AdapterSpec,
-    batch_size: int,
-    seq_len: int,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-    gradient_checkpointing: bool = False,
-) -> Plan:
-    """Exact trainable/total parameter counts and adapter size; estimated peak training memory.
+def plan_run(spec: TrainSpec) -> Plan:
+    """Exact trainable/total parameter counts and adapter size; estimated peak training memory,
+    per process, at spec.batch_size x data.max_seq_len.
 
     dtype is the compute dtype of the frozen base ('auto' is taken as float32); qlora counts
     the frozen linear weights at 4 bits (plus one fp32 scale per 64 weights).
     """
     from peft import get_peft_model_state_dict
 
-    model, config = _meta_model(base_model, trust_remote_code)
+    method, batch_size, seq_len = spec.method, spec.batch_size, spec.data.max_seq_len
+    model, config = _meta_model(spec.base_model, spec.trust_remote_code)
     # QLoRA trains exactly LoRA's parameters; only the frozen weights' storage differs, and its
     # build step (k-bit preparation) needs real weights.
     counted_as = "lora" if method == "qlora" else method
     with torch.device("meta"):
-        model = get_method(counted_as).build(model, spec)
+        model = get_method(counted_as).build(model, spec.adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     saved = get_peft_model_state_dict(model)
     adapter = sum(t.numel() * 4 for t in saved.values())  # adapters are kept and saved in fp32
 
-    dtype = "float32" if dtype == "auto" else dtype
+    dtype = "float32" if spec.dtype == "auto" else spec.dtype
     width = DTYPE_BYTES[dtype]
     frozen = total - trainable
     if method == "qlora":
@@ -110,7 +103,7 @@ def plan_run(
     else:
         base_bytes = frozen * width
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
-    acts = activation_bytes(config, batch_size, seq_len, width, gradient_checkpointing)
+    acts = activation_bytes(config, batch_size, seq_len, width, spec.gradient_checkpointing)
     return Plan(
         method=method,
         trainable_params=trainable,

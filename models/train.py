@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -13,33 +12,21 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoints import (
+    checkpoint_marker,
+    checkpoint_step,
+    latest_checkpoint,
+    resumed_figures,
+)
 from models.data import pad_batch, read_split, tokenize
 from models.hashing import file_sha256
 from models.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.memory import page_in, track_peak_memory
-from models.methods import AdapterSpec, get_method
+from models.methods import AdapterMethod, get_method
 from models.packing import pack_batch
+from models.specs import TrainSpec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# Written into a checkpoint directory after the Trainer finished saving it: a directory without
-# it was cut short (e.g. the process was killed mid-save) and is never resumed from.
-CHECKPOINT_DONE = "loraflow-checkpoint-complete"
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """checkpoint-<step> -> step."""
-    return int(Path(path).name.rpartition("-")[2])
-
-
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint-<step> directory under checkpoint_dir, if any."""
-    root = Path(checkpoint_dir)
-    done = [
-        p
-        for p in root.glob("checkpoint-*")
-        if p.name.rpartition("-")[2].isdigit() and (p / CHECKPOINT_DONE).is_file()
-    ]
-    return max(done, key=checkpoint_step, default=None)
 
 
 @dataclass
@@ -64,6 +51,20 @@ class TrainResult:
     def to_dict(self) -> dict:
         """JSON-ready figures (for another process or machine)."""
         return dataclasses.asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """The training figures a run logs."""
+        return {
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "adapter_bytes": self.adapter_bytes,
+            "train_loss_final": self.train_loss,
+            "train_seconds": self.train_seconds,
+            "train_tokens_per_second": self.tokens_per_second,
+            "train_peak_memory_bytes": self.peak_memory_bytes,
+            "truncated_examples": self.truncated_examples,
+            "resumed_from_step": self.resumed_from_step,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainResult:
@@ -113,189 +114,68 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def train_adapter(
+    spec: TrainSpec,
     *,
-    base_model: str,
-    train_file: str | Path,
-    prompt_field: str,
-    completion_field: str,
-    max_seq_len: int,
-    too_long: str,
-    method: str,
-    spec: AdapterSpec,
-    max_steps: int,
-    learning_rate: float,
-    batch_size: int,
-    grad_accum_steps: int = 1,
-    warmup_steps: int = 0,
-    weight_decay: float = 0.0,
-    lr_scheduler: str = "linear",
-    logging_steps: int = 10,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
     output_dir: str | Path,
     extra_files: dict[str, str] | None = None,
     on_log: Callable[[dict[str, float], int], None] | None = None,
     save: bool = True,
-    save_steps: int = 0,
     checkpoint_dir: str | Path | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
-    deterministic: bool = False,
-    packing: bool = False,
-    threads: int | None = None,
-    gradient_checkpointing: bool = False,
+    callbacks: list | None = None,
 ) -> TrainResult:
-    """Train `method` on the train split and save the adapter (+ tokenizer) to output_dir.
+    """Train `spec.method` on the train split and save the adapter (+ tokenizer) to output_dir.
 
+    The spec says what to train and how (models.specs.TrainSpec); the rest is where results go:
     extra_files: name -> text written beside the adapter (e.g. the resolved run config).
     on_log: called with the Trainer's log dict and step (loss curve for the caller's tracker).
     save: False in the non-zero ranks of a distributed run (see models.distributed): they train
         but write nothing, and their result has no adapter.
-    save_steps, checkpoint_dir: with both set, a checkpoint (adapter, optimizer, scheduler, RNG
+    checkpoint_dir: with spec.save_steps > 0, a checkpoint (adapter, optimizer, scheduler, RNG
         and Trainer state) goes to checkpoint_dir/checkpoint-<step> every save_steps steps and at
         the last step, and training resumes from the newest complete one found there; resumed
         training ends with the same adapter bytes as an uninterrupted one (on CPU).
     on_checkpoint: called with each finished checkpoint directory (e.g. to copy it elsewhere).
-    deterministic: PyTorch's deterministic mode while training (see deterministic_algorithms);
-        slower on CUDA, no effect on CPU results.
-    packing: each batch is packed padding-free into rows of <= max_seq_len tokens
-        (models.packing) instead of padded rows.
-    threads: torch threads while training on CPU (None: torch's default, one per core).
-    gradient_checkpointing: keep only each decoder layer's input in the forward pass and
-        recompute the layer in the backward pass (less activation memory, one more forward).
+    callbacks: further Trainer callbacks (e.g. the benchmarks' step clock).
     Under torchrun (WORLD_SIZE > 1) the Trainer runs DDP: gloo on CPU, NCCL on CUDA with one
     GPU per process.
     """
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer
 
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    device = resolve_device(spec.device)
+    torch_dtype = resolve_dtype(spec.dtype, device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if device == "cuda" and world_size > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" = this rank's GPU
-    adapter_method = get_method(method)
-    load_kwargs = adapter_method.load_kwargs() if adapter_method.load_kwargs else {}
-    model, tokenizer = load_base(
-        base_model,
-        dtype=torch_dtype,
-        device=device,
-        trust_remote_code=trust_remote_code,
-        **load_kwargs,
-    )
-    data = tokenize(
-        read_split(train_file, prompt_field, completion_field),
-        tokenizer,
-        max_seq_len,
-        too_long,
-        source=str(train_file),
-    )
-    model = adapter_method.build(model, spec)
+    method = get_method(spec.method)
+    model, tokenizer, data = _load(spec, method, device, torch_dtype)
     trainable, total = count_params(model)
 
-    history: list[tuple[int, float]] = []
-    tokens = {"seen": 0}
-
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir and save_steps > 0 else None
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir and spec.save_steps > 0 else None
     resume = latest_checkpoint(checkpoints) if checkpoints else None
-
-    class _Checkpointed(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            path = checkpoints / f"checkpoint-{state.global_step}"
-            (path / CHECKPOINT_DONE).write_text(f"{state.global_step}\n")
-            if on_checkpoint:
-                on_checkpoint(path)
-
-    class _Relay(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
-            if "loss" in logs:
-                history.append((state.global_step, logs["loss"]))
-            if on_log:
-                on_log(logs, state.global_step)
-
-    def collate(features):
-        tokens["seen"] += sum(len(f["input_ids"]) for f in features)  # real tokens, no padding
-        if packing:
-            return pack_batch(features, row_len=max_seq_len, pad_id=tokenizer.pad_token_id)
-        return pad_batch(features, tokenizer.pad_token_id)
-
-    use_bf16 = torch_dtype == torch.bfloat16
-    args = TrainingArguments(
-        output_dir=str(checkpoints or Path(output_dir) / "trainer"),
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum_steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        lr_scheduler_type=lr_scheduler,
-        logging_steps=logging_steps,
-        save_strategy="steps" if checkpoints else "no",
-        save_steps=save_steps if checkpoints else 500,
-        save_total_limit=2,  # the newest may be cut short by a crash; keep the one before
-        report_to="none",
-        seed=spec.seed,
-        data_seed=spec.seed,
-        bf16=use_bf16,
-        fp16=torch_dtype == torch.float16,
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        activation_checkpointing=gradient_checkpointing,
-        disable_tqdm=False,
-        ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
-    )
-    optimizers = (None, None)
-    if adapter_method.param_groups is not None:
-        groups = adapter_method.param_groups(model, learning_rate, spec)
-        optimizers = (torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay), None)
-    method_callbacks = adapter_method.callbacks(model, spec) if adapter_method.callbacks else []
+    history: list[tuple[int, float]] = []
+    collate = _Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
+    args = _training_arguments(spec, Path(output_dir), checkpoints, device, torch_dtype, world_size)
+    optimizers = _optimizers(method, model, spec)
+    method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data.features,
         data_collator=collate,
-        callbacks=[_Relay(), *method_callbacks, *([_Checkpointed()] if checkpoints else [])],
+        callbacks=[
+            _relay(history, on_log),
+            *method_callbacks,
+            *([checkpoint_marker(checkpoints, on_checkpoint)] if checkpoints else []),
+            *(callbacks or []),
+        ],
         optimizers=optimizers,
     )
+    output, seconds, memory = _run(trainer, model, spec, device, resume)
+    seen = _tokens_of_all_processes(collate.seen, trainer, world_size)
     resumed_from = checkpoint_step(resume) if resume else 0
-    # A checkpoint of the last step means training had finished (the run failed later): take
-    # its weights. Resuming the Trainer there would run one more optimizer step.
-    finished = resumed_from >= max_steps
-    if device == "cpu":
-        page_in(model)  # mapped weights count before training, not in its peak
-    started = time.perf_counter()
-    with (
-        track_peak_memory(device) as memory,
-        deterministic_algorithms(deterministic),
-        cpu_threads(threads if device == "cpu" else None),
-    ):
-        if finished:
-            _load_adapter_weights(model, resume)
-        else:
-            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - started
-    seen = tokens["seen"]
-    if world_size > 1 and torch.distributed.is_initialized():
-        # Tokens of all processes, so tokens/s is the whole job's throughput.
-        total_seen = torch.tensor([seen], dtype=torch.long, device=trainer.args.device)
-        torch.distributed.all_reduce(total_seen)
-        seen = int(total_seen.item())
-
     if resumed_from:
-        # The Trainer averages over this session's steps only; report the whole run's
-        # logged losses instead (the checkpoint carries the earlier ones).
-        log_history = (
-            json.loads((resume / "trainer_state.json").read_text())["log_history"]
-            if finished
-            else trainer.state.log_history
-        )
-        history[:] = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-        logged = [loss for _, loss in history]
-        train_loss = sum(logged) / len(logged) if logged else float("nan")
-        steps = resumed_from if finished else output.global_step
+        history, train_loss, steps = resumed_figures(resume, trainer, output)
     else:
         train_loss, steps = float(output.training_loss), output.global_step
     result = TrainResult(
@@ -313,17 +193,156 @@ def train_adapter(
         peak_memory_kind=memory.kind,
         loss_history=history,
     )
-    if not save:
-        return result
-    out = Path(output_dir)
+    if save:
+        _save(result, model, tokenizer, method, spec, Path(output_dir), extra_files or {})
+    return result
+
+
+def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
+    """(model with the adapter, tokenizer, tokenized train split)."""
+    load_kwargs = method.load_kwargs() if method.load_kwargs else {}
+    model, tokenizer = load_base(
+        spec.base_model,
+        dtype=torch_dtype,
+        device=device,
+        trust_remote_code=spec.trust_remote_code,
+        **load_kwargs,
+    )
+    data = spec.data
+    train_path = data.train_path
+    tokenized = tokenize(
+        read_split(train_path, data.prompt_field, data.completion_field),
+        tokenizer,
+        data.max_seq_len,
+        data.too_long,
+        source=train_path,
+    )
+    return method.build(model, spec.adapter), tokenizer, tokenized
+
+
+class _Collator:
+    """Pads (or packs) a batch and counts the real tokens it holds: tokens/s excludes padding."""
+
+    def __init__(self, *, packing: bool, row_len: int, tokenizer) -> None:
+        self.packing, self.row_len, self.tokenizer = packing, row_len, tokenizer
+        self.seen = 0
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        self.seen += sum(len(f["input_ids"]) for f in features)
+        if self.packing:
+            return pack_batch(features, row_len=self.row_len, pad_id=self.tokenizer.pad_token_id)
+        return pad_batch(features, self.tokenizer.pad_token_id)
+
+
+def _training_arguments(
+    spec: TrainSpec,
+    output_dir: Path,
+    checkpoints: Path | None,
+    device: str,
+    torch_dtype: torch.dtype,
+    world_size: int,
+):
+    """The Trainer's settings: the spec's, checkpointing only into `checkpoints`."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(checkpoints or output_dir / "trainer"),
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum_steps,
+        learning_rate=spec.learning_rate,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        lr_scheduler_type=spec.lr_scheduler,
+        logging_steps=spec.logging_steps,
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=spec.save_steps if checkpoints else 500,
+        save_total_limit=2,  # the newest may be cut short by a crash; keep the one before
+        report_to="none",
+        seed=spec.adapter.seed,
+        data_seed=spec.adapter.seed,
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=torch_dtype == torch.float16,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        activation_checkpointing=spec.gradient_checkpointing,
+        disable_tqdm=False,
+        ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
+    )
+
+
+def _optimizers(method: AdapterMethod, model: torch.nn.Module, spec: TrainSpec) -> tuple:
+    """The method's own AdamW parameter groups, or (None, None): the Trainer's default."""
+    if method.param_groups is None:
+        return None, None
+    groups = method.param_groups(model, spec.learning_rate, spec.adapter)
+    return torch.optim.AdamW(groups, lr=spec.learning_rate, weight_decay=spec.weight_decay), None
+
+
+def _relay(history: list[tuple[int, float]], on_log: Callable | None):
+    """A callback that records the loss curve into `history` and hands every log to on_log."""
+    from transformers import TrainerCallback
+
+    class Relay(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if "loss" in logs:
+                history.append((state.global_step, logs["loss"]))
+            if on_log:
+                on_log(logs, state.global_step)
+
+    return Relay()
+
+
+def _run(trainer, model: torch.nn.Module, spec: TrainSpec, device: str, resume: Path | None):
+    """(Trainer output or None, seconds, peak memory) of trainer.train() under the spec's compute
+    settings, resumed from `resume` if given."""
+    # A checkpoint of the last step means training had finished (the run failed later): take
+    # its weights. Resuming the Trainer there would run one more optimizer step.
+    finished = resume is not None and checkpoint_step(resume) >= spec.max_steps
+    if device == "cpu":
+        page_in(model)  # mapped weights count before training, not in its peak
+    output = None
+    started = time.perf_counter()
+    with (
+        track_peak_memory(device) as memory,
+        deterministic_algorithms(spec.deterministic),
+        cpu_threads(spec.cpu_threads if device == "cpu" else None),
+    ):
+        if finished:
+            _load_adapter_weights(model, resume)
+        else:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return output, time.perf_counter() - started, memory
+
+
+def _tokens_of_all_processes(seen: int, trainer, world_size: int) -> int:
+    """Tokens of all processes, so tokens/s is the whole job's throughput."""
+    if world_size > 1 and torch.distributed.is_initialized():
+        total_seen = torch.tensor([seen], dtype=torch.long, device=trainer.args.device)
+        torch.distributed.all_reduce(total_seen)
+        return int(total_seen.item())
+    return seen
+
+
+def _save(
+    result: TrainResult,
+    model: torch.nn.Module,
+    tokenizer,
+    method: AdapterMethod,
+    spec: TrainSpec,
+    out: Path,
+    extra_files: dict[str, str],
+) -> None:
+    """Adapter, tokenizer and extra files to `out`; the result gets their place and hash."""
     out.mkdir(parents=True, exist_ok=True)
-    if adapter_method.before_save is not None:
-        adapter_method.before_save(model, spec)
+    if method.before_save is not None:
+        method.before_save(model, spec.adapter)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    for name, text in (extra_files or {}).items():
+    for name, text in extra_files.items():
         (out / name).write_text(text, encoding="utf-8")
     result.adapter_dir = str(out)
     result.adapter_sha256 = file_sha256(out / ADAPTER_WEIGHTS)
     result.adapter_bytes = (out / ADAPTER_WEIGHTS).stat().st_size
-    return result

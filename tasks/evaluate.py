@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 
 from models.evaluate import evaluate_candidates
 from models.report import plot_metric_vs_params
+from models.specs import EvalSpec
 from tasks.runtime import IO_RETRIES
 from tasks.tracking import client, log_metrics
 
@@ -18,29 +19,10 @@ REPORT_FILE = "eval_report.json"
 
 @task(name="evaluate")
 def evaluate(
-    *,
-    candidates: dict[str, tuple[str, str | None]],
-    eval_file: str,
-    prompt_field: str,
-    completion_field: str,
-    max_seq_len: int,
-    batch_size: int,
-    max_new_tokens: int,
-    max_examples: int | None,
-    trust_remote_code: bool,
+    *, candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:
     """Each candidate (base, adapter, champion) on the same eval split."""
-    return evaluate_candidates(
-        candidates,
-        eval_file=eval_file,
-        prompt_field=prompt_field,
-        completion_field=completion_field,
-        max_seq_len=max_seq_len,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        max_examples=max_examples,
-        trust_remote_code=trust_remote_code,
-    )
+    return evaluate_candidates(candidates, spec)
 
 
 def report_table(report: dict[str, dict[str, float]]) -> list[dict]:

@@ -7,6 +7,7 @@ from importlib import metadata
 
 from prefect import task
 
+from models.config import LoraflowConfig
 from models.hashing import weights_sha256
 from models.loading import is_local
 
@@ -55,3 +56,14 @@ def collect_lineage(*, base_model: str) -> dict[str, str]:
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags
+
+
+def run_tags(config: LoraflowConfig, lineage: dict[str, str], data_md5: str) -> dict[str, str]:
+    """Lineage tags carried by the MLflow run and the model version."""
+    return {
+        **lineage,
+        "data_md5": data_md5,
+        "config_sha256": config.sha256(),
+        "method": config.adapter.method,
+        "seed": str(config.adapter.seed),
+    }

@@ -6,15 +6,16 @@ from prefect import task
 
 from models.checks import check_inputs as run_checks
 from models.data import SplitReport
+from models.specs import CheckSpec
 from tasks.lib import s3
 from tasks.runtime import IO_RETRIES
 from tasks.tracking import check_reachable
 
 
 @task(name="check-inputs")
-def check_inputs(**kwargs) -> list[SplitReport]:
+def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model safe to load, target modules present (see models.checks)."""
-    return run_checks(**kwargs)
+    return run_checks(spec)
 
 
 @task(name="check-services", **IO_RETRIES)

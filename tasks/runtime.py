@@ -7,6 +7,7 @@ import logging
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
+from models.config import LoraflowConfig
 from models.errors import LoraflowError
 
 # Seconds before each retry of an I/O task. Each MLflow request is already retried by MLflow
@@ -34,6 +35,14 @@ def in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def config_parameter() -> LoraflowConfig:
+    """The running flow's `config` parameter as a LoraflowConfig (for flow-run names)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    return LoraflowConfig.model_validate(config) if isinstance(config, dict) else config
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:

@@ -11,8 +11,8 @@ from prefect import task
 from models.distributed import train_adapter_distributed
 from models.errors import LoraflowError
 from models.hashing import file_sha256
-from models.methods import AdapterSpec
 from models.resources import explain_resource_errors
+from models.specs import TrainSpec
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
 from tasks.lib import checkpoint_store as checkpoints
 from tasks.runtime import IO_RETRIES, logger
@@ -21,104 +21,65 @@ from tasks.tracking import BackgroundMetrics, client
 
 @task(name="train-adapter")
 def train(
+    spec: TrainSpec,
     *,
     run_id: str,
-    base_model: str,
-    trust_remote_code: bool,
-    train_file: str,
-    prompt_field: str,
-    completion_field: str,
-    max_seq_len: int,
-    too_long: str,
-    method: str,
-    spec: AdapterSpec,
-    max_steps: int,
-    learning_rate: float,
-    batch_size: int,
-    grad_accum_steps: int,
-    warmup_steps: int,
-    weight_decay: float,
-    lr_scheduler: str,
-    logging_steps: int,
-    device: str,
-    dtype: str,
     output_dir: str,
     config_yaml: str,
-    num_processes: int = 1,
     log_to_run: bool = True,
-    save_steps: int = 0,
     checkpoint_store: str = "",
     checkpoint_key: str | None = None,
-    deterministic: bool = False,
-    packing: bool = False,
-    threads: int | None = None,
-    gradient_checkpointing: bool = False,
+    callbacks: list | None = None,
 ) -> TrainResult:
-    """Train the adapter; the resolved config is saved beside it as loraflow.yaml.
+    """Train the adapter into output_dir; the resolved config is saved beside it as loraflow.yaml.
 
     log_to_run=False keeps the loss curve off MLflow run `run_id` (a rebuild of that run).
-    With save_steps and checkpoint_key, checkpoints go to checkpoint_store under that key and
-    training resumes from the newest one there (a retry, or a new run on the same inputs).
+    With spec.save_steps and checkpoint_key, checkpoints go to checkpoint_store under that key
+    and training resumes from the newest one there (a retry, or a new run on the same inputs).
+    callbacks: further Trainer callbacks (one process only, e.g. the benchmarks' step clock).
     """
     mlf = client()
     log = logger()
 
     checkpointing = {}
-    if save_steps > 0 and checkpoint_key:
+    if spec.save_steps > 0 and checkpoint_key:
         store = _checkpoint_store(checkpoint_store, checkpoint_key, output_dir)
         step = checkpoints.restore(store)
         if step:
             log.info("resuming training from the checkpoint of step %d", step)
         checkpointing = {
-            "save_steps": save_steps,
             "checkpoint_dir": str(store.local_dir),
             "on_checkpoint": functools.partial(checkpoints.save, store),
         }
 
-    run = train_adapter
-    if num_processes > 1:
-        log.info("training with %d data-parallel processes (torchrun)", num_processes)
-        run = functools.partial(train_adapter_distributed, num_processes)
+    run = functools.partial(train_adapter, callbacks=callbacks)
+    if spec.num_processes > 1:
+        if callbacks:
+            raise ValueError("Trainer callbacks cannot reach torchrun processes")
+        log.info("training with %d data-parallel processes (torchrun)", spec.num_processes)
+        run = train_adapter_distributed
     run = explain_resource_errors(
-        run, device=device, output_dir=output_dir, batch_size=batch_size, max_seq_len=max_seq_len
+        run,
+        device=spec.device,
+        output_dir=output_dir,
+        batch_size=spec.batch_size,
+        max_seq_len=spec.data.max_seq_len,
     )
     curve = BackgroundMetrics(mlf, run_id, log) if log_to_run else None
     try:
         result = run(
-            base_model=base_model,
-            trust_remote_code=trust_remote_code,
-            train_file=train_file,
-            prompt_field=prompt_field,
-            completion_field=completion_field,
-            max_seq_len=max_seq_len,
-            too_long=too_long,
-            method=method,
-            spec=spec,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            grad_accum_steps=grad_accum_steps,
-            warmup_steps=warmup_steps,
-            weight_decay=weight_decay,
-            lr_scheduler=lr_scheduler,
-            logging_steps=logging_steps,
-            device=device,
-            dtype=dtype,
+            spec,
             output_dir=output_dir,
             extra_files={"loraflow.yaml": config_yaml},
             on_log=curve.log if curve else None,
-            deterministic=deterministic,
             **checkpointing,
-            packing=packing,
-            threads=threads,
-            gradient_checkpointing=gradient_checkpointing,
         )
     finally:
         if curve:
             curve.close()
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",
-        method,
+        spec.method,
         result.trainable_params,
         result.total_params,
         result.train_loss,

@@ -78,3 +78,36 @@ def test_other_load_sees_a_busy_process_that_is_not_ours():
         busy.wait()
     # One of the CPUs spun the whole time (not yet a waited-for child of ours, so not "ours").
     assert load.share >= 0.8 / (bench.measure.os.cpu_count() or 1)
+
+
+def test_step_clock_times_the_trainings_it_is_given_and_patches_nothing(
+    tiny_base, tiny_data, tmp_path
+):
+    """The overhead figure's two arms, 4 steps each: a step clock passed as a Trainer callback
+    to each gives one time per step pair; Trainer itself stays as it was."""
+    import dataclasses
+
+    from transformers import Trainer
+
+    from bench.clock import StepClock
+    from bench.plain import train_plain
+    from models.train import train_adapter
+    from tests.models.test_train import tiny_spec
+
+    training_step = Trainer.training_step
+    clock = StepClock()
+    spec = dataclasses.replace(tiny_spec(tiny_base, tiny_data), warmup_steps=1)
+    runs = []
+    for arm in ("pipeline", "plain"):
+        clock.reset()
+        if arm == "pipeline":
+            train_adapter(spec, output_dir=tmp_path / arm, callbacks=[clock])
+        else:
+            train_plain(spec, output_dir=str(tmp_path / arm), callbacks=[clock])
+        runs.append({"step_seconds": clock.step_seconds()})
+        assert len(runs[-1]["step_seconds"]) == 3 and min(runs[-1]["step_seconds"]) > 0
+    assert len(bench.measure.paired_step_ratios(runs[0:1], runs[1:2])) == 3
+    assert Trainer.training_step is training_step
+    clock.reset()
+    train_adapter(spec, output_dir=tmp_path / "unclocked")  # a training it was not given
+    assert clock.step_seconds() == []

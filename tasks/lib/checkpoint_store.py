@@ -20,7 +20,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from models.train import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
+from models.checkpoints import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
 from tasks.lib import s3 as s3io
 from tasks.runtime import logger
 
@@ -31,6 +31,15 @@ def checkpoint_key(*, config_sha256: str, data_md5: str, base_model_sha256: str)
     """Identity of a training's checkpoints: equal inputs, equal key."""
     text = f"{config_sha256}\n{data_md5}\n{base_model_sha256}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def training_key(tags: dict[str, str]) -> str:
+    """The checkpoint key of a run from its lineage tags (config, data and base weights)."""
+    return checkpoint_key(
+        config_sha256=tags["config_sha256"],
+        data_md5=tags["data_md5"],
+        base_model_sha256=tags["base_model_sha256"],
+    )
 
 
 @dataclass(frozen=True)

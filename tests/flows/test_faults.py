@@ -219,8 +219,8 @@ def outage_after_training(monkeypatch, relay, back_after_s: float | None):
 
     real_train = flows.finetune.train
 
-    def train_then_outage(**kwargs):
-        result = real_train(**kwargs)
+    def train_then_outage(*args, **kwargs):
+        result = real_train(*args, **kwargs)
         relay.down()
         if back_after_s is not None:
             threading.Timer(back_after_s, relay.up).start()

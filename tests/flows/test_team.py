@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from models.train import CHECKPOINT_DONE
+from models.checkpoints import CHECKPOINT_DONE
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -253,17 +253,13 @@ def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
 
 def uninterrupted_adapter_sha256(team, config: dict) -> str:
     """The adapter of the same training run straight through in this process, no checkpoints."""
-    from flows.stages import train_args
     from models.config import config_from_dict
     from models.train import train_adapter
 
-    args = train_args(config_from_dict(config), config["base_model"], "reference")
-    for task_only in ("run_id", "config_yaml", "num_processes", "save_steps",
-                      "checkpoint_store", "checkpoint_key", "deterministic"):  # fmt: skip
-        args.pop(task_only)
-    args["train_file"] = str(team["project"] / args["train_file"])
-    args["output_dir"] = str(team["logs"] / "reference-adapter")
-    return train_adapter(**args).adapter_sha256
+    run_config = config_from_dict(config)
+    run_config = run_config.with_data_dir(str(team["project"] / run_config.data.path))
+    spec = run_config.train_spec(config["base_model"])
+    return train_adapter(spec, output_dir=team["logs"] / "reference-adapter").adapter_sha256
 
 
 def registry(team):

@@ -74,6 +74,7 @@ def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
 
     # Trained here on the same data with the same config: the same adapter, bit for bit.
     from flows.stages import train_args, with_data_dir
+
     from tasks.train import train
 
     args = train_args(with_data_dir(config, str(kept)), str(tiny_base), "local")
@@ -85,7 +86,7 @@ def test_checkpoints_of_a_dispatched_training_are_written_then_cleared(
     project, tiny_base, prefect_harness, tmp_path, monkeypatch
 ):
     from flows.train import train_remote
-    from models.train import checkpoint_step
+    from models.checkpoints import checkpoint_step
     from tasks.lib import checkpoint_store
 
     dataset = pushed_version(project, tmp_path / "data")

@@ -1,6 +1,7 @@
 """Crash-safe training: a run killed mid-way resumes from its last checkpoint and ends with the
 same adapter bytes as a run that was never interrupted."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from models.checkpoints import CHECKPOINT_DONE, latest_checkpoint
 from models.methods import AdapterSpec
-from models.train import CHECKPOINT_DONE, latest_checkpoint, train_adapter
+from models.specs import TrainSpec
+from models.train import train_adapter
+from tests.models.test_train import tiny_spec
 
 REPO = Path(__file__).resolve().parents[2]
 # Dropout on: resuming must restore the RNG too, not only weights and optimizer.
@@ -20,50 +24,39 @@ SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_pro
 STEPS = 60  # 256 examples / batch 8 = 32 steps per epoch: the run crosses an epoch boundary
 
 
-def kwargs(tiny_base, tiny_data, out, method="lora", spec=SPEC):
-    return {
-        "base_model": str(tiny_base),
-        "train_file": str(tiny_data / "train.jsonl"),
-        "prompt_field": "prompt",
-        "completion_field": "completion",
-        "max_seq_len": 64,
-        "too_long": "reject",
-        "method": method,
-        "spec": spec,
-        "max_steps": STEPS,
-        "learning_rate": 3e-3,
-        "batch_size": 8,
-        "warmup_steps": 5,
-        "logging_steps": 10,
-        "device": "cpu",
-        "output_dir": str(out),
-    }
+def spec(tiny_base, tiny_data, method="lora", adapter=SPEC, **fields) -> TrainSpec:
+    return tiny_spec(
+        tiny_base,
+        tiny_data,
+        method,
+        adapter,
+        STEPS,
+        warmup_steps=5,
+        logging_steps=10,
+        **fields,
+    )
 
 
 KILLED_RUN = """
 import json, sys
-from models.methods import AdapterSpec
+from models.specs import TrainSpec
 from models.train import train_adapter
-args = json.loads(sys.argv[1])
-args["spec"] = AdapterSpec(**args["spec"])
-train_adapter(**args)
+spec, run = json.loads(sys.argv[1])
+train_adapter(TrainSpec.from_dict(spec), **run)
 """
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_adapter(
     tiny_base, tiny_data, tmp_path
 ):
-    uninterrupted = train_adapter(**kwargs(tiny_base, tiny_data, tmp_path / "whole"))
+    whole = spec(tiny_base, tiny_data)
+    uninterrupted = train_adapter(whole, output_dir=tmp_path / "whole")
 
     checkpoints = tmp_path / "checkpoints"
-    args = {
-        **kwargs(tiny_base, tiny_data, tmp_path / "killed"),
-        "spec": SPEC.__dict__,
-        "save_steps": 5,
-        "checkpoint_dir": str(checkpoints),
-    }
+    resumable = dataclasses.replace(whole, save_steps=5)
+    run = {"output_dir": str(tmp_path / "killed"), "checkpoint_dir": str(checkpoints)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, json.dumps(args)],
+        [sys.executable, "-c", KILLED_RUN, json.dumps([resumable.to_dict(), run])],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -79,11 +72,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_adapter(
     killed_at = int(latest_checkpoint(checkpoints).name.split("-")[1])
     assert killed_at < STEPS and not (tmp_path / "killed" / "adapter_model.safetensors").exists()
 
-    resumed = train_adapter(
-        **kwargs(tiny_base, tiny_data, tmp_path / "resumed"),
-        save_steps=5,
-        checkpoint_dir=checkpoints,
-    )
+    resumed = train_adapter(resumable, output_dir=tmp_path / "resumed", checkpoint_dir=checkpoints)
     assert resumed.resumed_from_step >= killed_at
     assert resumed.steps == STEPS
     assert resumed.adapter_sha256 == uninterrupted.adapter_sha256
@@ -97,7 +86,7 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize(
-    "method,spec",
+    "method,adapter",
     [
         # Delta-LoRA moves base weights, which the checkpoint must carry.
         ("delta_lora", AdapterSpec(**{**SPEC.__dict__, "dropout": 0.0})),
@@ -106,37 +95,37 @@ class Interrupt(Exception):
     ],
 )
 def test_interrupted_then_resumed_equals_uninterrupted(
-    tiny_base, tiny_data, tmp_path, method, spec
+    tiny_base, tiny_data, tmp_path, method, adapter
 ):
-    args = kwargs(tiny_base, tiny_data, tmp_path / "whole", method, spec)
-    args["max_steps"] = 24
-    whole = train_adapter(**args)
+    args = spec(tiny_base, tiny_data, method, adapter, max_steps=24)
+    whole = train_adapter(args, output_dir=tmp_path / "whole")
 
     def stop_at_step_10(path: Path) -> None:
         if path.name == "checkpoint-10":
             raise Interrupt
 
     checkpoints = tmp_path / "checkpoints"
-    resumable = {**args, "save_steps": 5, "checkpoint_dir": checkpoints}
+    resumable = dataclasses.replace(args, save_steps=5)
     with pytest.raises(Interrupt):
         train_adapter(
-            **{**resumable, "output_dir": str(tmp_path / "a")}, on_checkpoint=stop_at_step_10
+            resumable,
+            output_dir=tmp_path / "a",
+            checkpoint_dir=checkpoints,
+            on_checkpoint=stop_at_step_10,
         )
-    resumed = train_adapter(**{**resumable, "output_dir": str(tmp_path / "b")})
+    resumed = train_adapter(resumable, output_dir=tmp_path / "b", checkpoint_dir=checkpoints)
     assert resumed.resumed_from_step == 10
     assert resumed.adapter_sha256 == whole.adapter_sha256
 
 
 def test_a_checkpoint_cut_short_is_not_resumed_from(tiny_base, tiny_data, tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    args = {**kwargs(tiny_base, tiny_data, tmp_path / "a"), "max_steps": 10}
-    train_adapter(**args, save_steps=5, checkpoint_dir=checkpoints)
+    args = spec(tiny_base, tiny_data, max_steps=10, save_steps=5)
+    train_adapter(args, output_dir=tmp_path / "a", checkpoint_dir=checkpoints)
     # As if the process died while writing checkpoint-10: no completion marker.
     (checkpoints / "checkpoint-10" / CHECKPOINT_DONE).unlink()
     assert latest_checkpoint(checkpoints).name == "checkpoint-5"
-    again = train_adapter(
-        **{**args, "output_dir": str(tmp_path / "b")}, save_steps=5, checkpoint_dir=checkpoints
-    )
+    again = train_adapter(args, output_dir=tmp_path / "b", checkpoint_dir=checkpoints)
     assert again.resumed_from_step == 5
 
 
@@ -147,14 +136,13 @@ def test_a_finished_training_is_taken_from_its_last_checkpoint(
     """A run that failed after training (e.g. registry down) leaves the last step's checkpoint;
     the rerun takes those weights and trains no further step (with a constant learning rate one
     more step would change them)."""
-    spec = AdapterSpec(**{**SPEC.__dict__, "dropout": 0.0})
-    args = {**kwargs(tiny_base, tiny_data, tmp_path / "a", method, spec), "max_steps": 10}
-    args["lr_scheduler"] = "constant"
-    checkpoints = tmp_path / "checkpoints"
-    first = train_adapter(**args, save_steps=5, checkpoint_dir=checkpoints)
-    again = train_adapter(
-        **{**args, "output_dir": str(tmp_path / "b")}, save_steps=5, checkpoint_dir=checkpoints
+    adapter = AdapterSpec(**{**SPEC.__dict__, "dropout": 0.0})
+    args = spec(
+        tiny_base, tiny_data, method, adapter, max_steps=10, lr_scheduler="constant", save_steps=5
     )
+    checkpoints = tmp_path / "checkpoints"
+    first = train_adapter(args, output_dir=tmp_path / "a", checkpoint_dir=checkpoints)
+    again = train_adapter(args, output_dir=tmp_path / "b", checkpoint_dir=checkpoints)
     assert again.resumed_from_step == 10 and again.steps == 10
     assert again.adapter_sha256 == first.adapter_sha256
     assert again.loss_history == first.loss_history

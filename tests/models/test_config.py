@@ -2,13 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from models.config import (
-    ConfigError,
-    LoraflowConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-)
+from models.config import ConfigError, LoraflowConfig, config_from_dict
+from models.config_file import apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,7 @@
 """Data-parallel training (DDP) with 2 CPU processes on gloo, against one process."""
 
+import dataclasses
+
 import pytest
 from safetensors.torch import load_file
 
@@ -7,39 +9,26 @@ from models.distributed import DistributedTrainingError, train_adapter_distribut
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
 from models.train import train_adapter
+from tests.models.test_train import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
 
 
-def common(tiny_base, tiny_data, out):
-    return dict(
-        base_model=str(tiny_base),
-        train_file=tiny_data / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
-        max_seq_len=64,
-        too_long="truncate",
-        method="lora",
-        spec=SPEC,
-        max_steps=12,
-        learning_rate=3e-3,
-        warmup_steps=0,
-        logging_steps=3,
-        device="cpu",
-        output_dir=out,
-    )
+def spec(tiny_base, tiny_data, **fields):
+    spec = tiny_spec(tiny_base, tiny_data, adapter=SPEC, steps=12, logging_steps=3, **fields)
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, too_long="truncate"))
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tiny_base, tiny_data, tmp_path):
-    single = train_adapter(batch_size=16, **common(tiny_base, tiny_data, tmp_path / "one"))
+    single = train_adapter(spec(tiny_base, tiny_data, batch_size=16), output_dir=tmp_path / "one")
     logs = []
     ddp = train_adapter_distributed(
-        2,
+        # batch_size per process: the global batch is 2 x 8 = 16, as above
+        spec(tiny_base, tiny_data, batch_size=8, num_processes=2),
+        output_dir=tmp_path / "two",
         on_log=lambda record, step: logs.append((step, record)),
-        batch_size=8,  # per process: the global batch is 2 x 8 = 16, as above
-        **common(tiny_base, tiny_data, tmp_path / "two"),
     )
     assert ddp.steps == single.steps == 12
     # Same model, seed, schedule and global batches (the Trainer splits each global batch across
@@ -60,7 +49,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_base, tiny_data
 
 
 def test_a_failing_process_is_one_clear_error(tiny_base, tiny_data, tmp_path):
-    args = common(tiny_base, tiny_data, tmp_path / "bad")
-    args["train_file"] = tmp_path / "missing.jsonl"
+    good = spec(tiny_base, tiny_data, batch_size=4, num_processes=2)
+    bad = dataclasses.replace(good, data=dataclasses.replace(good.data, path=str(tmp_path)))
     with pytest.raises(DistributedTrainingError, match="training with 2 processes failed"):
-        train_adapter_distributed(2, batch_size=4, **args)
+        train_adapter_distributed(bad, output_dir=tmp_path / "bad")

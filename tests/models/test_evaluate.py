@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from models.data import Example, read_split, tokenize
 from models.evaluate import completion_loss, evaluate_candidates
 from models.loading import load_base
 from models.serving import generate, load_adapted
+from models.specs import DataSpec, EvalSpec
 from tests.tasks.test_registry import trained_adapter
 
 EXAMPLES = [
@@ -23,13 +25,18 @@ EXAMPLES = [
 
 def evaluate(candidates: dict, eval_file, **settings) -> dict[str, dict[str, float]]:
     """The one call into evaluate_candidates (and through it evaluate_model) in this module."""
-    return evaluate_candidates(
-        candidates,
-        eval_file=eval_file,
+    path = Path(eval_file)
+    data = DataSpec(
+        path=str(path.parent),
+        train_file=path.name,
+        eval_file=path.name,
         prompt_field="prompt",
         completion_field="completion",
-        **{"max_seq_len": 64, "batch_size": 2, "max_new_tokens": 4, **settings},
+        max_seq_len=settings.pop("max_seq_len", 64),
+        too_long="truncate",
     )
+    spec = EvalSpec(data=data, **{"batch_size": 2, "max_new_tokens": 4, **settings})
+    return evaluate_candidates(candidates, spec)
 
 
 def hand_loss(model, features) -> float:

@@ -231,18 +231,24 @@ def test_dora_trains_magnitudes_and_rslora_scales_by_sqrt_r(tiny_base):
 def test_qlora_is_rejected_without_cuda_before_loading(monkeypatch, tmp_path):
     from models import checks
     from models.loading import ModelError
+    from models.specs import CheckSpec, DataSpec
 
     monkeypatch.setattr(checks, "cuda_available", lambda: False)
     with pytest.raises(ModelError, match="qlora needs a CUDA GPU"):
         # Nothing exists at these paths: the method check must come first.
         checks.check_inputs(
-            base_model=str(tmp_path / "missing"),
-            trust_remote_code=False,
-            target_modules="all-linear",
-            data_dir=str(tmp_path / "missing"),
-            train_file="t",
-            eval_file="e",
-            prompt_field="p",
-            completion_field="c",
-            method="qlora",
+            CheckSpec(
+                base_model=str(tmp_path / "missing"),
+                data=DataSpec(
+                    path=str(tmp_path / "missing"),
+                    train_file="t",
+                    eval_file="e",
+                    prompt_field="p",
+                    completion_field="c",
+                    max_seq_len=64,
+                    too_long="reject",
+                ),
+                method="qlora",
+                target_modules="all-linear",
+            )
         )

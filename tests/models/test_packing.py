@@ -1,5 +1,7 @@
 """Packed (padding-free) batches give each example exactly the logits and loss it gets alone."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -9,6 +11,7 @@ from models.data import pad_batch
 from models.methods import AdapterSpec
 from models.packing import pack_batch
 from models.train import train_adapter
+from tests.models.test_train import tiny_spec
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=1)
 
@@ -136,23 +139,8 @@ def test_train_adapter_packed_matches_padded(tiny_base, tiny_data, tmp_path):
     """Same steps on the same batches: same losses; tokens/s counts real tokens only."""
 
     def run(packing, out):
-        return train_adapter(
-            base_model=str(tiny_base),
-            train_file=tiny_data / "train.jsonl",
-            prompt_field="prompt",
-            completion_field="completion",
-            max_seq_len=64,
-            too_long="reject",
-            method="lora",
-            spec=SPEC,
-            max_steps=3,
-            learning_rate=3e-3,
-            batch_size=8,
-            logging_steps=1,
-            device="cpu",
-            output_dir=out,
-            packing=packing,
-        )
+        spec = tiny_spec(tiny_base, tiny_data, adapter=SPEC, steps=3, logging_steps=1)
+        return train_adapter(dataclasses.replace(spec, packing=packing), output_dir=out)
 
     padded, packed = run(False, tmp_path / "padded"), run(True, tmp_path / "packed")
     assert [s for s, _ in packed.loss_history] == [1, 2, 3]

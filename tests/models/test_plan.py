@@ -8,6 +8,7 @@ import torch
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
 from models.plan import plan_run
+from models.specs import DataSpec, TrainSpec
 
 LLAMA2_7B = {
     "architectures": ["LlamaForCausalLM"],
@@ -37,6 +38,32 @@ def spec(r=8, targets=QV):
     return AdapterSpec(r=r, alpha=16.0, dropout=0.0, target_modules=targets, seed=0)
 
 
+def plan(base_model, method, adapter, batch_size, seq_len, dtype="float32", **fields):
+    """plan_run of a training of `base_model` at batch_size x seq_len."""
+    data = DataSpec(
+        path="data",
+        train_file="train.jsonl",
+        eval_file="eval.jsonl",
+        prompt_field="prompt",
+        completion_field="completion",
+        max_seq_len=seq_len,
+        too_long="reject",
+    )
+    return plan_run(
+        TrainSpec(
+            base_model=base_model,
+            data=data,
+            method=method,
+            adapter=adapter,
+            max_steps=1,
+            learning_rate=1e-3,
+            batch_size=batch_size,
+            dtype=dtype,
+            **fields,
+        )
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "trainable", "added"),
     [
@@ -48,39 +75,31 @@ def spec(r=8, targets=QV):
     ],
 )
 def test_llama2_7b_counts_are_exact(llama7b, method, trainable, added):
-    plan = plan_run(
-        base_model=llama7b, method=method, spec=spec(), batch_size=1, seq_len=512, dtype="bfloat16"
-    )
-    assert plan.trainable_params == trainable
-    assert plan.total_params == 6_738_415_616 + added
-    assert plan.est_peak_memory_bytes > plan.base_weight_bytes > 0
+    got = plan(llama7b, method, spec(), batch_size=1, seq_len=512, dtype="bfloat16")
+    assert got.trainable_params == trainable
+    assert got.total_params == 6_738_415_616 + added
+    assert got.est_peak_memory_bytes > got.base_weight_bytes > 0
 
 
 def test_adapter_bytes_and_memory_parts(llama7b):
-    lora = plan_run(
-        base_model=llama7b, method="lora", spec=spec(), batch_size=2, seq_len=256, dtype="bfloat16"
-    )
+    lora = plan(llama7b, "lora", spec(), batch_size=2, seq_len=256, dtype="bfloat16")
     assert lora.adapter_bytes == 4_194_304 * 4  # saved in fp32
     assert lora.base_weight_bytes == 6_738_415_616 * 2
     assert lora.optimizer_state_bytes == 4_194_304 * 16
     assert lora.est_peak_memory_bytes == (
         lora.base_weight_bytes + lora.optimizer_state_bytes + lora.activation_bytes
     )
-    bigger = plan_run(
-        base_model=llama7b, method="lora", spec=spec(), batch_size=4, seq_len=256, dtype="bfloat16"
-    )
+    bigger = plan(llama7b, "lora", spec(), batch_size=4, seq_len=256, dtype="bfloat16")
     assert bigger.activation_bytes == 2 * lora.activation_bytes
-    q = plan_run(
-        base_model=llama7b, method="qlora", spec=spec(), batch_size=2, seq_len=256, dtype="bfloat16"
-    )
+    q = plan(llama7b, "qlora", spec(), batch_size=2, seq_len=256, dtype="bfloat16")
     assert q.base_weight_bytes < lora.base_weight_bytes / 3
 
 
 def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(llama7b):
     """Llama-7B (32 layers, hidden 4096, MLP 11008, 32 heads, vocab 32000), bf16, 2 x 256."""
-    args = dict(base_model=llama7b, method="lora", spec=spec(), batch_size=2, seq_len=256)
-    full = plan_run(**args, dtype="bfloat16")
-    ckpt = plan_run(**args, dtype="bfloat16", gradient_checkpointing=True)
+    args = dict(base_model=llama7b, method="lora", adapter=spec(), batch_size=2, seq_len=256)
+    full = plan(**args, dtype="bfloat16")
+    ckpt = plan(**args, dtype="bfloat16", gradient_checkpointing=True)
     tokens = 2 * 256
     per_layer = tokens * (10 * 4096 + 3 * 11008 + 32 * 256) * 2
     logits = tokens * 32000 * 4 * 2
@@ -92,12 +111,12 @@ def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(llama7b):
 @pytest.mark.parametrize("method", ["lora", "lora_fa", "vera", "delta_lora", "dora", "rslora"])
 def test_plan_matches_a_real_build(tiny_base, method):
     s = spec(r=4, targets=["q_proj", "v_proj", "up_proj"])
-    plan = plan_run(base_model=str(tiny_base), method=method, spec=s, batch_size=2, seq_len=32)
+    got = plan(str(tiny_base), method, s, batch_size=2, seq_len=32)
     model = get_method(method).build(load_base(str(tiny_base))[0], s)
-    assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert plan.total_params == sum(p.numel() for p in model.parameters())
+    assert got.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert got.total_params == sum(p.numel() for p in model.parameters())
     from peft import get_peft_model_state_dict
 
     saved = get_peft_model_state_dict(model)
-    assert plan.adapter_bytes == sum(t.numel() * t.element_size() for t in saved.values())
+    assert got.adapter_bytes == sum(t.numel() * t.element_size() for t in saved.values())
     assert all(t.dtype == torch.float32 for t in saved.values())

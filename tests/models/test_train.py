@@ -1,34 +1,47 @@
 """train_adapter end to end on a tiny model: figures, files, determinism, method hooks."""
 
+import dataclasses
 import json
 
 import pytest
 
 from models.methods import AdapterSpec
+from models.specs import DataSpec, TrainSpec
 from models.train import train_adapter
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=1)
 
 
-def train(tiny_base, tiny_data, out, method="lora", spec=SPEC, steps=4, on_log=None, **extra):
-    return train_adapter(
+def tiny_spec(tiny_base, tiny_data, method="lora", adapter=SPEC, steps=4, **fields) -> TrainSpec:
+    """A short training of the tiny base on the tiny data; `fields` replace TrainSpec fields."""
+    spec = TrainSpec(
         base_model=str(tiny_base),
-        train_file=tiny_data / "train.jsonl",
-        prompt_field="prompt",
-        completion_field="completion",
-        max_seq_len=64,
-        too_long="reject",
+        data=DataSpec(
+            path=str(tiny_data),
+            train_file="train.jsonl",
+            eval_file="eval.jsonl",
+            prompt_field="prompt",
+            completion_field="completion",
+            max_seq_len=64,
+            too_long="reject",
+        ),
         method=method,
-        spec=spec,
+        adapter=adapter,
         max_steps=steps,
         learning_rate=3e-3,
         batch_size=8,
         logging_steps=2,
         device="cpu",
+    )
+    return dataclasses.replace(spec, **fields)
+
+
+def train(tiny_base, tiny_data, out, method="lora", spec=SPEC, steps=4, on_log=None, **fields):
+    return train_adapter(
+        tiny_spec(tiny_base, tiny_data, method, spec, steps, **fields),
         output_dir=out,
         extra_files={"loraflow.yaml": "x: 1\n"},
         on_log=on_log,
-        **extra,
     )
 
 

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.stages import train_args
 from models.config import config_from_dict
 from models.resources import ResourceError
 from tasks.train import train
 
 
-def args(tiny_base, tiny_data, tmp_path) -> dict:
-    config = config_from_dict(
+def config(tiny_base, tiny_data, tmp_path):
+    return config_from_dict(
         {
             "base_model": str(tiny_base),
             "data": {"path": str(tiny_data), "max_seq_len": 64},
@@ -19,19 +18,29 @@ def args(tiny_base, tiny_data, tmp_path) -> dict:
             "training": {"max_steps": 1, "batch_size": 4, "output_dir": str(tmp_path / "runs")},
         }
     )
-    return {**train_args(config, str(tiny_base), "run1"), "log_to_run": False}
+
+
+def train_run1(config, tiny_base):
+    """The train task as the finetune flow calls it (as run `run1`), no loss curve to MLflow."""
+    return train.fn(
+        config.train_spec(str(tiny_base)),
+        run_id="run1",
+        output_dir=config.adapter_dir("run1"),
+        config_yaml=config.to_yaml(),
+        log_to_run=False,
+    )
 
 
 def test_disk_full_while_saving_names_the_path(tiny_base, tiny_data, tmp_path, monkeypatch):
     """A file of the adapter lands on a device that is always full (/dev/full: the kernel's
     own ENOSPC on every write)."""
     monkeypatch.chdir(tmp_path)
-    kwargs = args(tiny_base, tiny_data, tmp_path)
-    out = Path(kwargs["output_dir"])
+    run_config = config(tiny_base, tiny_data, tmp_path)
+    out = Path(run_config.adapter_dir("run1"))
     out.mkdir(parents=True)
     (out / "adapter_config.json").symlink_to("/dev/full")
     with pytest.raises(ResourceError) as err:
-        train.fn(**kwargs)
+        train_run1(run_config, tiny_base)
     message = str(err.value)
     assert message.startswith(f"disk full writing {out} (")
     assert "free space there or point training.output_dir at another disk" in message
@@ -51,7 +60,7 @@ def test_out_of_memory_while_training_names_device_and_knobs(
 
     monkeypatch.setattr(Trainer, "training_step", greedy_step)
     with pytest.raises(ResourceError) as err:
-        train.fn(**args(tiny_base, tiny_data, tmp_path))
+        train_run1(config(tiny_base, tiny_data, tmp_path), tiny_base)
     assert str(err.value) == (
         "out of memory on cpu while training (RuntimeError): lower training.batch_size (now 4) "
         "or data.max_seq_len (now 64); training.grad_accum_steps keeps the effective batch"

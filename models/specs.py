@@ -1,0 +1,139 @@
+"""What each compute stage computes with, as one typed object built once from the run config.
+
+`LoraflowConfig.check_spec / train_spec / eval_spec` build them (the way `AdapterConfig.to_spec`
+builds an AdapterSpec); flows pass them through the tasks to models/ unchanged. They hold compute
+settings only: where results go and who hears about progress (output directories, run ids,
+checkpoint stores, log and checkpoint callbacks) are separate keyword arguments of each
+function. Field names are the config's. Each spec round-trips through JSON (`to_dict` /
+`from_dict`): distributed training hands its TrainSpec to torchrun processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.methods import AdapterSpec
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The train/eval splits and how an example becomes tokens (`data.*`)."""
+
+    path: str
+    train_file: str
+    eval_file: str
+    prompt_field: str
+    completion_field: str
+    max_seq_len: int
+    too_long: str
+
+    @property
+    def train_path(self) -> str:
+        return str(Path(self.path) / self.train_file)
+
+    @property
+    def eval_path(self) -> str:
+        return str(Path(self.path) / self.eval_file)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DataSpec:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """What the input checks look at before anything is trained (models.checks)."""
+
+    base_model: str
+    data: DataSpec
+    method: str
+    target_modules: list[str] | str
+    trust_remote_code: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CheckSpec:
+        return cls(**{**raw, "data": DataSpec.from_dict(raw["data"])})
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training (models.train.train_adapter): base, data, adapter, optimizer, compute.
+
+    The defaults serve calls without a config (tests, benchmarks); a config sets every field.
+    num_processes > 1: data-parallel under torchrun (models.distributed); batch_size is per
+        process.
+    packing: each batch is packed padding-free into rows of <= data.max_seq_len tokens
+        (models.packing) instead of padded rows.
+    cpu_threads: torch threads while training on CPU (None: torch's default, one per core).
+    gradient_checkpointing: keep only each decoder layer's input in the forward pass and
+        recompute the layer in the backward pass (less activation memory, one more forward).
+    save_steps: checkpoint cadence; checkpoints are written only where the caller gives a
+        checkpoint directory.
+    deterministic: PyTorch's deterministic mode while training (models.train.
+        deterministic_algorithms); slower on CUDA, no effect on CPU results.
+    """
+
+    base_model: str
+    data: DataSpec
+    method: str
+    adapter: AdapterSpec
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    grad_accum_steps: int = 1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    logging_steps: int = 10
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    num_processes: int = 1
+    packing: bool = False
+    cpu_threads: int | None = None
+    gradient_checkpointing: bool = False
+    save_steps: int = 0
+    deterministic: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainSpec:
+        return cls(
+            **{
+                **raw,
+                "data": DataSpec.from_dict(raw["data"]),
+                "adapter": AdapterSpec(**raw["adapter"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The evaluation of every candidate on the eval split (models.evaluate).
+
+    Examples over data.max_seq_len are always truncated here (data.too_long is for training).
+    """
+
+    data: DataSpec
+    batch_size: int
+    max_new_tokens: int
+    max_examples: int | None = None
+    trust_remote_code: bool = False
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EvalSpec:
+        return cls(**{**raw, "data": DataSpec.from_dict(raw["data"])})

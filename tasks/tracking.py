@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from models.errors import LoraflowError
-from tasks.runtime import IO_RETRIES
+from tasks.runtime import IO_RETRIES, logger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -177,6 +177,16 @@ def close_run(*, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or failed)."""
     with mlflow_errors():
         client().set_terminated(run_id, status=status)
+
+
+def fail_run(run_id: str) -> None:
+    """Mark the run FAILED: best effort and once, as the tracking server may be what failed and
+    the error to report is the original one (a failure here is a warning, redacted)."""
+    try:
+        client().set_terminated(run_id, status="FAILED")
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        logger().warning("could not mark MLflow run %s FAILED: %s", run_id, redact(first))
 
 
 class BackgroundMetrics:

@@ -8,7 +8,8 @@ import torch
 
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
-from tasks.registry import fetch_champion, promote, register_adapter
+from tasks.promotion import promote
+from tasks.registry import fetch_champion, register_adapter
 from tasks.tracking import client, open_run
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)

@@ -31,6 +31,8 @@ def check_promotion(*, model_name: str, version: str | None, metric: str) -> Ver
     """The promote flow's first stage: a valid model name and metric, a tracking server that
     answers, a version that exists (default: the one behind alias `challenger`) and recorded the
     metric. Returns that version (registry only, nothing downloaded)."""
+    # Named as `loraflow promote` spells it: where a name is typed by hand (the pipeline's
+    # comes from registry.model_name, checked with the config).
     valid_model_name(model_name, where="--model")
     if metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"metric: must be one of {sorted(METRIC_DIRECTIONS)}, got {metric!r}")

@@ -67,23 +67,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from tasks.registry import CHALLENGER, resolve_version, valid_model_name
-
-    valid_model_name(args.model, where="--model")
-    check_services()
-    # A model, version or alias that does not exist is one line here, before the flow starts.
-    target = f"models:/{args.model}/{args.version}" if args.version else None
-    resolve_version(target or f"models:/{args.model}@{CHALLENGER}", download=False)
     from flows.promote import promote_version
+    from tasks.lib.run_logs import user_errors_in_one_line
 
-    decision = promote_version(
-        model_name=args.model,
-        version=args.version,
-        metric=args.metric,
-        min_improvement=args.min_improvement,
-        force=args.force,
-    )
-    verdict = "champion moved" if decision.promote else "champion unchanged"
+    with user_errors_in_one_line():
+        decision = promote_version(
+            model_name=args.model,
+            version=args.version,
+            metric=args.metric,
+            min_improvement=args.min_improvement,
+            force=args.force,
+        )
+    verdict = "champion moved" if decision.moves_champion else "champion unchanged"
     print(f"{args.model}: {verdict}: {decision.reason}")
     return 0
 

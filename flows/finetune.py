@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.export import export_model
@@ -17,9 +17,10 @@ from tasks.evaluate import evaluate, record_evaluation
 from tasks.lib.checkpoint_store import training_key
 from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs, check_services
-from tasks.registry import fetch_champion, promote, register_adapter, unchanged_champion
+from tasks.promotion import promote
+from tasks.registry import fetch_champion, register_adapter, unchanged_champion
 from tasks.runtime import adapter_kept, config_parameter
-from tasks.tracking import close_run, log_metrics, open_run
+from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
 
@@ -59,7 +60,25 @@ def _rename_flow_run(name: str) -> None:
             prefect_client.update_flow_run(flow_run.id, name=name)
 
 
-@flow(name="finetune", flow_run_name=_initial_run_name, log_prints=True)
+# The MLflow run each finetune flow run in this process has open, for the state hooks below.
+_OPEN_RUNS: dict[str, str] = {}
+
+
+def _fail_open_run(flow, run, state) -> None:
+    """State hook (failed, crashed, cancelled): the flow run's MLflow run is marked FAILED."""
+    run_id = _OPEN_RUNS.pop(str(run.id), None)
+    if run_id:
+        fail_run(run_id)
+
+
+@flow(
+    name="finetune",
+    flow_run_name=_initial_run_name,
+    log_prints=True,
+    on_failure=[_fail_open_run],
+    on_crashed=[_fail_open_run],
+    on_cancellation=[_fail_open_run],
+)
 def finetune(
     config: LoraflowConfig,
     skip_if_unchanged: bool = Field(
@@ -119,6 +138,7 @@ def finetune(
         config_yaml=config.to_yaml(),
         tags=tags,
     )
+    _OPEN_RUNS[str(flow_run.id)] = run_id
     checkpoint_key = training_key(tags)
     adapter_dir = config.adapter_dir(run_id)
     adapter = None
@@ -171,13 +191,10 @@ def finetune(
         )
 
         metric = registry.promote_metric
-        champion_value = None
-        if champion:
-            champion_value = (
-                report["champion"][metric]
-                if "champion" in report
-                else champion.recorded_metrics.get(f"adapter_{metric}")
-            )
+        if champion and "champion" in report:
+            champion_value = report["champion"][metric]
+        else:
+            champion_value = champion.recorded(metric) if champion else None
         decision = promote(
             model_name=registry.model_name,
             version=version,
@@ -187,17 +204,16 @@ def finetune(
             champion_value=champion_value,
             min_improvement=registry.min_improvement,
         )
-    except BaseException as error:
-        # Best effort, once: the tracking server may be what failed, and the error to report is
-        # the original one.
-        with contextlib.suppress(Exception):
-            close_run.fn(run_id=run_id, status="FAILED")
+    except Exception as error:
+        # A failure after training says where the adapter is kept (the MLflow run is marked
+        # FAILED by the flow's state hooks).
         if adapter is not None:
             kept = adapter_kept(error, adapter.adapter_dir, adapter.adapter_sha256)
             if kept is not None:
                 raise kept from error
         raise
     close_run(run_id=run_id)
+    _OPEN_RUNS.pop(str(flow_run.id), None)
     if not config.training.deployment and config.training.save_steps:
         clear_checkpoints(
             checkpoint_store=config.training.checkpoint_store,

@@ -5,18 +5,9 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from models.config import ConfigError
 from models.promotion import METRIC_DIRECTIONS, Decision
-from tasks.registry import CHALLENGER, RegistryError, find_champion, promote, resolve_version
-
-
-def _recorded(ref, metric: str) -> float:
-    value = ref.recorded_metrics.get(f"adapter_{metric}")
-    if value is None:
-        raise RegistryError(
-            f"models:/{ref.model_name}/{ref.version}: its run recorded no adapter_{metric}"
-        )
-    return value
+from tasks.promotion import check_promotion, promote
+from tasks.registry import find_champion
 
 
 @flow(name="promote", flow_run_name="promote-{model_name}", log_prints=True)
@@ -33,26 +24,22 @@ def promote_version(
 ) -> Decision:
     """Compare a version's recorded eval metric with the champion's and move `champion` if better.
 
+    Stages:
+      1. check: model name and metric valid, tracking server up, the version exists (default:
+         alias `challenger`) and its run recorded the metric
+      2. promote: decided against the champion under the promotion lock, recorded on the version
     Uses the metrics recorded on each version's MLflow run (the same eval split the pipeline
     used), so it trains and evaluates nothing. `force` is for rollbacks and manual decisions.
     """
-    if metric not in METRIC_DIRECTIONS:
-        raise ConfigError(f"metric: must be one of {sorted(METRIC_DIRECTIONS)}, got {metric!r}")
-    target = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{CHALLENGER}"
-    challenger = resolve_version(target, download=False)
+    challenger = check_promotion(model_name=model_name, version=version, metric=metric)
     champion = find_champion(model_name, download=False)
-    if champion is not None and champion.version == challenger.version:
-        return Decision(
-            False, metric, _recorded(challenger, metric), _recorded(champion, metric),
-            f"v{challenger.version} is already the champion",
-        )  # fmt: skip
     return promote(
         model_name=model_name,
         version=challenger.version,
         metric=metric,
-        challenger_value=_recorded(challenger, metric),
+        challenger_value=challenger.recorded(metric),
         champion_version=champion.version if champion else None,
-        champion_value=_recorded(champion, metric) if champion else None,
+        champion_value=champion.recorded(metric) if champion else None,
         min_improvement=min_improvement,
         force=force,
     )

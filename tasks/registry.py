@@ -1,4 +1,4 @@
-"""MLflow model registry: fetch the champion, register the adapter, move aliases."""
+"""MLflow model registry: look versions up, fetch the champion, register the adapter."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 import models
 from models.config import check_model_name
 from models.errors import LoraflowError
-from models.promotion import LINEAGE_KEYS, Decision, changed_inputs, decide
-from tasks.lib.promotion_lock import promotion_lock
+from models.promotion import LINEAGE_KEYS, changed_inputs, recorded_key
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
@@ -45,6 +44,10 @@ class VersionRef:
     adapter_dir: str
     tags: dict[str, str]
     recorded_metrics: dict[str, float]
+
+    def recorded(self, metric: str) -> float | None:
+        """The adapter's `metric` as its run recorded it at evaluation, or None."""
+        return self.recorded_metrics.get(recorded_key(metric))
 
 
 # The champion is just the version behind alias `champion`.
@@ -302,118 +305,3 @@ def _link_artifacts(mlf, run_id: str, model_name: str, version: str) -> None:
         link=f"{uri}/#/models/{model_name}/versions/{version}",
         link_text=f"{model_name} v{version}",
     )
-
-
-def _v(version: str | None) -> str:
-    return f"v{version}" if version else "none"
-
-
-def _current_champion(mlf, model_name: str) -> str | None:
-    try:
-        return str(mlf.get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException as e:
-        if _missing(e):
-            return None
-        raise
-
-
-def _recorded_metric(mlf, model_name: str, version: str, metric: str) -> float | None:
-    """The adapter's `metric` as recorded on the version's MLflow run at its evaluation."""
-    run_id = mlf.get_model_version(model_name, version).run_id
-    return mlf.get_run(run_id).data.metrics.get(f"adapter_{metric}") if run_id else None
-
-
-@task(name="promote", **IO_RETRIES)
-def promote(
-    *,
-    model_name: str,
-    version: str,
-    metric: str,
-    challenger_value: float,
-    champion_version: str | None,
-    champion_value: float | None,
-    min_improvement: float,
-    force: bool = False,
-) -> Decision:
-    """Move `champion` to `version` only if it beats the current champion; record the decision.
-
-    champion_version/champion_value are the champion the caller compared against (read before
-    its evaluation). The decision is made under the model's promotion lock
-    (tasks.lib.promotion_lock), against the champion read under that lock: when another promotion
-    moved `champion` in the meantime, this one is decided again against the new champion's
-    recorded figure (its run's `adapter_<metric>`) instead of overwriting it. Both outcomes are
-    tags on their versions. force=True moves it regardless (an operator's decision, e.g. a
-    rollback), recorded as such.
-    """
-    valid_model_name(model_name, where="registry.model_name")
-    mlf = client()
-    note = ""
-    with mlflow_errors(), promotion_lock(mlf, model_name):
-        current = _current_champion(mlf, model_name)
-        if not force and current not in (champion_version, version):
-            note = (
-                f"champion moved from {_v(champion_version)} to {_v(current)} while deciding; "
-                f"decided against {_v(current)}"
-            )
-            champion_version = current
-            champion_value = (
-                None if current is None else _recorded_metric(mlf, model_name, current, metric)
-            )
-        if force:
-            decision = decide(metric, challenger_value, champion_value, min_improvement)
-            decision = Decision(
-                True,
-                metric,
-                challenger_value,
-                champion_value,
-                f"forced by operator ({decision.reason})",
-            )
-        elif current is not None and current == version:
-            # An earlier attempt of this same promotion set the alias, then failed.
-            decision = Decision(
-                True, metric, challenger_value, champion_value, "already the champion"
-            )
-        elif champion_version is not None and champion_value is None:
-            decision = Decision(
-                False,
-                metric,
-                challenger_value,
-                None,
-                f"champion v{champion_version} recorded no adapter_{metric}; not overwritten",
-            )
-        else:
-            decision = decide(metric, challenger_value, champion_value, min_improvement)
-        if decision.promote:
-            mlf.set_registered_model_alias(model_name, CHAMPION, version)
-            now = _current_champion(mlf, model_name)
-            if now != version:  # someone moved it outside the lock (by hand, another tool)
-                note = f"{note}; " if note else ""
-                note += f"alias champion read back as {_v(now)} right after setting it"
-        outcome = (
-            ("promoted (forced)" if force else "promoted")
-            if decision.promote
-            else f"kept champion v{champion_version}"
-        )
-        record = {
-            "promotion.outcome": outcome,
-            "promotion.metric": metric,
-            "promotion.challenger": f"{challenger_value:.6g}",
-            "promotion.champion": "none" if champion_value is None else f"{champion_value:.6g}",
-            "promotion.champion_version": champion_version or "none",
-            "promotion.reason": decision.reason,
-        }
-        if note:
-            record["promotion.note"] = note
-        for key, value in record.items():
-            mlf.set_model_version_tag(model_name, version, key, value)
-    if in_prefect_run():
-        create_markdown_artifact(
-            key="promotion",
-            markdown=(
-                f"### {model_name} v{version}: {outcome}\n\n"
-                + "\n".join(f"- **{k.split('.', 1)[1]}**: {v}" for k, v in record.items())
-            ),
-            description="Promotion gate decision",
-        )
-    logger().info("promotion of %s v%s: %s (%s)", model_name, version, outcome, decision.reason)
-    return decision

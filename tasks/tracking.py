@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from models.errors import LoraflowError
-from tasks.runtime import IO_RETRIES
+from tasks.runtime import IO_RETRIES, logger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -179,6 +179,16 @@ def close_run(*, run_id: str, status: str = "FINISHED") -> None:
         client().set_terminated(run_id, status=status)
 
 
+def fail_run(run_id: str) -> None:
+    """Mark the run FAILED: best effort and once, as the tracking server may be what failed and
+    the error to report is the original one (a failure here is a warning, redacted)."""
+    try:
+        client().set_terminated(run_id, status="FAILED")
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        logger().warning("could not mark MLflow run %s FAILED: %s", run_id, redact(first))
+
+
 class BackgroundMetrics:
     """Per-step metrics sent to an MLflow run by a background thread, one batch per step.
 
@@ -187,6 +197,17 @@ class BackgroundMetrics:
     slows nor stalls training. Best effort, as a loss curve is: a batch that fails is a warning,
     and `close` waits at most `timeout` seconds for what is still queued, then drops it with a
     warning. Keys that already carry the prefix (the Trainer's end-of-run summary) are skipped.
+
+    Why not MLflow's own asynchronous logging (`log_batch(..., synchronous=False)`), checked on
+    mlflow 3.17 against a server that accepts the connection and never answers: `log` would
+    return at once and waiting on its futures can be bounded, but (1) the requests run on a
+    non-daemon ThreadPoolExecutor, which the interpreter joins at exit, so the training process
+    cannot exit until the hung request times out (MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s, times up
+    to MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 attempts); `flush_async_logging` waits with no bound
+    at all; (2) a failed batch is logged by MLflow itself at ERROR with the request URL,
+    credentials included (`http://user:password@...`); (3) the pool sends up to 10 batches at
+    once (MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE, process-wide), so steps can arrive out of
+    order. This one daemon thread sends in order, redacts, and never holds up exit.
     """
 
     def __init__(self, mlf: MlflowClient, run_id: str, log, prefix: str = "train_") -> None:

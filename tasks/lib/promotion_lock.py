@@ -9,7 +9,7 @@ creates it holds the lock, deleting it releases it. Its tags say who holds it an
 
 Guarantee: while every promotion goes through this lock and holders finish within their lease,
 at most one process decides and moves `champion` at a time, and each decides against the
-champion it reads under the lock (see tasks.registry.promote).
+champion it reads under the lock (see tasks.promotion.promote).
 
 Limits:
 - A holder that crashes leaves the lock until its lease ends (LEASE_S); waiters then break it

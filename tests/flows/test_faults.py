@@ -112,13 +112,14 @@ def short_retries(monkeypatch):
     import tasks.evaluate
     import tasks.export
     import tasks.preflight
+    import tasks.promotion
     import tasks.registry
     import tasks.tracking
     import tasks.train
 
     patched = []
-    for module in (tasks.data, tasks.evaluate, tasks.export, tasks.preflight, tasks.registry,
-                   tasks.tracking, tasks.train):  # fmt: skip
+    for module in (tasks.data, tasks.evaluate, tasks.export, tasks.preflight, tasks.promotion,
+                   tasks.registry, tasks.tracking, tasks.train):  # fmt: skip
         for obj in vars(module).values():
             if isinstance(obj, Task) and obj.retries and obj not in patched:
                 monkeypatch.setattr(obj, "retry_delay_seconds", SHORT_DELAYS)
@@ -133,7 +134,8 @@ def test_production_retry_policy():
     """I/O tasks retry 3 times after 2, 10 and 30 s; compute tasks never retry."""
     from tasks.evaluate import evaluate, record_evaluation
     from tasks.preflight import check_inputs, check_services
-    from tasks.registry import promote, register_adapter
+    from tasks.promotion import promote
+    from tasks.registry import register_adapter
     from tasks.tracking import close_run, log_metrics, open_run
     from tasks.train import train
 

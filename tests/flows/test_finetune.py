@@ -1,5 +1,6 @@
 """The whole flow under the Prefect test harness, on a tiny model, in an isolated project."""
 
+import pytest
 import yaml
 
 from models.config import config_from_dict
@@ -132,3 +133,34 @@ def test_unchanged_inputs_skip_training_and_any_change_retrains(
     new_data = finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True)
     assert not new_data.skipped and new_data.version == "4"
     assert new_data.data_md5 != changed.data_md5
+
+
+def test_a_failed_or_crashed_run_closes_its_mlflow_run_as_failed(
+    project, tiny_base, prefect_harness, monkeypatch
+):
+    """The flow's state hooks mark the MLflow run FAILED, whether the flow fails (an error) or
+    crashes (an interrupt); the error reaches the caller unchanged."""
+    import flows.finetune
+    from flows.finetune import finetune
+    from models.errors import LoraflowError
+
+    opened = []
+    real_open_run = flows.finetune.open_run
+
+    def recording_open_run(**kwargs):
+        opened.append(real_open_run(**kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(flows.finetune, "open_run", recording_open_run)
+    mlf = client()
+    for error in (LoraflowError("injected: the GPU went away"), KeyboardInterrupt()):
+
+        def failing_train(error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(flows.finetune, "train", failing_train)
+        with pytest.raises(type(error)) as raised:
+            finetune(config(tiny_base))
+        assert raised.value is error or str(raised.value) == str(error)
+        assert mlf.get_run(opened[-1]).info.status == "FAILED", type(error).__name__
+    assert len(opened) == 2 and flows.finetune._OPEN_RUNS == {}

@@ -22,7 +22,7 @@ from tests.conftest import REPO
 RACER = """
 import json, os, sys, time
 from pathlib import Path
-from tasks.registry import promote
+from tasks.promotion import promote
 
 me, workdir = sys.argv[1], Path(sys.argv[2])
 (workdir / f"ready-{me}").write_text("")

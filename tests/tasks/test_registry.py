@@ -8,7 +8,8 @@ import torch
 
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
-from tasks.registry import fetch_champion, promote, register_adapter
+from tasks.promotion import promote
+from tasks.registry import fetch_champion, register_adapter
 from tasks.tracking import client, open_run
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
@@ -189,3 +190,41 @@ def test_an_expired_promotion_lock_is_broken_and_a_live_one_waited_for(
     assert str(err.value) == f"registered model {lock}: promotion lock still held after 1 s"
     assert str(mlf.get_model_version_by_alias("locked", "champion").version) == "2"
     assert "promotion.outcome" not in mlf.get_model_version("locked", "1").tags
+
+
+def test_a_retried_promotion_whose_alias_was_set_counts_as_promoted(
+    project, prefect_harness, monkeypatch
+):
+    """The alias is set but its answer is lost: the task's retry finds the version already
+    champion, which counts as promoted (the pipeline exports it), and keeps the record the
+    first attempt wrote before moving the alias."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    mlf = client()
+    two_versions(mlf, "retried")
+    real, calls = MlflowClient.set_registered_model_alias, []
+
+    def set_then_lose_the_answer(self, *args):
+        calls.append(args)
+        real(self, *args)
+        if len(calls) == 1:
+            raise MlflowException("injected: connection reset by peer")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_then_lose_the_answer)
+    monkeypatch.setattr(promote, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    state = promote(
+        model_name="retried", version="2", metric="exact_match", challenger_value=0.7,
+        champion_version="1", champion_value=0.5, min_improvement=0.0, return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state
+    decision = state.result()
+    assert decision.promote and decision.reason == "v2 is already the champion"
+    assert len(calls) == 1  # the retry moved nothing
+    assert str(mlf.get_model_version_by_alias("retried", "champion").version) == "2"
+    tags = mlf.get_model_version("retried", "2").tags
+    assert tags["promotion.outcome"] == "promoted"
+    assert tags["promotion.reason"] == (
+        "exact_match 0.7000 vs champion 0.5000: better (gain +0.2000, needed > 0)"
+    )
+    assert not mlf.search_registered_models("name LIKE 'retried.%'")  # the lock was released

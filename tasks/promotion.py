@@ -1,0 +1,106 @@
+"""Promotion I/O: read the champion under the lock, move alias `champion`, record the decision.
+
+The decision itself is models.promotion.decide_promotion; nothing here decides.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from models.config import ConfigError
+from models.promotion import METRIC_DIRECTIONS, Decision, decide_promotion, recorded_key
+from tasks.lib.promotion_lock import promotion_lock
+from tasks.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    VersionRef,
+    find_champion,
+    resolve_version,
+    valid_model_name,
+)
+from tasks.runtime import IO_RETRIES, in_prefect_run, logger
+from tasks.tracking import check_reachable, client, mlflow_errors
+
+
+# No retries, as for the pipeline's own checks before anything runs: a server that is not there
+# when a promotion starts is a setting to fix, and the error comes at once, in one line.
+@task(name="check-promotion")
+def check_promotion(*, model_name: str, version: str | None, metric: str) -> VersionRef:
+    """The promote flow's first stage: a valid model name and metric, a tracking server that
+    answers, a version that exists (default: the one behind alias `challenger`) and recorded the
+    metric. Returns that version (registry only, nothing downloaded)."""
+    # Named as `loraflow promote` spells it: where a name is typed by hand (the pipeline's
+    # comes from registry.model_name, checked with the config).
+    valid_model_name(model_name, where="--model")
+    if metric not in METRIC_DIRECTIONS:
+        raise ConfigError(f"metric: must be one of {sorted(METRIC_DIRECTIONS)}, got {metric!r}")
+    check_reachable()
+    target = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{CHALLENGER}"
+    ref = resolve_version(target, download=False)
+    if ref.recorded(metric) is None:
+        raise RegistryError(
+            f"models:/{model_name}/{ref.version}: its run recorded no {recorded_key(metric)}"
+        )
+    return ref
+
+
+@task(name="promote", **IO_RETRIES)
+def promote(
+    *,
+    model_name: str,
+    version: str,
+    metric: str,
+    challenger_value: float,
+    champion_version: str | None,
+    champion_value: float | None,
+    min_improvement: float,
+    force: bool = False,
+) -> Decision:
+    """Move `champion` to `version` only if models.promotion.decide_promotion says so; record
+    the decision on the version.
+
+    champion_version/champion_value are the champion the caller compared against (read before
+    its evaluation). The decision is made under the model's promotion lock
+    (tasks.lib.promotion_lock), against the champion read under that lock, so two promotions
+    never overwrite each other's champion. The record is written before the alias moves: a
+    retry that finds the version already champion has nothing left to record.
+    """
+    valid_model_name(model_name, where="registry.model_name")
+    mlf = client()
+    with mlflow_errors(), promotion_lock(mlf, model_name):
+        current = find_champion(model_name, download=False)
+        decision = decide_promotion(
+            version=version,
+            metric=metric,
+            challenger=challenger_value,
+            seen_version=champion_version,
+            seen_value=champion_value,
+            current_version=current.version if current else None,
+            current_value=current.recorded(metric) if current else None,
+            min_improvement=min_improvement,
+            force=force,
+        )
+        for key, value in decision.tags().items():
+            mlf.set_model_version_tag(model_name, version, key, value)
+        if decision.moves_champion:
+            mlf.set_registered_model_alias(model_name, CHAMPION, version)
+            now = find_champion(model_name, download=False)
+            checked = decision.read_back(version, now.version if now else None)
+            if checked.note != decision.note:
+                mlf.set_model_version_tag(model_name, version, "promotion.note", checked.note)
+            decision = checked
+    if in_prefect_run():
+        create_markdown_artifact(
+            key="promotion",
+            markdown=(
+                f"### {model_name} v{version}: {decision.outcome}\n\n"
+                + "\n".join(f"- **{k.split('.', 1)[1]}**: {v}" for k, v in decision.tags().items())
+            ),
+            description="Promotion gate decision",
+        )
+    logger().info(
+        "promotion of %s v%s: %s (%s)", model_name, version, decision.outcome, decision.reason
+    )
+    return decision

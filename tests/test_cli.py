@@ -81,11 +81,20 @@ def written(project: Path) -> dict:
 
 def prefect_console(monkeypatch) -> io.StringIO:
     """What Prefect's console handler would print for this test, flow and task runs at INFO."""
+    from prefect.logging.formatters import PrefectFormatter
     from prefect.logging.handlers import PrefectConsoleHandler
 
     console = io.StringIO()
+    handler = PrefectConsoleHandler(stream=console)
+    handler.setFormatter(
+        PrefectFormatter(
+            "%(name)s - %(message)s",
+            flow_run_fmt="Flow run %(flow_run_name)r - %(message)s",
+            task_run_fmt="Task run %(task_run_name)r - %(message)s",
+        )
+    )
     root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [*root.handlers, PrefectConsoleHandler(stream=console)])
+    monkeypatch.setattr(root, "handlers", [*root.handlers, handler])
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
         monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
     return console

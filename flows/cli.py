@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from models.config import ConfigError, LoraflowConfig
+from models.config import ConfigError
 from models.config_file import load_config
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
@@ -21,34 +20,14 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def check(config: LoraflowConfig) -> list:
-    """Every check that must pass before anything is trained, written or pushed."""
-    from models.checks import check_inputs
-
-    reports = check_inputs(config.check_spec(config.base_model))
-    check_services(export_to=config.export.to if config.export.enabled else None)
-    return reports
-
-
-def check_services(export_to: str | None = None) -> None:
-    """The tracking server answers; with an export, the bucket exists and the credentials work.
-
-    Checked once, without retries: a server that is not there when a run starts is a setting to
-    fix, not an outage to wait out (outages during a run are retried by the I/O tasks).
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
-        from tasks.tracking import check_reachable
-
-        check_reachable()
-    if export_to:
-        from tasks.lib import s3
-
-        s3.check_bucket(s3.client(), s3.parse_s3_uri(export_to))
-
-
 def cmd_check(args) -> int:
+    """The flows' check stage, called directly: no Prefect engine, nothing trained or written."""
+    from tasks.preflight import check_inputs, check_services
+
     config = load_config(args.config, args.overrides)
-    for split in check(config):
+    splits = check_inputs.fn(config.check_spec(config.base_model))
+    check_services.fn(export_to=config.export.to if config.export.enabled else None)
+    for split in splits:
         print(f"{split.name}: {split.examples} examples ({split.path})")
         for warning in split.warnings:
             print(f"  warning: {warning}")
@@ -58,19 +37,20 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
-    check(config)
+    from flows.console import checks_first
     from flows.finetune import finetune
 
-    summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
+    with checks_first():
+        summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
     print_summary(summary, config.registry.promote_metric)
     return 0
 
 
 def cmd_promote(args) -> int:
+    from flows.console import checks_first
     from flows.promote import promote_version
-    from tasks.lib.run_logs import user_errors_in_one_line
 
-    with user_errors_in_one_line():
+    with checks_first():
         decision = promote_version(
             model_name=args.model,
             version=args.version,
@@ -84,14 +64,11 @@ def cmd_promote(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    check_services()
-    if args.target.startswith("models:/"):
-        from tasks.registry import resolve_version
-
-        resolve_version(args.target, download=False)
+    from flows.console import checks_first
     from flows.reproduce import reproduce
 
-    got = reproduce(args.target)
+    with checks_first():
+        got = reproduce(args.target)
     if got.identical:
         print(f"run {got.run_id}: reproduced, adapter sha256 {got.rebuilt_sha256} identical")
         for line in got.differences:  # package differences that did not change the result
@@ -128,11 +105,11 @@ def print_summary(summary, metric: str) -> None:
 def cmd_compare(args) -> int:
     config = load_config(args.config, args.overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from flows.compare import compare, method_configs
+    from flows.compare import compare
+    from flows.console import checks_first
 
-    for method_config in method_configs(config, methods).values():
-        check(method_config)
-    rows = compare(config, methods)
+    with checks_first():
+        rows = compare(config, methods)
     base = rows[0]
     print(
         f"\nbase model: eval_loss {base['base_eval_loss']:.4f}, "
@@ -184,18 +161,11 @@ def cmd_export(args) -> int:
         first = e.errors()[0]
         message = describe_error(ExportConfig, first)
         raise ConfigError(f"--{first['loc'][0]}: {message}") from None
-    from tasks.lib import s3
-    from tasks.registry import parse_model_uri, resolve_version
-
-    # Fail in one line, before the flow starts, on a malformed model URI, a missing bucket,
-    # refused credentials or a model version that does not exist.
-    parse_model_uri(args.model)
-    s3.check_bucket(s3.client(), s3.parse_s3_uri(export.to))
-    check_services()
-    resolve_version(args.model, download=False)
+    from flows.console import checks_first
     from flows.export import export_model
 
-    result = export_model(args.model, export)
+    with checks_first():
+        result = export_model(args.model, export)
     print(
         f"\nexported {args.model} to {result['uri']}/ ({result['files']} files + manifest.json; "
         f"{len(result['uploaded'])} sent)\nmanifest sha256 {result['manifest_sha256']}"

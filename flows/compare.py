@@ -12,7 +12,7 @@ from models.loading import canonical_base
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_comparison
 from tasks.lineage import collect_lineage, run_tags
-from tasks.preflight import check_inputs
+from tasks.preflight import check_inputs, check_services
 from tasks.registry import register_adapter
 from tasks.tracking import close_run, log_metrics, open_run
 from tasks.train import train
@@ -34,7 +34,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
     """Train every listed method on the same data version, seed and budget, and compare them.
 
     Stages:
-      1. check inputs for every method (nothing trains unless all pass)
+      1. check inputs for every method, and the services (nothing is written unless all pass)
       2. version data once: `dvc add` + `dvc push`
       3. open a parent MLflow run; evaluate the base model once
       4. per method, in a child run: train -> evaluate -> register (alias = the method's name)
@@ -43,7 +43,8 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
     configs = method_configs(config, methods)
     base_model = canonical_base(config.base_model)
     for method_config in configs.values():
-        check_inputs(method_config.check_spec(base_model))
+        check_inputs(method_config.check_spec(config.base_model))
+    check_services(export_to=config.export.to if config.export.enabled else None)
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)

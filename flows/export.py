@@ -7,8 +7,9 @@ from pathlib import Path
 from prefect import flow
 
 from models.config import ExportConfig
-from tasks.export import check_destination, merge, record, upload
-from tasks.registry import fetch_version
+from tasks.export import merge, record, upload
+from tasks.preflight import check_model_version, check_services
+from tasks.registry import fetch_version, parse_model_uri
 
 
 @flow(name="export", flow_run_name="export-{model_uri}", log_prints=True)
@@ -16,13 +17,17 @@ def export_model(model_uri: str, export: ExportConfig, work_dir: str = ".loraflo
     """Publish a registered adapter, merged into its base, where plain transformers can load it.
 
     Stages:
-      1. check the destination bucket and credentials
+      1. check: the model URI is well formed, the tracking server answers, the destination
+         bucket exists and the credentials work, the version exists (nothing written before)
       2. resolve the version (models:/name@alias or models:/name/version), download the adapter
       3. merge it into its base model: safetensors shards, config, tokenizer
       4. upload to s3://bucket/prefix/<name>/v<version>/, manifest.json last (idempotent)
       5. record the export URI and manifest sha256 on the model version
     """
-    check_destination(to=export.to)
+    parse_model_uri(model_uri)  # a malformed URI is one line, before any request
+    check_services(export_to=export.to)
+    check_model_version(model_uri=model_uri)
+
     version = fetch_version(model_uri=model_uri)
     merged_dir = merge(
         version=version,

@@ -90,7 +90,8 @@ def finetune(
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
-      1. check inputs: data splits valid, base model safe to load, target modules exist
+      1. check inputs and services: data splits valid, base model safe to load, target
+         modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
       3. train: the configured adapter method on the train split (loss curve to MLflow),
          checkpointed every training.save_steps; a rerun on the same inputs resumes
@@ -104,7 +105,8 @@ def finetune(
     registry = config.registry
     base_model = canonical_base(config.base_model)
 
-    splits = check_inputs(config.check_spec(base_model))
+    # The checks see the base model as the config names it: their messages quote it.
+    splits = check_inputs(config.check_spec(config.base_model))
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)

@@ -6,7 +6,8 @@ from prefect import flow
 from pydantic import Field
 
 from models.promotion import METRIC_DIRECTIONS, Decision
-from tasks.promotion import check_promotion, promote
+from tasks.preflight import check_promotion
+from tasks.promotion import promote
 from tasks.registry import find_champion
 
 

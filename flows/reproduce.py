@@ -12,7 +12,8 @@ from models.config import config_from_dict
 from models.loading import is_local
 from tasks.data import fetch_data_version
 from tasks.lineage import collect_lineage
-from tasks.registry import resolve_version
+from tasks.preflight import check_model_version, check_services
+from tasks.registry import VersionRef
 from tasks.runtime import logger
 from tasks.tracking import client
 from tasks.train import train
@@ -29,10 +30,9 @@ class Reproduction:
     differences: list[str] = field(default_factory=list)
 
 
-def _recorded(target: str) -> tuple[str, dict[str, str]]:
-    """(run id, tags) of a run id or a models:/ URI."""
-    if target.startswith("models:/"):
-        ref = resolve_version(target, download=False)
+def _recorded(target: str, ref: VersionRef | None) -> tuple[str, dict[str, str]]:
+    """(run id, tags) of a run id, or of the version a models:/ URI resolved to."""
+    if ref is not None:
         return ref.run_id, {**client().get_run(ref.run_id).data.tags, **ref.tags}
     return target, dict(client().get_run(target).data.tags)
 
@@ -44,8 +44,16 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     Nothing here is read from the working tree but the DVC remote's configuration: the config
     comes from the run's artifact, the data from the remote by md5, the base model from its
     recorded path (its weights hash is checked before training).
+
+    Stages:
+      1. check: the tracking server answers; a models:/ target names a version that exists
+      2. read the recorded config and lineage; compare the base model's weights and packages
+      3. pull the data version by md5, retrain, compare the adapter sha256
     """
-    run_id, tags = _recorded(target)
+    check_services()
+    ref = check_model_version(model_uri=target) if target.startswith("models:/") else None
+
+    run_id, tags = _recorded(target, ref)
     mlf = client()
     config_file = mlf.download_artifacts(run_id, "config/loraflow.yaml", workdir)
     config_yaml = Path(config_file).read_text()

@@ -47,12 +47,6 @@ def export_location(to: str, model_name: str, version: str) -> s3.S3Location:
     )
 
 
-@task(name="check-bucket", **IO_RETRIES)
-def check_destination(*, to: str) -> None:
-    """The bucket exists and the credentials work, before anything is merged or written."""
-    s3.check_bucket(s3.client(), s3.parse_s3_uri(to))
-
-
 @task(name="upload-export", **IO_RETRIES)
 def upload(
     *,

@@ -8,42 +8,15 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from models.config import ConfigError
-from models.promotion import METRIC_DIRECTIONS, Decision, decide_promotion, recorded_key
+from models.promotion import Decision, decide_promotion
 from tasks.lib.promotion_lock import promotion_lock
 from tasks.registry import (
-    CHALLENGER,
     CHAMPION,
-    RegistryError,
-    VersionRef,
     find_champion,
-    resolve_version,
     valid_model_name,
 )
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
-from tasks.tracking import check_reachable, client, mlflow_errors
-
-
-# No retries, as for the pipeline's own checks before anything runs: a server that is not there
-# when a promotion starts is a setting to fix, and the error comes at once, in one line.
-@task(name="check-promotion")
-def check_promotion(*, model_name: str, version: str | None, metric: str) -> VersionRef:
-    """The promote flow's first stage: a valid model name and metric, a tracking server that
-    answers, a version that exists (default: the one behind alias `challenger`) and recorded the
-    metric. Returns that version (registry only, nothing downloaded)."""
-    # Named as `loraflow promote` spells it: where a name is typed by hand (the pipeline's
-    # comes from registry.model_name, checked with the config).
-    valid_model_name(model_name, where="--model")
-    if metric not in METRIC_DIRECTIONS:
-        raise ConfigError(f"metric: must be one of {sorted(METRIC_DIRECTIONS)}, got {metric!r}")
-    check_reachable()
-    target = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{CHALLENGER}"
-    ref = resolve_version(target, download=False)
-    if ref.recorded(metric) is None:
-        raise RegistryError(
-            f"models:/{model_name}/{ref.version}: its run recorded no {recorded_key(metric)}"
-        )
-    return ref
+from tasks.tracking import client, mlflow_errors
 
 
 @task(name="promote", **IO_RETRIES)

@@ -131,19 +131,19 @@ def short_retries(monkeypatch):
 
 
 def test_production_retry_policy():
-    """I/O tasks retry 3 times after 2, 10 and 30 s; compute tasks never retry."""
+    """I/O tasks retry 3 times after 2, 10 and 30 s; compute tasks and the checks (the service
+    check included: see tasks.preflight) never retry."""
     from tasks.evaluate import evaluate, record_evaluation
-    from tasks.preflight import check_inputs, check_services
+    from tasks.preflight import check_inputs, check_model_version, check_services
     from tasks.promotion import promote
     from tasks.registry import register_adapter
     from tasks.tracking import close_run, log_metrics, open_run
     from tasks.train import train
 
-    for io in (check_services, open_run, log_metrics, close_run, record_evaluation,
-               register_adapter, promote):  # fmt: skip
+    for io in (open_run, log_metrics, close_run, record_evaluation, register_adapter, promote):
         assert (io.retries, io.retry_delay_seconds) == (3, [2, 10, 30]), io.name
-    for compute in (check_inputs, train, evaluate):
-        assert not compute.retries, compute.name
+    for no_retries in (check_inputs, check_services, check_model_version, train, evaluate):
+        assert not no_retries.retries, no_retries.name
 
 
 def task_run_count(state) -> int:

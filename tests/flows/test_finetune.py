@@ -155,7 +155,7 @@ def test_a_failed_or_crashed_run_closes_its_mlflow_run_as_failed(
     mlf = client()
     for error in (LoraflowError("injected: the GPU went away"), KeyboardInterrupt()):
 
-        def failing_train(error=error, **kwargs):
+        def failing_train(*args, error=error, **kwargs):
             raise error
 
         monkeypatch.setattr(flows.finetune, "train", failing_train)

@@ -73,12 +73,16 @@ def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
     assert sorted(m.step for m in history) == [2, 4]
 
     # Trained here on the same data with the same config: the same adapter, bit for bit.
-    from flows.stages import train_args, with_data_dir
-
     from tasks.train import train
 
-    args = train_args(with_data_dir(config, str(kept)), str(tiny_base), "local")
-    local = train.fn(**{**args, "log_to_run": False})
+    local_config = config.with_data_dir(str(kept))
+    local = train.fn(
+        local_config.train_spec(str(tiny_base)),
+        run_id="local",
+        output_dir=local_config.adapter_dir("local"),
+        config_yaml=local_config.to_yaml(),
+        log_to_run=False,
+    )
     assert local.adapter_sha256 == sha
 
 

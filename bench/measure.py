@@ -51,7 +51,7 @@ def _cpu_seconds() -> tuple[float, float]:
 class OtherLoad:
     """Share of all CPUs that other processes (and the hypervisor: steal) used while a block ran:
     `with OtherLoad() as load: ...; load.share`. Side-by-side ratios hold up to moderate load,
-    but a shared machine moves them (README Performance), so the suite reports this per figure.
+    but a shared machine moves them (docs/performance.md), so the suite reports this per figure.
     Linux only (0.0 elsewhere)."""
 
     def __enter__(self) -> OtherLoad:

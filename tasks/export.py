@@ -10,20 +10,10 @@ from prefect.artifacts import create_link_artifact
 
 from models.merge import merge_adapter
 from tasks.lib import s3
+from tasks.lineage import LINEAGE_TAGS
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
-
-LINEAGE_TAGS = (
-    "data_md5",
-    "git_commit",
-    "config_sha256",
-    "base_model",
-    "base_model_sha256",
-    "method",
-    "seed",
-    "adapter_sha256",
-)
 
 
 @task(name="merge-adapter")

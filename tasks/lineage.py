@@ -58,6 +58,19 @@ def collect_lineage(*, base_model: str) -> dict[str, str]:
     return tags
 
 
+# The lineage tags an export manifest carries: where the exported weights came from.
+LINEAGE_TAGS = (
+    "data_md5",
+    "git_commit",
+    "config_sha256",
+    "base_model",
+    "base_model_sha256",
+    "method",
+    "seed",
+    "adapter_sha256",
+)
+
+
 def run_tags(config: LoraflowConfig, lineage: dict[str, str], data_md5: str) -> dict[str, str]:
     """Lineage tags carried by the MLflow run and the model version."""
     return {

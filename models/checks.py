@@ -6,12 +6,14 @@ from models.data import SplitReport, read_split, tokenize, validate_dataset
 from models.loading import (
     ModelError,
     check_target_modules,
-    layer_kinds,
+    kinds_of,
     linear_names,
     load_tokenizer,
+    meta_model,
     preflight_base,
 )
 from models.methods import get_method
+from models.probes import check_gradient_checkpointing, check_packing
 from models.specs import CheckSpec
 
 
@@ -22,7 +24,8 @@ def cuda_available() -> bool:
 
 
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
-    """Data splits valid, base model present and safe to load, target modules present.
+    """Data splits valid, base model present and safe to load, target modules present and of a
+    kind the method adapts, packing and gradient checkpointing supported by the base's own code.
 
     Cheapest first: reading the JSONL takes milliseconds, building the model skeleton seconds.
     Every example is then tokenized with the base model's tokenizer: examples over
@@ -39,8 +42,14 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
         data.path, data.train_file, data.eval_file, data.prompt_field, data.completion_field
     )
     preflight_base(spec.base_model, spec.trust_remote_code)
-    kinds = layer_kinds(spec.base_model, spec.trust_remote_code)
-    check_target_modules(spec.target_modules, linear_names(kinds), kinds, spec.method)
+    skeleton = meta_model(spec.base_model, spec.trust_remote_code)
+    kinds = kinds_of(skeleton)
+    method = get_method(spec.method)
+    check_target_modules(
+        spec.target_modules, linear_names(kinds), kinds, spec.method, method.layer_kinds
+    )
+    if spec.gradient_checkpointing:
+        check_gradient_checkpointing(skeleton, spec.base_model)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
     for report in reports:
         examples = read_split(report.path, data.prompt_field, data.completion_field)
@@ -50,4 +59,6 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
                 f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
                 "tokens will be truncated"
             )
+    if spec.packing:  # last: it loads the weights and runs the base (models.probes)
+        check_packing(spec.base_model, spec.trust_remote_code)
     return reports

@@ -331,6 +331,8 @@ class LoraflowConfig(_Section):
             method=self.adapter.method,
             target_modules=self.adapter.target_modules,
             trust_remote_code=self.base_model_trust_remote_code,
+            packing=self.training.packing,
+            gradient_checkpointing=self.training.gradient_checkpointing,
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:

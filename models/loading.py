@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from models.errors import LoraflowError
+from models.methods.base import LINEAR_KINDS
 
 
 class ModelError(LoraflowError):
@@ -60,30 +61,56 @@ def _hub_config(model_id: str) -> dict:
         ) from None
 
 
-def layer_kinds(base_model: str, trust_remote_code: bool = False) -> dict[str, set[str]]:
-    """Leaf module name (last component) -> its class names, from a skeleton on the meta device."""
+# LINEAR_KINDS: the layer kinds PEFT adapts as linear layers, nn.Linear (fused ones such as
+# Phi-3's qkv_proj or GPT-NeoX's query_key_value included) and transformers' Conv1D (GPT-2's
+# c_attn, c_proj, c_fc: a linear layer storing its weight transposed); PEFT's all-linear takes
+# exactly these.
+
+
+def meta_model(base_model: str, trust_remote_code: bool = False):
+    """The base model's skeleton on the meta device (no weights read or allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     offline_if_local(base_model)
     config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def kinds_of(model: torch.nn.Module) -> dict[str, set[str]]:
+    """Leaf module name (last component) -> its kinds: Linear and Embedding for nn.Linear and
+    nn.Embedding and their subclasses (the way PEFT dispatches), else the class name."""
     kinds: dict[str, set[str]] = {}
     for name, module in model.named_modules():
         if name and not any(True for _ in module.children()):
-            kind = "Linear" if isinstance(module, torch.nn.Linear) else type(module).__name__
+            if isinstance(module, torch.nn.Linear):
+                kind = "Linear"
+            elif isinstance(module, torch.nn.Embedding):
+                kind = "Embedding"
+            else:
+                kind = type(module).__name__
             kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(kind)
     return kinds
 
 
+def layer_kinds(base_model: str, trust_remote_code: bool = False) -> dict[str, set[str]]:
+    """Leaf module name (last component) -> its kinds (see kinds_of), from the meta skeleton."""
+    return kinds_of(meta_model(base_model, trust_remote_code))
+
+
 def linear_layer_names(base_model: str, trust_remote_code: bool = False) -> list[str]:
-    """Names (last component) of the Linear layers of the model, built on the meta device."""
+    """Names (last component) of the linear layers of the model, built on the meta device."""
     return linear_names(layer_kinds(base_model, trust_remote_code))
 
 
 def linear_names(kinds: dict[str, set[str]]) -> list[str]:
-    """The Linear layer names of layer_kinds' answer, without the output head."""
-    return sorted(n for n, k in kinds.items() if "Linear" in k and n != "lm_head")
+    """The linear layer names (LINEAR_KINDS) of layer_kinds' answer, without the output head."""
+    return sorted(n for n, k in kinds.items() if k & LINEAR_KINDS and n != "lm_head")
+
+
+def _kinds_text(kinds: frozenset[str] | set[str]) -> str:
+    extra = sorted(kinds - LINEAR_KINDS)
+    return " and ".join(["Linear", *extra]) if kinds >= LINEAR_KINDS else "/".join(sorted(kinds))
 
 
 def check_target_modules(
@@ -91,24 +118,29 @@ def check_target_modules(
     available: list[str],
     other_layers: dict[str, set[str]] | None = None,
     method: str = "lora",
+    adapts: frozenset[str] = LINEAR_KINDS,
 ) -> None:
-    """Every requested target must name at least one Linear layer of the model.
+    """Every requested target must name at least one layer the method can adapt.
 
-    other_layers (layer_kinds' answer) lets the message say when a target is a layer of another
-    kind (an Embedding, a norm): every loraflow method adapts Linear layers only (PEFT's VeRA,
-    for one, has no other layer type at all).
+    available: the model's linear layer names (linear_names), listed as the candidates.
+    other_layers (layer_kinds' answer) lets the message say when a target is a layer of a kind
+    the method does not adapt (a norm; an Embedding for methods that adapt linear layers only,
+    VeRA for one); adapts: the layer kinds the method adapts (AdapterMethod.layer_kinds).
     """
     if targets == "all-linear":
         return
     other_layers = other_layers or {}
-    missing = [t for t in targets if t.rsplit(".", 1)[-1] not in available]
-    not_linear = [t for t in missing if t.rsplit(".", 1)[-1] in other_layers]
+    leaf = {t: t.rsplit(".", 1)[-1] for t in targets}
+    adaptable = {n for n, k in other_layers.items() if k <= adapts} | set(available)
+    refused = [t for t in targets if leaf[t] in other_layers and leaf[t] not in adaptable]
+    missing = [t for t in targets if leaf[t] not in adaptable and t not in refused]
     listed = ", ".join(available)
-    if not_linear:
-        kinds = sorted({k for t in not_linear for k in other_layers[t.rsplit(".", 1)[-1]]})
+    what = _kinds_text(adapts)
+    if refused:
+        kinds = sorted({k for t in refused for k in other_layers[leaf[t]]} - adapts)
         raise ModelError(
-            f"adapter.target_modules {not_linear} are {'/'.join(kinds)} layers, not Linear; "
-            f"adapter.method {method} adapts Linear layers only; its linear layers are: {listed}"
+            f"adapter.target_modules {refused} are {'/'.join(kinds)} layers, not {what}; "
+            f"adapter.method {method} adapts {what} layers only; its linear layers are: {listed}"
         )
     if missing:
         raise ModelError(

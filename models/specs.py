@@ -47,13 +47,19 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """What the input checks look at before anything is trained (models.checks)."""
+    """What the input checks look at before anything is trained (models.checks).
+
+    packing, gradient_checkpointing: the training settings the base model's own code must
+    support (checked on the base itself, models.probes).
+    """
 
     base_model: str
     data: DataSpec
     method: str
     target_modules: list[str] | str
     trust_remote_code: bool = False
+    packing: bool = False
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

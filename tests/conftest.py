@@ -54,6 +54,15 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def arch_bases(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    """Tiny random models of eight real architectures with the demo tokenizer (name -> dir)."""
+    from tests.architectures import NAMES, build_tiny
+
+    root = tmp_path_factory.mktemp("architectures")
+    return {name: build_tiny(name, root / name, tiny_base) for name in NAMES}
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Demo instruction data, few examples."""
     from demo import build_demo_data

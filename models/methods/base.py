@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+# nn.Linear (fused projections included) and transformers' Conv1D (GPT-2): what PEFT's
+# all-linear adapts. Spelled here, not imported, so the registry loads without torch.
+LINEAR_KINDS = frozenset({"Linear", "Conv1D"})
+# PEFT's LoRA also adapts embeddings (its own lora_embedding_A/B), merged like any other layer.
+LORA_KINDS = LINEAR_KINDS | {"Embedding"}
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -37,6 +43,8 @@ class AdapterMethod:
     callbacks: Trainer callbacks the method needs during training.
     before_save: adjusts the adapter before it is saved so that the saved adapter on the
         unmodified base reproduces the trained model.
+    layer_kinds: the layer kinds (models.loading.kinds_of) the method can adapt; the check
+        refuses target_modules naming any other kind.
     """
 
     name: str
@@ -48,6 +56,7 @@ class AdapterMethod:
     param_groups: Callable[[torch.nn.Module, float, AdapterSpec], list[dict]] | None = None
     callbacks: Callable[[torch.nn.Module, AdapterSpec], list] | None = None
     before_save: Callable[[torch.nn.Module, AdapterSpec], None] | None = None
+    layer_kinds: frozenset[str] = LINEAR_KINDS
 
 
 def lora_config(spec: AdapterSpec, **extra: Any):

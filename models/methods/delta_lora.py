@@ -34,11 +34,13 @@ def _lora_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
-def _factors(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _factors(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """(W, A, B, whether W is stored transposed: transformers' Conv1D, GPT-2)."""
     return (
         layer.get_base_layer().weight,
         layer.lora_A["default"].weight,
         layer.lora_B["default"].weight,
+        bool(getattr(layer, "fan_in_fan_out", False)),
     )
 
 
@@ -51,7 +53,7 @@ class DeltaUpdate:
         self.previous = self._snapshot()
 
     def _snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(a.detach().clone(), b.detach().clone()) for _, a, b in self.layers]
+        return [(a.detach().clone(), b.detach().clone()) for _, a, b, _ in self.layers]
 
     def step(self) -> None:
         import torch
@@ -61,8 +63,11 @@ class DeltaUpdate:
         self.previous = self._snapshot()
 
     def _apply(self) -> None:
-        for (weight, a, b), (a_prev, b_prev) in zip(self.layers, self.previous, strict=True):
+        for (weight, a, b, transposed), (a_prev, b_prev) in zip(
+            self.layers, self.previous, strict=True
+        ):
             delta = b.float() @ a.float() - b_prev.float() @ a_prev.float()
+            delta = delta.T if transposed else delta
             weight.add_((self.scale * delta).to(weight.dtype))
 
 
@@ -91,7 +96,7 @@ def callbacks(model, spec: AdapterSpec) -> list:
             import torch
 
             with torch.no_grad():
-                for i, (weight, _, _) in enumerate(update.layers):
+                for i, (weight, *_) in enumerate(update.layers):
                     weight.copy_(saved[str(i)])
             update.previous = update._snapshot()
 
@@ -101,8 +106,7 @@ def callbacks(model, spec: AdapterSpec) -> list:
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 weights = {
-                    str(i): w.detach().cpu().contiguous()
-                    for i, (w, _, _) in enumerate(update.layers)
+                    str(i): w.detach().cpu().contiguous() for i, (w, *_) in enumerate(update.layers)
                 }
                 save_file(weights, str(checkpoint_file(args, state)))
 

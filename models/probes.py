@@ -45,7 +45,16 @@ def packing_difference(model: torch.nn.Module) -> float:
 
 def check_packing(base_model: str, trust_remote_code: bool = False) -> None:
     """training.packing is exact on this base, or the run is refused in one line."""
-    model, _ = load_base(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    from transformers.utils import logging
+
+    # A check prints one line or nothing: no weight-loading progress bar on stderr.
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        model, _ = load_base(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
     difference = packing_difference(model)
     if difference > PACKING_TOLERANCE:
         raise ModelError(

@@ -52,6 +52,18 @@ def base_dir(kind: str):
     return setup
 
 
+def tiny_arch(name: str, **sections):
+    """A tiny random base of another architecture (tests/architectures.py) in the project."""
+
+    def setup(ctx):
+        from tests.architectures import build_tiny
+
+        base = build_tiny(name, ctx.project / f"base-{name}", ctx.tiny_base)
+        return run_with(base_model=str(base), **sections)(ctx)
+
+    return setup
+
+
 def no_cuda(setup):
     def wrapped(ctx):
         from models import checks
@@ -175,6 +187,31 @@ BAD_INPUTS = [
         2,
         "adapter.target_modules ['embed_tokens'] are Embedding layers, not Linear; "
         "adapter.method vera adapts Linear layers only; its linear layers are: down_proj,",
+    ),
+    (
+        "target is a norm layer",
+        run_with(adapter={"target_modules": ["q_proj", "norm"]}),
+        2,
+        "adapter.target_modules ['norm'] are LlamaRMSNorm layers, not Linear and Embedding; "
+        "adapter.method lora adapts Linear and Embedding layers only; its linear layers are: ",
+    ),
+    (
+        "packing on a base whose attention ignores position_ids",
+        tiny_arch("opt", training={"packing": True}),
+        2,
+        "(OPTForCausalLM) lets packed examples attend to each other (logits differ from each "
+        "example alone by ",
+    ),
+    (
+        "gradient checkpointing on a base whose code lacks it",
+        tiny_arch(
+            "openai_gpt",
+            adapter={"target_modules": ["c_attn"]},
+            training={"gradient_checkpointing": True},
+        ),
+        2,
+        "(OpenAIGPTLMHeadModel) does not support gradient checkpointing; "
+        "set training.gradient_checkpointing: false",
     ),
     (
         "max_seq_len below 8",

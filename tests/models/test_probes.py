@@ -10,7 +10,7 @@ from models.checks import check_inputs
 from models.loading import ModelError, load_base, meta_model
 from models.probes import check_gradient_checkpointing, check_packing, packing_difference
 from models.specs import CheckSpec
-from tests.architectures import NAMES
+from tests.architectures import NAMES, build_tiny
 from tests.models.test_architectures import short_spec
 
 # OPT derives its positions from the attention mask and ignores position_ids (learned absolute
@@ -56,12 +56,7 @@ def test_gradient_checkpointing_is_supported_by_all_eight(arch_bases, name):
 
 def test_gradient_checkpointing_refused_where_the_model_code_lacks_it(tiny_base, tmp_path):
     """OpenAI GPT's code has no gradient checkpointing: refused in one line, naming the class."""
-    from transformers import AutoTokenizer, OpenAIGPTConfig, OpenAIGPTLMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
-    config = OpenAIGPTConfig(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=4)
-    OpenAIGPTLMHeadModel(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    build_tiny("openai_gpt", tmp_path, tiny_base)
     with pytest.raises(ModelError) as e:
         check_gradient_checkpointing(meta_model(str(tmp_path)), str(tmp_path))
     assert one_line(e) == (

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from tests.architectures import build_tiny
 from tests.test_cli import prefect_console, rows, write_config, write_split, written
 
 
@@ -52,16 +53,10 @@ def base_dir(kind: str):
     return setup
 
 
-def tiny_arch(name: str, **sections):
-    """A tiny random base of another architecture (tests/architectures.py) in the project."""
-
-    def setup(ctx):
-        from tests.architectures import build_tiny
-
-        base = build_tiny(name, ctx.project / f"base-{name}", ctx.tiny_base)
-        return run_with(base_model=str(base), **sections)(ctx)
-
-    return setup
+def tiny_arch(name: str, **sections):  # a tiny random base of another architecture, all-linear
+    base = lambda ctx: str(build_tiny(name, ctx.project / f"base-{name}", ctx.tiny_base))  # noqa: E731
+    adapter = {"target_modules": "all-linear"}
+    return lambda ctx: run_with(base_model=base(ctx), adapter=adapter, **sections)(ctx)
 
 
 def no_cuda(setup):
@@ -192,26 +187,19 @@ BAD_INPUTS = [
         "target is a norm layer",
         run_with(adapter={"target_modules": ["q_proj", "norm"]}),
         2,
-        "adapter.target_modules ['norm'] are LlamaRMSNorm layers, not Linear and Embedding; "
-        "adapter.method lora adapts Linear and Embedding layers only; its linear layers are: ",
+        "['norm'] are LlamaRMSNorm layers, not Linear and Embedding; adapter.method lora adapts",
     ),
     (
         "packing on a base whose attention ignores position_ids",
         tiny_arch("opt", training={"packing": True}),
         2,
-        "(OPTForCausalLM) lets packed examples attend to each other (logits differ from each "
-        "example alone by ",
+        "(OPTForCausalLM) lets packed examples attend to each other (logits differ from each",
     ),
     (
         "gradient checkpointing on a base whose code lacks it",
-        tiny_arch(
-            "openai_gpt",
-            adapter={"target_modules": ["c_attn"]},
-            training={"gradient_checkpointing": True},
-        ),
+        tiny_arch("openai_gpt", training={"gradient_checkpointing": True}),
         2,
-        "(OpenAIGPTLMHeadModel) does not support gradient checkpointing; "
-        "set training.gradient_checkpointing: false",
+        "(OpenAIGPTLMHeadModel) does not support gradient checkpointing; set training.gradient",
     ),
     (
         "max_seq_len below 8",

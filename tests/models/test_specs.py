@@ -64,6 +64,8 @@ USED_BY = {
         *DATA,
         "adapter.method",
         "adapter.target_modules",
+        "training.packing",
+        "training.gradient_checkpointing",
     },
     "train": {
         "base_model_trust_remote_code",

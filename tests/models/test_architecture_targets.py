@@ -128,3 +128,18 @@ def test_delta_lora_moves_a_conv1d_weight_in_its_transposed_layout(arch_bases):
         update.step()
     ba = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     torch.testing.assert_close(layer.get_base_layer().weight, w0 + 0.5 * ba.T, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora"])
+def test_lora_on_an_embedding_trains_and_merges(arch_bases, tiny_data, tmp_path, method):
+    base = str(arch_bases["llama"])
+    adapter = spec(["embed_tokens", "q_proj"])
+    train_spec = short_spec(base, tiny_data, adapter=adapter, method=method, max_steps=1)
+    result = train_adapter(train_spec, output_dir=tmp_path)
+    model, tokenizer = load_adapted(base, result.adapter_dir)
+    assert any("lora_embedding_A" in n for n, _ in model.named_parameters())
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        merged = model.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)

@@ -80,3 +80,16 @@ def test_the_check_stage_runs_both_checks_only_when_asked(arch_bases, tiny_data)
         check_inputs(check_spec(opt, tiny_data, packing=True))
     gpt2 = check_spec(arch_bases["gpt2"], tiny_data, packing=True, gradient_checkpointing=True)
     assert check_inputs(gpt2)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])
+def test_gradient_checkpointing_trains_to_the_same_loss(arch_bases, tiny_data, tmp_path, name):
+    """Where the check lets it through, checkpointed training computes the same step."""
+    from models.train import train_adapter
+
+    def losses(checkpointing):
+        spec = short_spec(arch_bases[name], tiny_data, gradient_checkpointing=checkpointing)
+        out = tmp_path / str(checkpointing)
+        return [loss for _, loss in train_adapter(spec, output_dir=out).loss_history]
+
+    assert losses(True) == pytest.approx(losses(False), rel=1e-5)

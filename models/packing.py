@@ -18,6 +18,11 @@ block-diagonal mask that no real token attends to, and its labels are -100.
 Loss: causal LM loss shifts labels by one, so the last token of an example would be trained to
 predict the first token of the next one. The first label of every example is therefore -100
 (it is a prompt token in loraflow data anyway, so the loss is the padded batch's loss).
+
+Not every architecture builds that mask: some take positions and mask from the attention mask
+alone (OPT; ALiBi models) and would let packed examples see each other. The check stage runs the
+base itself packed and alone and refuses packing there (models.probes.check_packing). The mask
+is also only built without a KV cache, which is how the Trainer trains (use_cache=False).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from models.loading import offline_if_local
+from models.loading import meta_model
 from models.methods import get_method
 from models.specs import TrainSpec
 
@@ -33,16 +33,6 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _meta_model(base_model: str, trust_remote_code: bool):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    offline_if_local(base_model)
-    config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return model, config
 
 
 def activation_bytes(
@@ -79,7 +69,8 @@ def plan_run(spec: TrainSpec) -> Plan:
     from peft import get_peft_model_state_dict
 
     method, batch_size, seq_len = spec.method, spec.batch_size, spec.data.max_seq_len
-    model, config = _meta_model(spec.base_model, spec.trust_remote_code)
+    model = meta_model(spec.base_model, spec.trust_remote_code)
+    config = model.config
     # QLoRA trains exactly LoRA's parameters; only the frozen weights' storage differs, and its
     # build step (k-bit preparation) needs real weights.
     counted_as = "lora" if method == "qlora" else method

@@ -108,7 +108,7 @@ def test_exact_match_compares_stripped_greedy_output(base, tiny_base, tmp_path):
     report = evaluate({"base": (str(tiny_base), None)}, eval_file)["base"]
     assert report["exact_match"] == 0.5
     assert report["examples"] == 4.0
-    features = tokenize(read_split(eval_file, "prompt", "completion"), tok, 64, "truncate")
+    features = tokenize(read_split(eval_file), tok, 64, "truncate")
     assert report["eval_loss"] == pytest.approx(hand_loss(model, features.features), rel=1e-5)
     assert report["perplexity"] == pytest.approx(math.exp(report["eval_loss"]), rel=1e-12)
 
@@ -123,7 +123,7 @@ def test_candidates_are_scored_on_the_same_split(tiny_base, tiny_data, tmp_path)
     report = evaluate(candidates, eval_file, max_examples=6, batch_size=4)
     assert set(report) == {"base", "adapter"}
 
-    examples = read_split(eval_file, "prompt", "completion")[:6]
+    examples = read_split(eval_file)[:6]
     for name, (model, tok) in {
         "base": load_base(str(tiny_base)),
         "adapter": load_adapted(str(tiny_base), tmp_path / "adapter"),

@@ -8,10 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# The roles a chat message may have once `role_names` has mapped the file's own names.
-ROLES = ("system", "user", "assistant")
 SPLIT_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -66,8 +64,9 @@ class DataConfig(_Section):
     chat_template: str | None = Field(
         None,
         description="chat: a Jinja chat template file, or a built-in (chatml); empty = the "
-        "tokenizer's own template (a run is refused when the tokenizer has none). Saved with "
-        "the adapter's tokenizer, so serving renders exactly as training did.",
+        "tokenizer's own template (a chat run is refused when the tokenizer has none). Saved "
+        "with the adapter's tokenizer, so serving renders exactly as training did. Other "
+        "formats do not use it.",
     )
     train_on: Literal["assistant", "last", "all"] = Field(
         "assistant",
@@ -92,9 +91,3 @@ class DataConfig(_Section):
         if Path(v).suffix.lower() not in SPLIT_SUFFIXES:
             raise ValueError(f"must end in one of {', '.join(SPLIT_SUFFIXES)} (got {v!r})")
         return v
-
-    @model_validator(mode="after")
-    def _chat_only(self) -> DataConfig:
-        if self.format != "chat" and self.chat_template is not None:
-            raise ValueError(f"data.chat_template is for data.format chat (got {self.format})")
-        return self

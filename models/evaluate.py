@@ -52,7 +52,8 @@ def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
             [e.request() for e in examples],
             max_new_tokens=spec.max_new_tokens,
             batch_size=spec.batch_size,
-            fmt=data.format,
+            # Non-chat prompts are rendered already (an alpaca prompt is its full text).
+            fmt="chat" if data.format == "chat" else "prompt_completion",
         )
         pairs = zip(answers, examples, strict=True)
         hits = sum(a.strip() == e.completion.strip() for a, e in pairs)

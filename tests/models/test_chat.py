@@ -260,3 +260,15 @@ def test_served_prompt_is_token_for_token_what_training_saw(tiny_base, tmp_path)
     )
     assert len(answers) == 2 and all("<|im_end|>" not in a for a in answers)
     shutil.rmtree(adapter)
+
+
+def test_an_alpaca_request_is_served_as_its_training_prompt(tok):
+    from models.formats import alpaca_prompt
+
+    example = Example(alpaca_prompt("Say hi"), "hi", 1)
+    trained = tokenize([example], tok, 128, "reject").features[0]
+    served = encode_request(tok, "Say hi", "alpaca")
+    assert served == trained["input_ids"][: len(served)]
+    assert trained["labels"][len(served) - 1] == -100 and trained["labels"][len(served)] != -100
+    with pytest.raises(DataError, match="takes a string"):
+        encode_request(tok, [{"role": "user", "content": "hi"}], "alpaca")

@@ -33,7 +33,7 @@ def _work(steps: int, reps: int, batch_size: int, tmp: str) -> dict:
     unmerged, _ = load_adapted(str(DEMO_BASE), out, device=device)
     merged = load_adapted(str(DEMO_BASE), out, device=device)[0].merge_and_unload()
     merged.eval()
-    examples = read_split(DEMO_DATA / "eval.jsonl", "prompt", "completion")[:batch_size]
+    examples = read_split(DEMO_DATA / "eval.jsonl")[:batch_size]
     batch = pad_batch(tokenize(examples, tokenizer, 64, "reject").features, 0)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     inputs = {k: v.to(device) for k, v in inputs.items()}

@@ -64,7 +64,7 @@ def _work(method: str, r: int, batch_size: int, seq_len: int, steps: int, data: 
     cuda = device_kind() == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     model, tokenizer = load_base(str(DEMO_BASE), dtype=dtype, device="cuda" if cuda else "cpu")
-    examples = read_split(Path(data) / "train.jsonl", "prompt", "completion")
+    examples = read_split(Path(data) / "train.jsonl")
     features = tokenize(examples, tokenizer, seq_len, "truncate").features
     if method == "full":
         model.requires_grad_(True)

@@ -45,7 +45,7 @@ def _train_and_eval(
         packing=packing,
     )
     model, tokenizer = load_adapted(str(DEMO_BASE), out)
-    examples = read_split(data / "eval.jsonl", "prompt", "completion")
+    examples = read_split(data / "eval.jsonl")
     features = tokenize(examples, tokenizer, MAX_SEQ_LEN, "reject").features
     return {
         "tokens_per_second": result.tokens_per_second,

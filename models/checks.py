@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from models.chat import prepare_tokenizer
 from models.data import SplitReport, read_split, tokenize, validate_dataset
 from models.loading import (
     ModelError,
@@ -27,7 +28,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model present and safe to load, target modules present and of a
     kind the method adapts, packing and gradient checkpointing supported by the base's own code.
 
-    Cheapest first: reading the JSONL takes milliseconds, building the model skeleton seconds.
+    Cheapest first: reading the splits takes milliseconds, building the model skeleton seconds.
     Every example is then tokenized with the base model's tokenizer: examples over
     data.max_seq_len are an error naming how many and the first line (too_long='reject'), or a
     warning with the count (too_long='truncate').
@@ -38,9 +39,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
             f"adapter.method {spec.method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none "
             "is available here; use lora or lora_fa on this machine"
         )
-    reports = validate_dataset(
-        data.path, data.train_file, data.eval_file, data.prompt_field, data.completion_field
-    )
+    reports = validate_dataset(data)
     preflight_base(spec.base_model, spec.trust_remote_code)
     skeleton = meta_model(spec.base_model, spec.trust_remote_code)
     kinds = kinds_of(skeleton)
@@ -51,9 +50,17 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     if spec.gradient_checkpointing:
         check_gradient_checkpointing(skeleton, spec.base_model)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
+    prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
     for report in reports:
-        examples = read_split(report.path, data.prompt_field, data.completion_field)
-        cut = tokenize(examples, tokenizer, data.max_seq_len, data.too_long, source=report.path)
+        examples = read_split(report.path, data)
+        cut = tokenize(
+            examples,
+            tokenizer,
+            data.max_seq_len,
+            data.too_long,
+            source=report.path,
+            train_on=data.train_on,
+        )
         if cut.truncated:
             report.warnings.append(
                 f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "

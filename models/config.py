@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from models.data_config import DataConfig, _Section
 from models.errors import LoraflowError
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.promotion import METRIC_DIRECTIONS
@@ -42,43 +43,6 @@ def check_model_name(name: str) -> str:
 
 class ConfigError(LoraflowError):
     """A user-facing configuration problem; the message is one line naming the field."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
-    """Where the train/eval splits live and how examples are turned into tokens."""
-
-    path: str = Field(
-        "data", description="Directory holding the train/eval JSONL files (versioned by DVC)."
-    )
-    train_file: str = Field(
-        "train.jsonl",
-        description="Train split file name inside `path` (no absolute path, no '..').",
-    )
-    eval_file: str = Field(
-        "eval.jsonl", description="Eval split file name inside `path` (no absolute path, no '..')."
-    )
-    prompt_field: str = Field("prompt", description="JSON field holding the model input.")
-    completion_field: str = Field("completion", description="JSON field holding the target.")
-    max_seq_len: int = Field(128, ge=8, description="Max tokens of prompt + completion + eos.")
-    too_long: Literal["truncate", "reject"] = Field(
-        "reject", description="What to do with examples longer than max_seq_len."
-    )
-    dvc_remote: str | None = Field(
-        None, description="DVC remote to push the data to (default: the repo's default remote)."
-    )
-
-    @field_validator("train_file", "eval_file")
-    @classmethod
-    def _inside_data_dir(cls, v: str) -> str:
-        # A split is read from data.path and versioned with it: it cannot live elsewhere.
-        parts = Path(v).parts
-        if not parts or Path(v).is_absolute() or ".." in parts:
-            raise ValueError(f"must be a file inside data.path (got {v!r})")
-        return v
 
 
 class AdapterConfig(_Section):
@@ -299,6 +263,12 @@ class LoraflowConfig(_Section):
     def _export_target(self) -> LoraflowConfig:
         if self.export.enabled and not (self.export.to or "").startswith("s3://"):
             raise ValueError("export.to must be an s3:// URI when export.enabled is true")
+        if self.data.format == "text" and self.registry.promote_metric == "exact_match":
+            # Plain text has no answer to match: promotion must be decided by the loss.
+            raise ValueError(
+                "registry.promote_metric exact_match needs answers to match; with data.format "
+                "text use eval_loss or perplexity"
+            )
         return self
 
     def to_yaml(self) -> str:

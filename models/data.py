@@ -1,25 +1,17 @@
-"""Reading, validating and tokenizing the instruction JSONL splits."""
+"""Validating and tokenizing the train/eval splits (read by models.formats)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from models.errors import LoraflowError
+from models.chat import bos_prefix, chat_features, with_bos
+from models.formats import DataError, Example, read_split
+from models.specs import DataSpec
 
-
-class DataError(LoraflowError):
-    """A problem with the data; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    completion: str
-    line: int
+__all__ = ["DataError", "Example", "SplitReport", "pad_batch", "read_split", "tokenize"]
 
 
 @dataclass
@@ -33,52 +25,20 @@ class SplitReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_split(path: str | Path, prompt_field: str, completion_field: str) -> list[Example]:
-    """Read one JSONL split; every problem is a DataError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    raw = path.read_bytes()
-    examples: list[Example] = []
-    for n, line_bytes in enumerate(raw.splitlines(), start=1):
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid UTF-8 (byte {e.start})") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        for key in (prompt_field, completion_field):
-            if key not in obj:
-                raise DataError(f"{path}:{n}: missing field {key!r}")
-            if not isinstance(obj[key], str) or not obj[key]:
-                raise DataError(f"{path}:{n}: field {key!r} must be a non-empty string")
-        examples.append(Example(obj[prompt_field], obj[completion_field], n))
-    if not examples:
-        raise DataError(f"{path}: split is empty")
-    return examples
-
-
-def validate_dataset(
-    data_dir: str | Path, train_file: str, eval_file: str, prompt_field: str, completion_field: str
-) -> list[SplitReport]:
-    """Check both splits parse and are non-empty; count eval examples that repeat train ones."""
-    data_dir = Path(data_dir)
+def validate_dataset(data: DataSpec) -> list[SplitReport]:
+    """Check both splits parse as data.format and are non-empty; count eval examples that
+    repeat train ones."""
+    data_dir = Path(data.path)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data directory not found")
-    train = read_split(data_dir / train_file, prompt_field, completion_field)
-    evals = read_split(data_dir / eval_file, prompt_field, completion_field)
-    seen = {(e.prompt, e.completion) for e in train}
-    dups = sum((e.prompt, e.completion) in seen for e in evals)
-    eval_report = SplitReport("eval", str(data_dir / eval_file), len(evals), dups)
+    train = read_split(data.train_path, data)
+    evals = read_split(data.eval_path, data)
+    seen = {e.key() for e in train}
+    dups = sum(e.key() in seen for e in evals)
+    eval_report = SplitReport("eval", data.eval_path, len(evals), dups)
     if dups:
         eval_report.warnings.append(f"{dups} eval examples also appear in the train split")
-    return [SplitReport("train", str(data_dir / train_file), len(train)), eval_report]
+    return [SplitReport("train", data.train_path, len(train)), eval_report]
 
 
 @dataclass
@@ -106,17 +66,34 @@ def _encode(
 
 
 def tokenize(
-    examples: list[Example], tokenizer, max_seq_len: int, too_long: str, source: str = "data"
+    examples: list[Example],
+    tokenizer,
+    max_seq_len: int,
+    too_long: str,
+    source: str = "data",
+    train_on: str = "assistant",
 ) -> Tokenized:
-    """prompt + completion + eos, with loss only on the completion and eos.
+    """[bos] + prompt + completion + eos, with loss only on the completion and eos; chat
+    examples as their template renders them, with loss on what train_on names (models.chat).
 
-    Examples longer than max_seq_len are cut at the end (too_long='truncate') or rejected with
-    a DataError naming how many and the first line (too_long='reject').
+    The BOS is there only where the tokenizer adds one by itself. Examples longer than
+    max_seq_len are cut at the end (too_long='truncate') or rejected with a DataError naming
+    how many and the first line (too_long='reject').
     """
+    prefix = bos_prefix(tokenizer)
+    plain = [e for e in examples if e.messages is None]
+    encoded = iter(zip(*_encode(plain, tokenizer), strict=True))
     features, long_lines = [], []
-    for ex, prompt_ids, completion_ids in zip(examples, *_encode(examples, tokenizer), strict=True):
-        ids = prompt_ids + completion_ids + [tokenizer.eos_token_id]
-        labels = [-100] * len(prompt_ids) + completion_ids + [tokenizer.eos_token_id]
+    for ex in examples:
+        if ex.messages is not None:
+            ids, labels = chat_features(
+                tokenizer, ex.messages, train_on, prefix, f"{source}:{ex.line}"
+            )
+        else:
+            prompt_ids, completion_ids = next(encoded)
+            prompt_ids = with_bos(prompt_ids, prefix)
+            ids = prompt_ids + completion_ids + [tokenizer.eos_token_id]
+            labels = [-100] * len(prompt_ids) + completion_ids + [tokenizer.eos_token_id]
         if len(ids) > max_seq_len:
             long_lines.append(ex.line)
             ids, labels = ids[:max_seq_len], labels[:max_seq_len]

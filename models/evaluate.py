@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from models.chat import prepare_tokenizer
 from models.data import pad_batch, read_split, tokenize
 from models.loading import load_base
 from models.serving import generate, load_adapted
@@ -34,20 +35,28 @@ def completion_loss(model, tokenizer, features: list[dict], batch_size: int) -> 
 
 
 def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
-    """eval_loss, perplexity and exact_match (greedy output equals the completion, stripped)."""
+    """eval_loss, perplexity and exact_match (greedy output equals the completion, stripped;
+    for chat the last assistant turn, answered from the turns before it). Plain text has no
+    answer to match: its exact_match is 0 (the config refuses it as the promotion metric)."""
     data = spec.data
-    examples = read_split(data.eval_path, data.prompt_field, data.completion_field)
-    examples = examples[: spec.max_examples]
-    features = tokenize(examples, tokenizer, data.max_seq_len, "truncate").features
+    examples = read_split(data.eval_path, data)[: spec.max_examples]
+    features = tokenize(
+        examples, tokenizer, data.max_seq_len, "truncate", train_on=data.train_on
+    ).features
     loss = completion_loss(model, tokenizer, features, spec.batch_size)
-    answers = generate(
-        model,
-        tokenizer,
-        [e.prompt for e in examples],
-        max_new_tokens=spec.max_new_tokens,
-        batch_size=spec.batch_size,
-    )
-    hits = sum(a.strip() == e.completion.strip() for a, e in zip(answers, examples, strict=True))
+    hits = 0
+    if data.format != "text":
+        answers = generate(
+            model,
+            tokenizer,
+            [e.request() for e in examples],
+            max_new_tokens=spec.max_new_tokens,
+            batch_size=spec.batch_size,
+            # Non-chat prompts are rendered already (an alpaca prompt is its full text).
+            fmt="chat" if data.format == "chat" else "prompt_completion",
+        )
+        pairs = zip(answers, examples, strict=True)
+        hits = sum(a.strip() == e.completion.strip() for a, e in pairs)
     return {
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
@@ -74,6 +83,7 @@ def evaluate_candidates(
                 device=spec.device,
                 trust_remote_code=spec.trust_remote_code,
             )
+        prepare_tokenizer(tokenizer, spec.data, base_model, spec.trust_remote_code)
         report[name] = evaluate_model(model, tokenizer, spec)
         del model
     return report

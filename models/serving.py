@@ -1,6 +1,7 @@
 """Loading a trained adapter on its base model and generating text with it.
 
-Used by evaluation and by the registry's pyfunc model, so what is served is what was evaluated.
+Used by evaluation and by the registry's pyfunc model, so what is served is what was evaluated;
+requests are encoded by models.chat exactly as training encoded its prompts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from models.chat import bos_prefix, encode_request, turn_end
 from models.loading import load_base
 
 
@@ -33,17 +35,33 @@ def load_adapted(
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    fmt: str = "prompt_completion",
 ) -> list[str]:
-    """Greedy continuation of each prompt (left-padded batches), special tokens removed."""
+    """Greedy answer to each request (left-padded batches), special tokens removed.
+
+    A request is a prompt string, or for fmt chat a string (one user turn) or a list of
+    messages; it is encoded as training encoded its prompts (models.chat.encode_request). A chat
+    answer ends where the template ends an assistant turn.
+    """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
+    prefix = bos_prefix(tokenizer)
+    stop_text = turn_end(tokenizer) if fmt == "chat" else ""
+    stop_ids = [tokenizer.eos_token_id]
+    if stop_text in tokenizer.all_special_tokens:  # e.g. <|im_end|>: stop there, not later
+        stop_ids.append(tokenizer.convert_tokens_to_ids(stop_text))
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        texts = prompts[start : start + batch_size]
-        chunk = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in texts]
+        requests = prompts[start : start + batch_size]
+        chunk = [encode_request(tokenizer, r, fmt, prefix) for r in requests]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -56,8 +74,9 @@ def generate(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
         )
         new_tokens = generated[:, width:]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        outputs.extend(t.split(stop_text)[0] if stop_text else t for t in texts)
     return outputs

@@ -19,15 +19,24 @@ from models.methods import AdapterSpec
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The train/eval splits and how an example becomes tokens (`data.*`)."""
+    """The train/eval splits and how an example becomes tokens (`data.*`; the defaults are the
+    config's, for calls without a config)."""
 
-    path: str
-    train_file: str
-    eval_file: str
-    prompt_field: str
-    completion_field: str
-    max_seq_len: int
-    too_long: str
+    path: str = "data"
+    train_file: str = "train.jsonl"
+    eval_file: str = "eval.jsonl"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    max_seq_len: int = 128
+    too_long: str = "reject"
+    format: str = "prompt_completion"
+    text_field: str = "text"
+    messages_field: str = "messages"
+    role_field: str = "role"
+    content_field: str = "content"
+    role_names: dict[str, str] = dataclasses.field(default_factory=dict)
+    chat_template: str | None = None
+    train_on: str = "assistant"
 
     @property
     def train_path(self) -> str:

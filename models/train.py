@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from models.chat import prepare_tokenizer, save_prompt_format
 from models.checkpoints import (
     checkpoint_marker,
     checkpoint_step,
@@ -209,13 +210,15 @@ def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torc
         **load_kwargs,
     )
     data = spec.data
+    prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
     train_path = data.train_path
     tokenized = tokenize(
-        read_split(train_path, data.prompt_field, data.completion_field),
+        read_split(train_path, data),
         tokenizer,
         data.max_seq_len,
         data.too_long,
         source=train_path,
+        train_on=data.train_on,
     )
     return method.build(model, spec.adapter), tokenizer, tokenized
 
@@ -340,7 +343,8 @@ def _save(
     if method.before_save is not None:
         method.before_save(model, spec.adapter)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # with the chat template: serving renders as training did
+    save_prompt_format(out, spec.data)
     for name, text in extra_files.items():
         (out / name).write_text(text, encoding="utf-8")
     result.adapter_dir = str(out)

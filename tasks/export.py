@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
+from models.chat import PROMPT_FORMAT_FILE
 from models.merge import merge_adapter
 from tasks.lib import s3
 from tasks.lineage import LINEAGE_TAGS
@@ -18,7 +20,8 @@ from tasks.tracking import client
 
 @task(name="merge-adapter")
 def merge(*, version: VersionRef, out_dir: str, dtype: str, max_shard_size: str) -> str:
-    """The adapter merged into its base as a plain transformers model directory."""
+    """The adapter merged into its base as a plain transformers model directory, with the
+    adapter's tokenizer (its chat template included) and its recorded prompt format."""
     merge_adapter(
         base_model=version.base_model,
         adapter_dir=version.adapter_dir,
@@ -26,6 +29,9 @@ def merge(*, version: VersionRef, out_dir: str, dtype: str, max_shard_size: str)
         dtype=dtype,
         max_shard_size=max_shard_size,
     )
+    prompt_format = Path(version.adapter_dir, PROMPT_FORMAT_FILE)
+    if prompt_format.is_file():  # absent for prompt_completion adapters
+        shutil.copy(prompt_format, Path(out_dir, PROMPT_FORMAT_FILE))
     return out_dir
 
 

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 import models
+from models.chat import load_prompt_format
 from models.config import check_model_name
 from models.errors import LoraflowError
 from models.promotion import LINEAGE_KEYS, changed_inputs, recorded_key
@@ -259,7 +260,11 @@ def register_adapter(
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
-    signature = infer_signature(["prompt"], ["generated text"], params={"max_new_tokens": 32})
+    # A chat adapter also takes lists of messages, which a string-column input schema would
+    # flatten into a table: its signature declares the output and params only.
+    chat = load_prompt_format(adapter_dir) == "chat"
+    example_input = None if chat else ["prompt"]
+    signature = infer_signature(example_input, ["generated text"], params={"max_new_tokens": 32})
     with mlflow_errors():
         version = _registered_for_run(mlf, model_name, run_id, tags.get("adapter_sha256", ""))
         if version is None:

@@ -12,21 +12,34 @@ import mlflow
 from mlflow.models import set_model
 
 
-def _prompts(model_input) -> list[str]:
-    if isinstance(model_input, str):
+def _is_conversation(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def _requests(model_input) -> list:
+    """Prompts as a list: a string, a list of messages (one conversation), a list of either,
+    or a one-column DataFrame/Series of either."""
+    if isinstance(model_input, str) or _is_conversation(model_input):
         return [model_input]
+    if isinstance(model_input, dict) and "messages" in model_input:
+        return [list(model_input["messages"])]
     if hasattr(model_input, "iloc"):  # a pandas DataFrame or Series
         frame = model_input.to_frame() if hasattr(model_input, "to_frame") else model_input
-        return [str(v) for v in frame.iloc[:, 0].tolist()]
-    if hasattr(model_input, "tolist"):
-        return [str(v) for v in model_input.tolist()]
-    return [str(v) for v in model_input]
+        model_input = frame.iloc[:, 0].tolist()
+    elif hasattr(model_input, "tolist"):
+        model_input = model_input.tolist()
+    return [v if _is_conversation(v) else str(v) for v in model_input]
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
-    """Base model + LoRA-family adapter; predict(prompts) -> generated continuations."""
+    """Base model + LoRA-family adapter; predict(prompts) -> generated continuations.
+
+    Requests are rendered as the adapter was trained (its recorded data.format and the chat
+    template saved with its tokenizer): a chat adapter takes strings (one user turn) and lists
+    of messages."""
 
     def load_context(self, context):
+        from models.chat import load_prompt_format
         from models.serving import load_adapted
 
         config = context.model_config or {}
@@ -34,6 +47,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer = load_adapted(
             config["base_model"], context.artifacts["adapter"]
         )
+        self.format = load_prompt_format(context.artifacts["adapter"])
 
     def predict(self, context, model_input, params=None):
         from models.serving import generate
@@ -42,8 +56,9 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         return generate(
             self.model,
             self.tokenizer,
-            _prompts(model_input),
+            _requests(model_input),
             max_new_tokens=int(params.get("max_new_tokens", self.max_new_tokens)),
+            fmt=self.format,
         )
 
 

@@ -164,3 +164,53 @@ def test_a_failed_or_crashed_run_closes_its_mlflow_run_as_failed(
         assert raised.value is error or str(raised.value) == str(error)
         assert mlf.get_run(opened[-1]).info.status == "FAILED", type(error).__name__
     assert len(opened) == 2 and flows.finetune._OPEN_RUNS == {}
+
+
+def test_a_chat_run_registers_a_version_that_answers_a_conversation(
+    project, tiny_base, prefect_harness
+):
+    """data.format chat end to end: the demo task as two-turn conversations in Parquet, the
+    chatml template from the config, served through mlflow.pyfunc from a list of messages."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from flows.finetune import finetune
+    from models.serving import generate, load_adapted
+
+    for split in ("train", "eval"):
+        path = project / "data" / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        conversations = [
+            {
+                "messages": [
+                    {"role": "user", "content": a["prompt"]},
+                    {"role": "assistant", "content": a["completion"].strip()},
+                    {"role": "user", "content": b["prompt"]},
+                    {"role": "assistant", "content": b["completion"].strip()},
+                ]
+            }
+            for a, b in zip(rows[::2], rows[1::2], strict=False)
+        ]
+        pd.DataFrame(conversations).to_parquet(project / "data" / f"{split}.parquet")
+        path.unlink()
+    raw = config(tiny_base).model_dump(mode="json")
+    raw["data"].update(
+        format="chat",
+        chat_template="chatml",
+        train_file="train.parquet",
+        eval_file="eval.parquet",
+        max_seq_len=160,
+    )
+    raw["evaluation"]["max_examples"] = 4
+    result = finetune(config_from_dict(raw))
+    assert result.promoted and result.version == "1"
+    assert set(result.report) == {"base", "adapter"}
+
+    loaded = mlflow.pyfunc.load_model("models:/flowtest@champion")
+    messages = list(pd.read_parquet(project / "data" / "eval.parquet")["messages"][0])[:-1]
+    messages = [dict(m) for m in messages]
+    answer = loaded.predict(messages, params={"max_new_tokens": 8})
+    model, tok = load_adapted(str(tiny_base), project / result.adapter_dir)
+    assert answer == generate(model, tok, [messages], max_new_tokens=8, fmt="chat")

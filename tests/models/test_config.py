@@ -78,6 +78,17 @@ BAD = [
     ({"base_model": "m", "registry": {"promote_metric": "bleu"}}, "unknown metric 'bleu'"),
     ({"base_model": "m", "export": {"enabled": True}}, "export.to must be an s3:// URI"),
     ({}, "missing required key 'base_model'"),
+    (
+        {"base_model": "m", "data": {"format": "sharegpt"}},
+        "data.format: unknown value 'sharegpt'; choose one of prompt_completion, chat, alpaca",
+    ),
+    ({"base_model": "m", "data": {"train_on": "user"}}, "data.train_on: unknown value 'user'"),
+    ({"base_model": "m", "data": {"role_names": {"bot": "robot"}}}, "data.role_names.bot"),
+    ({"base_model": "m", "data": {"train_file": "train.txt"}}, "must end in one of .jsonl"),
+    (
+        {"base_model": "m", "data": {"format": "text"}},
+        "registry.promote_metric exact_match needs answers to match; with data.format text",
+    ),
 ]
 
 

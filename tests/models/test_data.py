@@ -3,6 +3,7 @@ import json
 import pytest
 
 from models.data import DataError, pad_batch, read_split, tokenize, validate_dataset
+from models.specs import DataSpec
 
 
 def write(path, lines):
@@ -16,7 +17,7 @@ def row(prompt="p", completion="c"):
 
 def test_reads_examples_with_line_numbers(tmp_path):
     f = write(tmp_path / "t.jsonl", [row("a", "b"), b"", row("c", "d")])
-    examples = read_split(f, "prompt", "completion")
+    examples = read_split(f)
     assert [(e.prompt, e.completion, e.line) for e in examples] == [("a", "b", 1), ("c", "d", 3)]
 
 
@@ -35,23 +36,23 @@ def test_reads_examples_with_line_numbers(tmp_path):
 def test_bad_lines_name_file_and_line(tmp_path, lines, message):
     f = write(tmp_path / "t.jsonl", lines)
     with pytest.raises(DataError) as err:
-        read_split(f, "prompt", "completion")
+        read_split(f)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_missing_dir_and_file(tmp_path):
     with pytest.raises(DataError, match="data directory not found"):
-        validate_dataset(tmp_path / "nope", "train.jsonl", "eval.jsonl", "prompt", "completion")
+        validate_dataset(DataSpec(path=str(tmp_path / "nope")))
     write(tmp_path / "train.jsonl", [row()])
     with pytest.raises(DataError, match="eval.jsonl: split file not found"):
-        validate_dataset(tmp_path, "train.jsonl", "eval.jsonl", "prompt", "completion")
+        validate_dataset(DataSpec(path=str(tmp_path)))
 
 
 def test_duplicates_between_eval_and_train_are_counted(tmp_path):
     write(tmp_path / "train.jsonl", [row("a", "1"), row("b", "2")])
     write(tmp_path / "eval.jsonl", [row("a", "1"), row("b", "2"), row("c", "3")])
-    train, evals = validate_dataset(tmp_path, "train.jsonl", "eval.jsonl", "prompt", "completion")
+    train, evals = validate_dataset(DataSpec(path=str(tmp_path)))
     assert (train.examples, evals.examples, evals.duplicates_of_train) == (2, 3, 2)
     assert evals.warnings == ["2 eval examples also appear in the train split"]
 
@@ -61,7 +62,7 @@ def test_tokenize_masks_prompt_and_handles_long_examples(tiny_base, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     f = write(tmp_path / "t.jsonl", [row("the cat", " sat"), row("a " * 40, " b")])
-    examples = read_split(f, "prompt", "completion")
+    examples = read_split(f)
     prompt_len = len(tok("the cat", add_special_tokens=False)["input_ids"])
     out = tokenize(examples, tok, max_seq_len=16, too_long="truncate")
     first = out.features[0]

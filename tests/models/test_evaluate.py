@@ -108,7 +108,7 @@ def test_exact_match_compares_stripped_greedy_output(base, tiny_base, tmp_path):
     report = evaluate({"base": (str(tiny_base), None)}, eval_file)["base"]
     assert report["exact_match"] == 0.5
     assert report["examples"] == 4.0
-    features = tokenize(read_split(eval_file, "prompt", "completion"), tok, 64, "truncate")
+    features = tokenize(read_split(eval_file), tok, 64, "truncate")
     assert report["eval_loss"] == pytest.approx(hand_loss(model, features.features), rel=1e-5)
     assert report["perplexity"] == pytest.approx(math.exp(report["eval_loss"]), rel=1e-12)
 
@@ -123,7 +123,7 @@ def test_candidates_are_scored_on_the_same_split(tiny_base, tiny_data, tmp_path)
     report = evaluate(candidates, eval_file, max_examples=6, batch_size=4)
     assert set(report) == {"base", "adapter"}
 
-    examples = read_split(eval_file, "prompt", "completion")[:6]
+    examples = read_split(eval_file)[:6]
     for name, (model, tok) in {
         "base": load_base(str(tiny_base)),
         "adapter": load_adapted(str(tiny_base), tmp_path / "adapter"),
@@ -140,3 +140,46 @@ def test_candidates_are_scored_on_the_same_split(tiny_base, tiny_data, tmp_path)
         assert got["exact_match"] == hits / 6
     # The adapter was trained (B is not zero): its figures are its own, not the base's.
     assert report["adapter"]["eval_loss"] != report["base"]["eval_loss"]
+
+
+def test_each_format_is_scored_on_what_it_trains(base, tiny_base, tmp_path):
+    """text: every token in the loss, no answer to match; alpaca: the answer after the Alpaca
+    prompt; chat: the last assistant turn, answered from the turns before it."""
+    from models.chat import prepare_tokenizer
+    from models.evaluate import evaluate_model
+    from models.formats import alpaca_prompt
+
+    model, tok = base
+    records = {
+        "text": [{"text": "the red cat sat"}, {"text": "a dog ran far away"}],
+        "alpaca": [{"instruction": "Q: what is red?", "input": "", "output": "a colour"}],
+        "chat": [
+            {
+                "messages": [
+                    {"role": "user", "content": "2+2="},
+                    {"role": "assistant", "content": "4"},
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                ]
+            }
+        ],
+    }
+    for fmt, rows in records.items():
+        f = tmp_path / f"{fmt}.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        extra = {"chat_template": "chatml"} if fmt == "chat" else {}
+        data = DataSpec(path=str(tmp_path), eval_file=f.name, format=fmt, max_seq_len=128, **extra)
+        spec = EvalSpec(data=data, batch_size=2, max_new_tokens=4)
+        prepare_tokenizer(tok, data)
+        report = evaluate_model(model, tok, spec)
+        features = tokenize(read_split(f, data), tok, 128, "truncate").features
+        # Nothing predicts the first token (a text's first token is labelled, but unused).
+        predicted = [{**f, "labels": [-100] + f["labels"][1:]} for f in features]
+        assert report["eval_loss"] == pytest.approx(hand_loss(model, predicted), rel=1e-5), fmt
+        if fmt == "text":
+            assert report["exact_match"] == 0.0
+            assert all(label != -100 for f in features for label in f["labels"])
+        elif fmt == "alpaca":
+            answer = generate(model, tok, [alpaca_prompt("Q: what is red?")], max_new_tokens=4)
+            assert report["exact_match"] == float(answer[0].strip() == "a colour")
+    tok.chat_template = None

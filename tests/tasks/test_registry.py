@@ -80,6 +80,44 @@ def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, 
     assert mlf.get_model_version("roundtrip", "1").tags["promotion.outcome"] == "promoted"
 
 
+def test_a_chat_adapter_is_served_from_a_string_or_a_list_of_messages(
+    project, tiny_base, prefect_harness
+):
+    """Rendered through the registered pyfunc as training rendered it: the template and the
+    format travel in the adapter folder."""
+    from models.chat import prepare_tokenizer, save_prompt_format
+    from models.serving import generate, load_adapted
+    from models.specs import DataSpec
+
+    adapter = project / "chat-adapter"
+    trained_adapter(tiny_base, adapter)
+    data = DataSpec(format="chat", chat_template="chatml")
+    tok = prepare_tokenizer(load_adapted(str(tiny_base), adapter)[1], data)
+    tok.save_pretrained(adapter)  # as training saves it: with the chat template
+    save_prompt_format(adapter, data)
+    run_id = open_run.fn(experiment="t", run_name="chat", config={}, config_yaml="", tags={})
+    register_adapter.fn(
+        run_id=run_id,
+        adapter_dir=str(adapter),
+        base_model=str(tiny_base),
+        model_name="chat",
+        tags={"adapter_sha256": "c"},
+        max_new_tokens=4,
+    )
+    loaded = mlflow.pyfunc.load_model("models:/chat@challenger")
+    conversation = [
+        {"role": "user", "content": "the red cat"},
+        {"role": "assistant", "content": "sat"},
+        {"role": "user", "content": "a dog"},
+    ]
+    model, served_tok = load_adapted(str(tiny_base), adapter)
+    expected = generate(model, served_tok, [conversation, "a dog"], max_new_tokens=4, fmt="chat")
+    params = {"max_new_tokens": 4}
+    assert loaded.predict(conversation, params=params) == expected[:1]
+    assert loaded.predict("a dog", params=params) == expected[1:]
+    assert loaded.predict([{"role": "user", "content": "a dog"}], params=params) == expected[1:]
+
+
 def fail_once(monkeypatch, owner, name: str, error: Exception) -> list:
     """owner.name raises `error` on its first call only; returns the list of calls made."""
     real, calls = getattr(owner, name), []

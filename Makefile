@@ -33,7 +33,10 @@ $(BIN)/loraflow: requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
+# The demo data; the demo base model is shipped in demo/base. Prefect creates its home only one
+# level deep: on a fresh clone .loraflow/ does not exist yet.
 demo-assets: setup
+	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/loraflow demo-assets
 
 run: demo-assets

@@ -6,7 +6,7 @@ import dataclasses
 
 from bench.workers import ROOT, BenchError
 
-DEMO_BASE = ROOT / ".loraflow" / "demo-base"
+DEMO_BASE = ROOT / "demo" / "base"  # shipped in git
 DEMO_DATA = ROOT / "data"
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

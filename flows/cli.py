@@ -69,15 +69,46 @@ def cmd_reproduce(args) -> int:
 
     with checks_first():
         got = reproduce(args.target)
-    if got.identical:
+    return print_reproduction(got)
+
+
+# Exit codes of `loraflow reproduce` (2 stays the CLI's own error code).
+REPRODUCED, NOT_REPRODUCED, EQUIVALENT_ONLY = 0, 1, 3
+
+
+def print_reproduction(got) -> int:
+    """The outcome of `reproduce` on the console; returns the command's exit code."""
+    if got.outcome == "identical":
         print(f"run {got.run_id}: reproduced, adapter sha256 {got.rebuilt_sha256} identical")
         for line in got.differences:  # package differences that did not change the result
             print(f"  note: {line}")
-        return 0
+        return REPRODUCED
+    if got.outcome == "equivalent":
+        print(
+            f"run {got.run_id}: equivalent, not identical: adapter sha256 recorded "
+            f"{got.recorded_sha256[:16]}, rebuilt {got.rebuilt_sha256[:16]}"
+        )
+        if got.max_abs_diff is not None:
+            print(f"  max abs tensor difference {got.max_abs_diff:.3g}")
+        for line in got.metrics:
+            print(f"  {line}")
+        if got.environment:
+            print("  likely cause, the hardware / numeric environment differs:")
+            for line in got.environment:
+                print(f"    {line}")
+        else:
+            print("  no hardware / numeric environment difference was recorded")
+        for line in got.differences[1:]:  # package differences
+            print(f"  note: {line}")
+        return EQUIVALENT_ONLY
     print(f"run {got.run_id}: NOT reproduced")
     for line in got.differences:
         print(f"  {line}")
-    return 1
+    if got.max_abs_diff is not None:
+        print(f"  max abs tensor difference {got.max_abs_diff:.3g}")
+    for line in got.environment:
+        print(f"  environment {line}")
+    return NOT_REPRODUCED
 
 
 def print_summary(summary, metric: str) -> None:
@@ -198,17 +229,24 @@ def cmd_plan(args) -> int:
 
 
 def cmd_demo_assets(args) -> int:
-    from demo import build_demo_base_model, build_demo_data
+    from demo import build_demo_data
 
-    data_dir, model_dir = Path(args.data_dir), Path(args.model_dir)
+    data_dir = Path(args.data_dir)
     if args.force or not (data_dir / "train.jsonl").is_file():
         counts = build_demo_data(data_dir)
         print(f"demo data: {counts} examples in {data_dir}")
     else:
         print(f"demo data: {data_dir} exists, kept")
+    if args.model_dir is None:
+        # Float results differ between CPUs, so the base is built once and shipped in git.
+        print("demo base model: demo/base (shipped in git, the same bytes everywhere)")
+        return 0
+    from demo import build_demo_base_model
+
+    model_dir = Path(args.model_dir)
     if args.force or not (model_dir / "config.json").is_file():
         build_demo_base_model(model_dir)
-        print(f"demo base model: built in {model_dir}")
+        print(f"demo base model: built in {model_dir} (bytes depend on the CPU; see docs/demo.md)")
     else:
         print(f"demo base model: {model_dir} exists, kept")
     return 0
@@ -238,7 +276,11 @@ def parser() -> argparse.ArgumentParser:
         help="train nothing if data, config and base model equal the champion's",
     )
     run.set_defaults(func=cmd_run)
-    rep = sub.add_parser("reproduce", help="retrain a recorded run and compare adapter sha256")
+    rep = sub.add_parser(
+        "reproduce",
+        help="retrain a recorded run and compare: exit 0 identical bytes, 3 equivalent "
+        "(metrics within tolerance), 1 different",
+    )
     rep.add_argument("target", help="MLflow run id, models:/<name>/<n> or models:/<name>@<alias>")
     rep.set_defaults(func=cmd_reproduce)
     prom = sub.add_parser("promote", help="re-run the promotion gate for a version, or force it")
@@ -269,9 +311,13 @@ def parser() -> argparse.ArgumentParser:
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
-    demo = sub.add_parser("demo-assets", help="build the demo base model and demo data")
+    demo = sub.add_parser("demo-assets", help="build the demo data (the base model is shipped)")
     demo.add_argument("--data-dir", default="data")
-    demo.add_argument("--model-dir", default=".loraflow/demo-base")
+    demo.add_argument(
+        "--model-dir",
+        default=None,
+        help="also rebuild the demo base model into this directory (the shipped one is demo/base)",
+    )
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.set_defaults(func=cmd_demo_assets)
     return p

@@ -12,8 +12,10 @@ matmuls in the same process, before and after training, the higher one.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.assets import DEMO_BASE, require_demo_assets, train_lora
@@ -58,21 +60,33 @@ def _build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, i
     return out, total_params, matmul_params
 
 
-def train_large_lora(
-    tmp: Path,
-    *,
-    hidden: int,
-    layers: int,
-    seq_len: int,
-    batch_size: int,
-    warmup: int,
-    steps: int,
-    **options,
-) -> dict:
+@dataclass(frozen=True)
+class LargeRun:
+    """The training of figures 6 and 8: a fresh Llama-shaped base of `hidden` x `layers`, batch
+    `batch_size` x `seq_len` tokens, `steps` timed steps after `warmup`."""
+
+    hidden: int = 1024
+    layers: int = 8
+    seq_len: int = 128
+    batch_size: int = 4
+    warmup: int = 1
+    steps: int = 3
+
+    def describe(self, params: str) -> str:
+        return (
+            f"Llama-shaped, hidden {self.hidden}, {self.layers} layers ({params}), LoRA r=8 "
+            f"all linear, batch {self.batch_size} x {self.seq_len} tokens, {self.steps} timed "
+            f"steps after {self.warmup}"
+        )
+
+
+def train_large_lora(tmp: Path, large: LargeRun, **options) -> dict:
     """LoRA r=8 on all linear layers of a fresh Llama-shaped base (hidden x layers), rows of
     exactly seq_len tokens, through the pipeline's train_adapter; `options` replace fields of
     its TrainSpec. Returns the TrainResult, the base's parameter counts and tokens/s timed from
     the Trainer's per-step log after `warmup` steps."""
+    hidden, layers, seq_len = large.hidden, large.layers, large.seq_len
+    batch_size, warmup, steps = large.batch_size, large.warmup, large.steps
     base, total_params, matmul_params = _build_large_base(tmp / "base", hidden, layers)
     data = write_long_data(tmp / "data", n=batch_size * (warmup + steps))
     stamps: dict[int, float] = {}
@@ -102,9 +116,7 @@ def train_large_lora(
     }
 
 
-def _work(
-    hidden: int, layers: int, seq_len: int, batch_size: int, warmup: int, steps: int, tmp: str
-) -> dict:
+def _work(large: dict, tmp: str) -> dict:
     import torch
 
     device = device_kind()
@@ -112,16 +124,7 @@ def _work(
     size = 8192 if device == "cuda" else 2048
     peak_before = matmul_peak(device, dtype, size)
 
-    trained = train_large_lora(
-        Path(tmp),
-        hidden=hidden,
-        layers=layers,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        warmup=warmup,
-        steps=steps,
-        device=device,
-    )
+    trained = train_large_lora(Path(tmp), LargeRun(**large), device=device)
     peak_after = matmul_peak(device, dtype, size)
     adapter_params = trained["result"].trainable_params
     flops_per_token = 4 * trained["matmul_params"] + 6 * adapter_params
@@ -141,29 +144,13 @@ def _work(
     }
 
 
-def run(
-    *,
-    hidden: int = 1024,
-    layers: int = 8,
-    seq_len: int = 128,
-    batch_size: int = 4,
-    warmup: int = 1,
-    steps: int = 3,
-) -> Figure:
+FIGURE_6 = LargeRun()
+
+
+def run(large: LargeRun = FIGURE_6) -> Figure:
     require_demo_assets()
     with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
-        got = run_worker(
-            "bench.flops",
-            {
-                "hidden": hidden,
-                "layers": layers,
-                "seq_len": seq_len,
-                "batch_size": batch_size,
-                "warmup": warmup,
-                "steps": steps,
-                "tmp": tmp,
-            },
-        )
+        got = run_worker("bench.flops", {"large": dataclasses.asdict(large), "tmp": tmp})
     efficiency = got["achieved_flops"] / got["peak_flops"]
     label = "MFU" if got["device"] == "cuda" else "of matmul peak"
     return Figure(
@@ -177,10 +164,9 @@ def run(
         command="python -m bench --only flops",
         details={**got, "efficiency": efficiency},
         lines=[
-            f"Llama-shaped, hidden {hidden}, {layers} layers, {got['total_params']:,} params "
-            f"({got['matmul_params']:,} in matmuls), LoRA r=8 all linear "
-            f"({got['adapter_params']:,}); batch {batch_size} x {seq_len} tokens, {steps} timed "
-            f"steps after {warmup}; {got['dtype']}, {got['device']}, {got['threads']} threads",
+            large.describe(f"{got['total_params']:,} params, {got['matmul_params']:,} in matmuls")
+            + f", adapter {got['adapter_params']:,} params; {got['dtype']}, {got['device']}, "
+            f"{got['threads']} threads",
             f"{got['tokens_per_second']:.0f} tokens/s x {got['flops_per_token'] / 1e6:.0f} "
             f"MFLOP/token = {got['achieved_flops'] / 1e9:.1f} GFLOP/s",
             f"matmul peak ({got['matmul_size']}^2, before/after): "

@@ -15,35 +15,22 @@ forward again there: for a frozen base with LoRA that is about 6 N FLOPs per tok
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 from bench.assets import require_demo_assets
-from bench.flops import train_large_lora
+from bench.flops import LargeRun, train_large_lora
 from bench.measure import Figure
 from bench.workers import MEMORY_ENV, device_kind, run_worker, worker_main
 
 MiB = 1 << 20
 
 
-def _work(
-    checkpointing: bool,
-    hidden: int,
-    layers: int,
-    seq_len: int,
-    batch_size: int,
-    warmup: int,
-    steps: int,
-    tmp: str,
-) -> dict:
+def _work(checkpointing: bool, large: dict, tmp: str) -> dict:
     trained = train_large_lora(
         Path(tmp),
-        hidden=hidden,
-        layers=layers,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        warmup=warmup,
-        steps=steps,
+        LargeRun(**large),
         device=device_kind(),
         gradient_checkpointing=checkpointing,
     )
@@ -57,31 +44,17 @@ def _work(
     }
 
 
-def run(
-    *,
-    hidden: int = 1024,
-    layers: int = 8,
-    seq_len: int = 128,
-    batch_size: int = 4,
-    warmup: int = 1,
-    steps: int = 2,
-) -> Figure:
+FIGURE_8 = LargeRun(steps=2)
+
+
+def run(large: LargeRun = FIGURE_8) -> Figure:
     require_demo_assets()
     arms = {}
     for checkpointing in (False, True):
         with tempfile.TemporaryDirectory(prefix="bench-grad-ckpt-") as tmp:
             arms["on" if checkpointing else "off"] = run_worker(
                 "bench.grad_ckpt",
-                {
-                    "checkpointing": checkpointing,
-                    "hidden": hidden,
-                    "layers": layers,
-                    "seq_len": seq_len,
-                    "batch_size": batch_size,
-                    "warmup": warmup,
-                    "steps": steps,
-                    "tmp": tmp,
-                },
+                {"checkpointing": checkpointing, "large": dataclasses.asdict(large), "tmp": tmp},
                 env=MEMORY_ENV,
             )
     off, on = arms["off"], arms["on"]
@@ -100,9 +73,8 @@ def run(
         command="python -m bench --only grad_ckpt",
         details={"arms": arms, "memory_ratio": memory_ratio, "speed_ratio": speed_ratio},
         lines=[
-            f"Llama-shaped, hidden {hidden}, {layers} layers ({params:.0f}M params), LoRA r=8 all "
-            f"linear, batch {batch_size} x {seq_len} tokens, {steps} timed steps after {warmup}, "
-            f"a fresh process per arm; peak = {off['peak_kind']}",
+            large.describe(f"{params:.0f}M params")
+            + f", a fresh process per arm; peak = {off['peak_kind']}",
             f"off: peak {off['peak_bytes'] / MiB:,.1f} MiB, {off['tokens_per_second']:,.0f} "
             f"tokens/s, loss {off['train_loss']:.5f}",
             f"on:  peak {on['peak_bytes'] / MiB:,.1f} MiB, {on['tokens_per_second']:,.0f} "

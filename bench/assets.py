@@ -29,15 +29,7 @@ def lora_spec(*, steps: int, seed: int = 0, data: dict | None = None, **override
 
     spec = TrainSpec(
         base_model=str(DEMO_BASE),
-        data=DataSpec(
-            path=str(DEMO_DATA),
-            train_file="train.jsonl",
-            eval_file="eval.jsonl",
-            prompt_field="prompt",
-            completion_field="completion",
-            max_seq_len=64,
-            too_long="reject",
-        ),
+        data=DataSpec(path=str(DEMO_DATA), max_seq_len=64),  # the rest: config defaults
         method="lora",
         adapter=AdapterSpec(r=8, alpha=16.0, dropout=0.0, target_modules=TARGETS, seed=seed),
         max_steps=steps,

@@ -16,15 +16,7 @@ def tiny_spec(tiny_base, tiny_data, method="lora", adapter=SPEC, steps=4, **fiel
     """A short training of the tiny base on the tiny data; `fields` replace TrainSpec fields."""
     spec = TrainSpec(
         base_model=str(tiny_base),
-        data=DataSpec(
-            path=str(tiny_data),
-            train_file="train.jsonl",
-            eval_file="eval.jsonl",
-            prompt_field="prompt",
-            completion_field="completion",
-            max_seq_len=64,
-            too_long="reject",
-        ),
+        data=DataSpec(path=str(tiny_data), max_seq_len=64),  # the rest: config defaults
         method=method,
         adapter=adapter,
         max_steps=steps,

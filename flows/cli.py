@@ -26,7 +26,7 @@ def cmd_check(args) -> int:
 
     config = load_config(args.config, args.overrides)
     splits = check_inputs.fn(config.check_spec(config.base_model))
-    check_services.fn(export_to=config.export.to if config.export.enabled else None)
+    check_services.fn(export_to=config.export.destination)
     for split in splits:
         print(f"{split.name}: {split.examples} examples ({split.path})")
         for warning in split.warnings:

@@ -44,7 +44,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
     base_model = canonical_base(config.base_model)
     for method_config in configs.values():
         check_inputs(method_config.check_spec(config.base_model))
-    check_services(export_to=config.export.to if config.export.enabled else None)
+    check_services(export_to=config.export.destination)
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)

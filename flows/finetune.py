@@ -110,7 +110,7 @@ def finetune(
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
-    check_services(export_to=config.export.to if config.export.enabled else None)
+    check_services(export_to=config.export.destination)
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)

@@ -42,7 +42,6 @@ class Reproduction:
     """
 
     run_id: str
-    identical: bool
     recorded_sha256: str
     rebuilt_sha256: str
     differences: list[str] = field(default_factory=list)
@@ -50,6 +49,10 @@ class Reproduction:
     metrics: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None
     environment: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return self.outcome == IDENTICAL
 
 
 def _recorded(target: str, ref: VersionRef | None) -> tuple[str, dict[str, str]]:
@@ -95,9 +98,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     base_model = tags["base_model"]
     recorded = tags.get("adapter_sha256", "")
     if is_local(base_model) and not Path(base_model).is_dir():
-        return Reproduction(
-            run_id, False, recorded, "", [f"base model {base_model}: not found here"]
-        )
+        return Reproduction(run_id, recorded, "", [f"base model {base_model}: not found here"])
     here = collect_lineage(base_model=base_model)
     environment = changed_tags(tags, here, "env.")
     differences = [
@@ -111,7 +112,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
             f"base model {base_model}: weights sha256 recorded "
             f"{tags.get('base_model_sha256', '?')[:16]}, here {here['base_model_sha256'][:16]}",
         )
-        return Reproduction(run_id, False, recorded, "", differences, environment=environment)
+        return Reproduction(run_id, recorded, "", differences, environment=environment)
     data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
     result = train(
@@ -124,9 +125,8 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     if result.adapter_sha256 == recorded:
         logger().info("reproduce %s: identical", run_id)
         return Reproduction(
-            run_id, True, recorded, result.adapter_sha256, differences, IDENTICAL,
-            environment=environment,
-        )  # fmt: skip
+            run_id, recorded, result.adapter_sha256, differences, IDENTICAL, environment=environment
+        )
 
     differences.insert(
         0, f"adapter sha256: recorded {recorded[:16]}, rebuilt {result.adapter_sha256[:16]}"
@@ -154,7 +154,6 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     logger().info("reproduce %s: %s; %s", run_id, outcome, "; ".join(differences))
     return Reproduction(
         run_id,
-        False,
         recorded,
         result.adapter_sha256,
         differences,

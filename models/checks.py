@@ -34,7 +34,8 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     warning with the count (too_long='truncate').
     """
     data = spec.data
-    if get_method(spec.method).needs_cuda and not cuda_available():
+    method = get_method(spec.method)
+    if method.needs_cuda and not cuda_available():
         raise ModelError(
             f"adapter.method {spec.method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none "
             "is available here; use lora or lora_fa on this machine"
@@ -43,7 +44,6 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     preflight_base(spec.base_model, spec.trust_remote_code)
     skeleton = meta_model(spec.base_model, spec.trust_remote_code)
     kinds = kinds_of(skeleton)
-    method = get_method(spec.method)
     check_target_modules(
         spec.target_modules, linear_names(kinds), kinds, spec.method, method.layer_kinds
     )

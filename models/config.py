@@ -242,6 +242,11 @@ class ExportConfig(_Section):
             raise ValueError(f"must be an s3://bucket/prefix URI (got {v!r})")
         return v
 
+    @property
+    def destination(self) -> str | None:
+        """Where a run exports to: `to` when export is enabled, else None (nothing to check)."""
+        return self.to if self.enabled else None
+
 
 class LoraflowConfig(_Section):
     """A whole fine-tune run: base model, data, adapter, training, evaluation, registry, export."""

@@ -51,9 +51,6 @@ class VersionRef:
         return self.recorded_metrics.get(recorded_key(metric))
 
 
-# The champion is just the version behind alias `champion`.
-ChampionRef = VersionRef
-
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 

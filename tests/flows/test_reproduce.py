@@ -120,6 +120,6 @@ def test_reproduce_tells_identical_equivalent_and_different_apart(
     assert print_reproduction(tampered) == NOT_REPRODUCED == 1
     assert f"run {got.run_id}: NOT reproduced" in capsys.readouterr().out
 
-    identical = Reproduction(got.run_id, True, "ab" * 32, "ab" * 32, outcome="identical")
+    identical = Reproduction(got.run_id, "ab" * 32, "ab" * 32, outcome="identical")
     assert print_reproduction(identical) == REPRODUCED == 0
     assert "identical" in capsys.readouterr().out

@@ -1,19 +1,24 @@
 """LoRA-FA (Zhang et al., 2023): LoRA with A frozen at its random init; only B is trained.
 
-Freezing A before the first forward pass also means autograd does not keep A's input for the
-backward pass (it only needs A's output to form B's gradient), which is where the memory
-saving comes from.
+With A frozen the backward pass needs only A's r-dim output and the dropout's keep mask, not
+the layer input: every adapted layer runs its adapter path through
+models.methods.frozen_a, which saves exactly those (the mask as bits), at any dropout. The
+adapter is a standard PEFT LoRA adapter (A saved as initialised), merged and loaded as one.
 """
 
 from models.methods.base import AdapterMethod, AdapterSpec, build_lora
 
 
 def build(model, spec: AdapterSpec):
-    """Wrap `model` with LoRA, then freeze every lora_A so only the B matrices train."""
+    """Wrap `model` with LoRA, freeze every lora_A so only the B matrices train, and route the
+    adapter path through the frozen-A autograd function."""
+    from models.methods.frozen_a import install
+
     peft_model = build_lora(model, spec)
     for name, param in peft_model.named_parameters():
         if ".lora_A." in name:
             param.requires_grad_(False)
+    install(peft_model)
     return peft_model
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from models.distributed import DistributedTrainingError, train_adapter_distributed
@@ -16,17 +17,23 @@ pytestmark = pytest.mark.slow
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
 
 
-def spec(tiny_base, tiny_data, **fields):
-    spec = tiny_spec(tiny_base, tiny_data, adapter=SPEC, steps=12, logging_steps=3, **fields)
+def spec(tiny_base, tiny_data, method="lora", **fields):
+    spec = tiny_spec(tiny_base, tiny_data, method, SPEC, steps=12, logging_steps=3, **fields)
     return dataclasses.replace(spec, data=dataclasses.replace(spec.data, too_long="truncate"))
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_base, tiny_data, tmp_path):
-    single = train_adapter(spec(tiny_base, tiny_data, batch_size=16), output_dir=tmp_path / "one")
+# lora_fa: its frozen-A autograd function under DDP's gradient all-reduce.
+@pytest.mark.parametrize("method", ["lora", "lora_fa"])
+def test_two_processes_match_one_with_the_same_global_batch(
+    method, tiny_base, tiny_data, tmp_path
+):
+    single = train_adapter(
+        spec(tiny_base, tiny_data, method, batch_size=16), output_dir=tmp_path / "one"
+    )
     logs = []
     ddp = train_adapter_distributed(
         # batch_size per process: the global batch is 2 x 8 = 16, as above
-        spec(tiny_base, tiny_data, batch_size=8, num_processes=2),
+        spec(tiny_base, tiny_data, method, batch_size=8, num_processes=2),
         output_dir=tmp_path / "two",
         on_log=lambda record, step: logs.append((step, record)),
     )
@@ -40,6 +47,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_base, tiny_data
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert one.keys() == two.keys()
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    if method == "lora_fa":  # A stays at its (seeded, identical) init in both, bit for bit
+        assert all(torch.equal(one[k], two[k]) for k in one if ".lora_A." in k)
     assert ddp.train_loss < ddp.loss_history[0][1]  # it learned
     # Only rank 0 relays logs (once per logging step, not once per process) and saves.
     loss_steps = [step for step, record in logs if "loss" in record]

@@ -14,7 +14,7 @@ from tests.models.test_train import train
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"], seed=3)
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("method", ["lora", "dora", "lora_fa"])
 def test_same_adapter_with_and_without_checkpointing(
     method, tiny_base, tiny_data, tmp_path, monkeypatch
 ):

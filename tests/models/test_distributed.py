@@ -24,9 +24,7 @@ def spec(tiny_base, tiny_data, method="lora", **fields):
 
 # lora_fa: its frozen-A autograd function under DDP's gradient all-reduce.
 @pytest.mark.parametrize("method", ["lora", "lora_fa"])
-def test_two_processes_match_one_with_the_same_global_batch(
-    method, tiny_base, tiny_data, tmp_path
-):
+def test_two_processes_match_one_with_the_same_global_batch(method, tiny_base, tiny_data, tmp_path):
     single = train_adapter(
         spec(tiny_base, tiny_data, method, batch_size=16), output_dir=tmp_path / "one"
     )

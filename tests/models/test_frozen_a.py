@@ -92,7 +92,7 @@ def test_saves_only_a_of_dropped_x_and_the_mask_bits():
     for p, expected in ((0.1, tokens * r * 4 + tokens * d_in // 8), (0.0, tokens * r * 4)):
         saved = []
 
-        def pack(t):
+        def pack(t, saved=saved):
             if t.data_ptr() not in (a.data_ptr(), b.data_ptr()):  # the weights are no activations
                 saved.append(t.untyped_storage().nbytes())
             return t

@@ -9,6 +9,7 @@ Benchmarks (each measured in fresh worker processes, see its module):
   flops     6. achieved training FLOP/s of a 100M+ model vs a measured matmul peak
   threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
   grad_ckpt 8. training.gradient_checkpointing on vs off: peak memory and tokens/s
+  export   10. merge-and-export: streamed merge vs PEFT merge_and_unload, peak memory and time
 
 Trials, run only when named in --only (a change that was tried and not kept):
   compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps
@@ -39,6 +40,7 @@ BENCHMARKS = (
     "flops",
     "threads",
     "grad_ckpt",
+    "export",
 )
 TRIALS = ("compile",)
 

@@ -225,6 +225,10 @@ def cmd_plan(args) -> int:
         f"{plan.base_weight_bytes / gib:.2f}, optimizer {plan.optimizer_state_bytes / gib:.2f}, "
         f"activations {plan.activation_bytes / gib:.2f} GiB)"
     )
+    print(
+        f"est. export peak {plan.est_export_peak_bytes / gib:.2f} GiB (merge-and-export: one "
+        "base shard, the adapter, one layer's fp32 copies)"
+    )
     return 0
 
 

@@ -226,6 +226,11 @@ class ExportConfig(_Section):
         "auto", description="Dtype of the merged weights (auto = the base's)."
     )
     max_shard_size: str = Field("2GB", description="Largest safetensors shard, e.g. 500MB.")
+    delete_local_shards: bool = Field(
+        False,
+        description="Upload each merged shard as soon as it is written, then delete it: local "
+        "disk holds about one shard instead of the whole model.",
+    )
     concurrency: int = Field(8, ge=1, description="Parallel S3 transfers per file (multipart).")
     multipart_threshold_mb: int = Field(
         64, ge=1, description="Files above this use multipart upload."

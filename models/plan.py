@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from models.loading import meta_model
+from models.loading import is_local, meta_model
+from models.merge import export_peak_bytes
 from models.methods import get_method
 from models.specs import TrainSpec
 
@@ -27,6 +28,7 @@ class Plan:
     optimizer_state_bytes: int
     activation_bytes: int
     est_peak_memory_bytes: int
+    est_export_peak_bytes: int  # merge-and-export (models.merge.export_peak_bytes)
     batch_size: int
     seq_len: int
     dtype: str
@@ -95,6 +97,11 @@ def plan_run(spec: TrainSpec) -> Plan:
         base_bytes = frozen * width
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
     acts = activation_bytes(config, batch_size, seq_len, width, spec.gradient_checkpointing)
+    export_peak = export_peak_bytes(
+        largest_base_file(spec.base_model, fallback=base_bytes),
+        largest_adapted_weight(model),
+        adapter,
+    )
     return Plan(
         method=method,
         trainable_params=trainable,
@@ -105,7 +112,37 @@ def plan_run(spec: TrainSpec) -> Plan:
         optimizer_state_bytes=optimizer,
         activation_bytes=acts,
         est_peak_memory_bytes=base_bytes + optimizer + acts,
+        est_export_peak_bytes=export_peak,
         batch_size=batch_size,
         seq_len=seq_len,
         dtype=dtype,
+    )
+
+
+def largest_base_file(base_model: str, fallback: int) -> int:
+    """Bytes of the base's largest safetensors file; `fallback` (the whole base in one file,
+    the worst case) for a hub id or a directory without weights."""
+    from pathlib import Path
+
+    from models.shards import ShardError, checkpoint_files
+
+    if is_local(base_model):
+        try:
+            return max(p.stat().st_size for p in checkpoint_files(Path(base_model)))
+        except ShardError:
+            pass
+    return fallback
+
+
+def largest_adapted_weight(model) -> int:
+    """Elements of the largest weight an adapter layer of the (meta) PEFT model changes."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return max(
+        (
+            m.get_base_layer().weight.numel()
+            for m in model.modules()
+            if isinstance(m, BaseTunerLayer)
+        ),
+        default=0,
     )

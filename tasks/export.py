@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
 from models.chat import PROMPT_FORMAT_FILE
-from models.merge import merge_adapter
+from models.config import ExportConfig
+from models.merge import export_files
 from tasks.lib import s3
 from tasks.lineage import LINEAGE_TAGS
 from tasks.registry import VersionRef
@@ -18,20 +20,27 @@ from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
 
 
-@task(name="merge-adapter")
-def merge(*, version: VersionRef, out_dir: str, dtype: str, max_shard_size: str) -> str:
-    """The adapter merged into its base as a plain transformers model directory, with the
-    adapter's tokenizer (its chat template included) and its recorded prompt format."""
-    merge_adapter(
+def _merged_files(version: VersionRef, out_dir: str, export: ExportConfig) -> Iterator[Path]:
+    """The merged model's files as each is written (models.merge.export_files), then the
+    adapter's recorded prompt format."""
+    yield from export_files(
         base_model=version.base_model,
         adapter_dir=version.adapter_dir,
         out_dir=out_dir,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
+        dtype=export.dtype,
+        max_shard_size=export.max_shard_size,
     )
     prompt_format = Path(version.adapter_dir, PROMPT_FORMAT_FILE)
     if prompt_format.is_file():  # absent for prompt_completion adapters
-        shutil.copy(prompt_format, Path(out_dir, PROMPT_FORMAT_FILE))
+        yield Path(shutil.copy(prompt_format, Path(out_dir, PROMPT_FORMAT_FILE)))
+
+
+@task(name="merge-adapter")
+def merge(*, version: VersionRef, out_dir: str, export: ExportConfig) -> str:
+    """The adapter merged into its base as a plain transformers model directory, with the
+    adapter's tokenizer (its chat template included) and its recorded prompt format."""
+    for _ in _merged_files(version, out_dir, export):
+        pass
     return out_dir
 
 
@@ -44,40 +53,53 @@ def export_location(to: str, model_name: str, version: str) -> s3.S3Location:
 
 
 @task(name="upload-export", **IO_RETRIES)
-def upload(
-    *,
-    merged_dir: str,
-    version: VersionRef,
-    to: str,
-    concurrency: int,
-    multipart_threshold_mb: int,
-    sse: str | None,
-    sse_kms_key_id: str | None,
-) -> dict:
+def upload(*, merged_dir: str, version: VersionRef, export: ExportConfig) -> dict:
     """Upload the merged model, manifest.json last; files already there with the same sha256
     are not sent again."""
+    total = sum(p.stat().st_size for p in Path(merged_dir).rglob("*") if p.is_file())
+    return _publish(merged_dir, version, export, total=total)
+
+
+@task(name="merge-and-upload", **IO_RETRIES)
+def merge_and_upload(*, version: VersionRef, out_dir: str, export: ExportConfig) -> dict:
+    """Merge and upload file by file: each shard goes to S3 as soon as it is written and is
+    then deleted, so local disk holds about one shard; manifest.json last, as `upload`."""
+    files = _merged_files(version, out_dir, export)
+    return _publish(out_dir, version, export, files=files, delete_local=True)
+
+
+def _publish(
+    merged_dir: str,
+    version: VersionRef,
+    export: ExportConfig,
+    *,
+    total: int | None = None,
+    files: Iterator[Path] | None = None,
+    delete_local: bool = False,
+) -> dict:
     from tqdm.auto import tqdm
 
-    location = export_location(to, version.model_name, version.version)
+    location = export_location(export.to, version.model_name, version.version)
     lineage = {
         "model_name": version.model_name,
         "version": version.version,
         "run_id": version.run_id,
         **{k: version.tags.get(k, "") for k in LINEAGE_TAGS},
     }
-    total = sum(p.stat().st_size for p in Path(merged_dir).rglob("*") if p.is_file())
-    s3_client = s3.client(concurrency)
+    s3_client = s3.client(export.concurrency)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {location.uri()}") as bar:
         manifest, sent = s3.upload_directory(
             s3_client,
             merged_dir,
             location,
             lineage=lineage,
-            concurrency=concurrency,
-            multipart_threshold_mb=multipart_threshold_mb,
-            sse=sse,
-            sse_kms_key_id=sse_kms_key_id,
+            concurrency=export.concurrency,
+            multipart_threshold_mb=export.multipart_threshold_mb,
+            sse=export.sse,
+            sse_kms_key_id=export.sse_kms_key_id,
             progress=bar.update,
+            files=files,
+            delete_local=delete_local,
         )
     body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     logger().info(

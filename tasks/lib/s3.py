@@ -7,6 +7,7 @@ AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles); nothing here reads or print
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +116,22 @@ def upload_directory(
     sse_kms_key_id: str | None = None,
     progress=None,
     after_file=None,
+    files: Iterable[Path] | None = None,
+    delete_local: bool = False,
 ) -> tuple[dict, list[str]]:
     """Upload every file of local_dir under location, then manifest.json; skip unchanged files.
 
     A file is skipped when the object's recorded sha256 equals the local file's, so a re-run
     uploads nothing new and an interrupted export resumes without re-sending finished files.
     manifest.json goes last: a prefix without it is an incomplete export.
+    files: the files to send, in order, when not all of local_dir (a generator is consumed
+    one file at a time, so files can be sent while later ones are still being written);
+    delete_local: delete each file once it is on S3.
     Returns (manifest, names uploaded).
     """
     root = Path(local_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    if files is None:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
     transfer = TransferConfig(
         multipart_threshold=multipart_threshold_mb * 2**20,
         multipart_chunksize=max(8, multipart_threshold_mb // 4) * 2**20,
@@ -137,10 +144,14 @@ def upload_directory(
             extra["SSEKMSKeyId"] = sse_kms_key_id
     entries, uploaded = [], []
     for path in files:
+        if path.name == MANIFEST:
+            continue
         name = path.relative_to(root).as_posix()
         sha = file_sha256(path)
         entries.append({"key": location.key(name), "size": path.stat().st_size, "sha256": sha})
         if remote_sha256(s3, location, name) == sha:
+            if delete_local:
+                path.unlink()
             continue
         try:
             s3.upload_file(
@@ -158,8 +169,11 @@ def upload_directory(
                 f"{location.uri(name)}: upload failed ({str(e).split(':')[-1].strip()})"
             ) from None
         uploaded.append(name)
+        if delete_local:
+            path.unlink()
         if after_file:
             after_file(name)
+    entries.sort(key=lambda e: e["key"])  # the same manifest whatever order files came in
     manifest = {"format": 1, "files": entries, "lineage": lineage}
     body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     manifest_sha = file_sha256_bytes(body)

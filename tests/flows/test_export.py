@@ -104,6 +104,35 @@ def test_export_round_trip_idempotent_and_recorded(registered, s3_env, tmp_path,
     assert tags["export.manifest_sha256"] == first["manifest_sha256"]
 
 
+def test_shards_deleted_as_uploaded_keep_local_disk_at_one_shard(
+    registered, s3_env, tmp_path, monkeypatch
+):
+    """With export.delete_local_shards each shard is sent as soon as it is written and then
+    deleted: no upload ever starts while a second shard is on local disk, nothing is left,
+    and the export is the one the two-stage path makes (same manifest)."""
+    from flows.export import export_model
+
+    bucket = new_bucket()
+    counter = RequestCounter(monkeypatch)
+    work = tmp_path / "work"
+    on_disk = []
+    counter.record = lambda model, **kw: on_disk.append(len(list(work.rglob("*.safetensors"))))
+    export = ExportConfig(
+        enabled=True,
+        to=f"s3://{bucket}/team",
+        dtype="float32",
+        max_shard_size="200KB",
+        delete_local_shards=True,
+    )
+    streamed = export_model("models:/exp@champion", export, work_dir=str(work))
+    assert streamed["files"] > 3 and on_disk and max(on_disk) == 1
+    assert not [p for p in work.rglob("*") if p.is_file()]  # every file deleted once sent
+
+    kept = ExportConfig(**{**export.model_dump(), "delete_local_shards": False})
+    again = export_model("models:/exp@champion", kept, work_dir=str(tmp_path / "kept"))
+    assert again["uploaded"] == [] and again["manifest_sha256"] == streamed["manifest_sha256"]
+
+
 def test_interrupted_upload_resumes_without_resending(s3_env, tmp_path):
     bucket = new_bucket()
     src = tmp_path / "model"

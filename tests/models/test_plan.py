@@ -120,3 +120,15 @@ def test_plan_matches_a_real_build(tiny_base, method):
     saved = get_peft_model_state_dict(model)
     assert got.adapter_bytes == sum(t.numel() * t.element_size() for t in saved.values())
     assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+def test_export_peak_is_one_base_file_the_adapter_and_one_layer(tiny_base, llama7b):
+    got = plan(str(tiny_base), "lora", spec(), batch_size=1, seq_len=64, dtype="float32")
+    largest_file = (tiny_base / "model.safetensors").stat().st_size
+    # the largest of q_proj / v_proj (spec's targets) in the demo base: square, hidden 64
+    assert got.est_export_peak_bytes == largest_file + got.adapter_bytes + 3 * 4 * 64 * 64
+    # no weights on disk (a config-only Llama-2-7B): the whole base counts as one file
+    big = plan(llama7b, "lora", spec(), batch_size=1, seq_len=64, dtype="bfloat16")
+    assert big.est_export_peak_bytes == (
+        big.base_weight_bytes + big.adapter_bytes + 3 * 4 * 4096 * 4096
+    )

@@ -1,6 +1,7 @@
 """The export task: the merged model renders prompts as training did (template and format)."""
 
 from models.chat import CHATML, PROMPT_FORMAT_FILE, load_prompt_format, prepare_tokenizer
+from models.config import ExportConfig
 from models.specs import DataSpec
 from tasks.export import merge
 from tasks.registry import VersionRef
@@ -16,15 +17,11 @@ def test_the_export_carries_the_chat_template_and_the_prompt_format(tiny_base, t
     prepare_tokenizer(AutoTokenizer.from_pretrained(adapter), data).save_pretrained(adapter)
     (adapter / PROMPT_FORMAT_FILE).write_text('{"format": "chat"}\n')
     version = VersionRef("m", "1", "run", str(tiny_base), str(adapter), {}, {})
-    out = merge.fn(
-        version=version, out_dir=str(tmp_path / "merged"), dtype="auto", max_shard_size="2GB"
-    )
+    out = merge.fn(version=version, out_dir=str(tmp_path / "merged"), export=ExportConfig())
     assert AutoTokenizer.from_pretrained(out).chat_template == CHATML
     assert load_prompt_format(out) == "chat"
 
     (adapter / PROMPT_FORMAT_FILE).unlink()  # a prompt_completion adapter: nothing added
-    out = merge.fn(
-        version=version, out_dir=str(tmp_path / "plain"), dtype="auto", max_shard_size="2GB"
-    )
+    out = merge.fn(version=version, out_dir=str(tmp_path / "plain"), export=ExportConfig())
     assert not (tmp_path / "plain" / PROMPT_FORMAT_FILE).exists()
     assert load_prompt_format(out) == "prompt_completion"

@@ -119,18 +119,33 @@ def print_summary(summary, metric: str) -> None:
             f"  data md5 {summary.data_md5}, champion adapter sha256 {summary.adapter_sha256[:16]}"
         )
         return
-    print(f"{'model':<10} {'eval_loss':>10} {'perplexity':>11} {'exact_match':>12}")
-    for name, m in summary.report.items():
-        print(
-            f"{name:<10} {m['eval_loss']:>10.4f} {m['perplexity']:>11.3f} {m['exact_match']:>12.3f}"
-        )
+    print_report(summary.report)
     verdict = "promoted to champion" if summary.promoted else "not promoted"
     print(f"\nregistered {summary.model_name} v{summary.version} (challenger): {verdict}")
-    print(f"  {summary.reason}")
+    for part in summary.reason.split("; "):  # the gate's findings, one a line
+        print(f"  {part}")
     print(
         f"  mlflow run {summary.run_id}, data md5 {summary.data_md5}, "
         f"adapter sha256 {summary.adapter_sha256[:16]}"
     )
+
+
+def print_report(report: dict[str, dict[str, float]]) -> None:
+    """The evaluation table: one row per model, then per model and slice."""
+    from tasks.evaluate import report_table
+
+    rows = report_table(report)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [columns] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    for line in lines:
+        first, *rest = line
+        print(
+            "  ".join(
+                [first.ljust(widths[0])]
+                + [v.rjust(w) for v, w in zip(rest, widths[1:], strict=True)]
+            )
+        )
 
 
 def cmd_compare(args) -> int:

@@ -131,21 +131,34 @@ def print_summary(summary, metric: str) -> None:
 
 
 def print_report(report: dict[str, dict[str, float]]) -> None:
-    """The evaluation table: one row per model, then per model and slice."""
-    from tasks.evaluate import report_table
+    """The evaluation table: one row per model, then (with slices) per model and slice, with the
+    slice's example count."""
+    from models.evaluate import split_slices
 
-    rows = report_table(report)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [columns] + [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
-    for line in lines:
-        first, *rest = line
+    rows = [
+        (name if part is None else f"{name}/{part}", figures)
+        for name, m in report.items()
+        for part, figures in split_slices(m).items()
+    ]
+    rows.sort(key=lambda row: ("/" in row[0], row[0].partition("/")[2]))
+    sliced = len(rows) > len(report)
+    columns = [c for c in rows[0][1] if c != "examples" or sliced]
+    width = max(10, *(len(name) + 1 for name, _ in rows))
+    widths = [max(len(c) + 1, 7) for c in columns]
+    print(
+        f"{'model':<{width}}" + "".join(f" {c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    )
+    for name, figures in rows:
+        cells = (_figure(c, figures[c]) for c in columns)
         print(
-            "  ".join(
-                [first.ljust(widths[0])]
-                + [v.rjust(w) for v, w in zip(rest, widths[1:], strict=True)]
-            )
+            f"{name:<{width}}" + "".join(f" {v:>{w}}" for v, w in zip(cells, widths, strict=True))
         )
+
+
+def _figure(column: str, value: float) -> str:
+    if column == "examples":
+        return str(int(value))
+    return f"{value:.4f}" if column == "eval_loss" else f"{value:.3f}"
 
 
 def cmd_compare(args) -> int:

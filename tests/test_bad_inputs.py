@@ -217,7 +217,7 @@ BAD_INPUTS = [
     ),
     (
         "custom metric that does not import",
-        run_with(evaluation={"metrics": ["team_metrics_nowhere:recall"]}),
+        run_with(evaluation={"metrics": ["exact_match", "team_metrics_nowhere:recall"]}),
         2,
         "evaluation.metrics 'team_metrics_nowhere:recall': cannot import 'team_metrics_nowhere'",
     ),

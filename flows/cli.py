@@ -119,18 +119,46 @@ def print_summary(summary, metric: str) -> None:
             f"  data md5 {summary.data_md5}, champion adapter sha256 {summary.adapter_sha256[:16]}"
         )
         return
-    print(f"{'model':<10} {'eval_loss':>10} {'perplexity':>11} {'exact_match':>12}")
-    for name, m in summary.report.items():
-        print(
-            f"{name:<10} {m['eval_loss']:>10.4f} {m['perplexity']:>11.3f} {m['exact_match']:>12.3f}"
-        )
+    print_report(summary.report)
     verdict = "promoted to champion" if summary.promoted else "not promoted"
     print(f"\nregistered {summary.model_name} v{summary.version} (challenger): {verdict}")
-    print(f"  {summary.reason}")
+    for part in summary.reason.split("; "):  # the gate's findings, one a line
+        print(f"  {part}")
     print(
         f"  mlflow run {summary.run_id}, data md5 {summary.data_md5}, "
         f"adapter sha256 {summary.adapter_sha256[:16]}"
     )
+
+
+def print_report(report: dict[str, dict[str, float]]) -> None:
+    """The evaluation table: one row per model, then (with slices) per model and slice, with the
+    slice's example count."""
+    from models.evaluate import split_slices
+
+    rows = [
+        (name if part is None else f"{name}/{part}", figures)
+        for name, m in report.items()
+        for part, figures in split_slices(m).items()
+    ]
+    rows.sort(key=lambda row: ("/" in row[0], row[0].partition("/")[2]))
+    sliced = len(rows) > len(report)
+    columns = [c for c in rows[0][1] if c != "examples" or sliced]
+    width = max(10, *(len(name) + 1 for name, _ in rows))
+    widths = [max(len(c) + 1, 7) for c in columns]
+    print(
+        f"{'model':<{width}}" + "".join(f" {c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    )
+    for name, figures in rows:
+        cells = (_figure(c, figures[c]) for c in columns)
+        print(
+            f"{name:<{width}}" + "".join(f" {v:>{w}}" for v, w in zip(cells, widths, strict=True))
+        )
+
+
+def _figure(column: str, value: float) -> str:
+    if column == "examples":
+        return str(int(value))
+    return f"{value:.4f}" if column == "eval_loss" else f"{value:.3f}"
 
 
 def cmd_compare(args) -> int:

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from flows.export import export_model
 from models.config import LoraflowConfig
-from models.loading import canonical_base, is_local
+from models.loading import canonical_base
 from tasks.data import push_data, version_data
-from tasks.evaluate import evaluate, record_evaluation
+from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.lib.checkpoint_store import training_key
 from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs, check_services
@@ -95,9 +95,11 @@ def finetune(
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
       3. train: the configured adapter method on the train split (loss curve to MLflow),
          checkpointed every training.save_steps; a rerun on the same inputs resumes
-      4. evaluate: base vs adapter vs current champion on the eval split
+      4. evaluate: base vs adapter vs current champion on the eval split (evaluation.metrics,
+         per slice of evaluation.slice_field); with training.deployment, on its pool
       5. register: the adapter as a new version of the registered model, alias `challenger`
-      6. promote: alias `champion` moves to it only when `registry.promote_metric` is better
+      6. promote: alias `champion` moves to it only when the gate passes: registry.
+         promote_metric better (a tie broken by registry.tie_breaker), registry.guards held
       7. export (export.enabled, new champions only): merge into the base, publish to S3
     With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
     """
@@ -146,15 +148,20 @@ def finetune(
     adapter = None
     try:
         if config.training.deployment:
+            # Training and the evaluation of base, adapter and champion run on the deployment's
+            # pool (e.g. the GPU); both come back on the MLflow run.
+            champion = fetch_champion(model_name=registry.model_name, download=False)
             dispatch_training(
                 deployment=config.training.deployment,
                 config=config.model_dump(mode="json"),
                 run_id=run_id,
                 data_md5=dataset.md5,
                 checkpoint_key=checkpoint_key,
+                champion_version=champion.version if champion else "",
             )
-            dest = Path(config.training.output_dir) / run_id
-            adapter = fetch_trained_adapter(run_id=run_id, dest=str(dest))
+            dest = str(Path(config.training.output_dir) / run_id)
+            adapter = fetch_trained_adapter(run_id=run_id, dest=dest)
+            report = fetch_evaluation(run_id=run_id, dest=dest)
         else:
             adapter = train(
                 config.train_spec(base_model),
@@ -164,18 +171,9 @@ def finetune(
                 checkpoint_store=config.training.checkpoint_store,
                 checkpoint_key=checkpoint_key,
             )
-
-        champion = fetch_champion(model_name=registry.model_name)
-        candidates = {"base": (base_model, None), "adapter": (base_model, adapter.adapter_dir)}
-        if champion and is_local(champion.base_model) and not Path(champion.base_model).is_dir():
-            logger.warning(
-                "champion v%s: base model %s not found here; using its recorded metrics",
-                champion.version,
-                champion.base_model,
-            )
-        elif champion:
-            candidates["champion"] = (champion.base_model, champion.adapter_dir)
-        report = evaluate(candidates=candidates, spec=config.eval_spec())
+            champion = fetch_champion(model_name=registry.model_name)
+            candidates = candidates_for(base_model, adapter.adapter_dir, champion)
+            report = evaluate(candidates=candidates, spec=config.eval_spec())
         record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
         log_metrics(
             run_id=run_id,
@@ -192,19 +190,14 @@ def finetune(
             max_new_tokens=config.evaluation.max_new_tokens,
         )
 
-        metric = registry.promote_metric
-        if champion and "champion" in report:
-            champion_value = report["champion"][metric]
-        else:
-            champion_value = champion.recorded(metric) if champion else None
         decision = promote(
             model_name=registry.model_name,
             version=version,
-            metric=metric,
-            challenger_value=report["adapter"][metric],
+            gate=config.gate(),
+            challenger=report["adapter"],
             champion_version=champion.version if champion else None,
-            champion_value=champion_value,
-            min_improvement=registry.min_improvement,
+            # The champion as evaluated on this run's split, else the figures its run recorded.
+            champion=report.get("champion") or (champion.figures() if champion else None),
         )
     except Exception as error:
         # A failure after training says where the adapter is kept (the MLflow run is marked

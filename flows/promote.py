@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from models.promotion import METRIC_DIRECTIONS, Decision
+from models.promotion import METRIC_DIRECTIONS, Decision, Gate
 from tasks.preflight import check_promotion
 from tasks.promotion import promote
 from tasks.registry import find_champion
@@ -37,10 +37,9 @@ def promote_version(
     return promote(
         model_name=model_name,
         version=challenger.version,
-        metric=metric,
-        challenger_value=challenger.recorded(metric),
+        gate=Gate(metric=metric, min_improvement=min_improvement),
+        challenger=challenger.figures(),
         champion_version=champion.version if champion else None,
-        champion_value=champion.recorded(metric) if champion else None,
-        min_improvement=min_improvement,
+        champion=champion.figures() if champion else None,
         force=force,
     )

@@ -2,8 +2,9 @@
 
 A pipeline on another machine (e.g. the `cpu` pool) opens the MLflow run, versions the data and
 dispatches here with `training.deployment`; this flow pulls that exact data version from the
-DVC remote, trains, and publishes the adapter and its figures on the MLflow run. Nothing comes
-back through local paths.
+DVC remote, trains, evaluates base, adapter and champion on the same hardware, and publishes
+the adapter, its figures and the evaluation report on the MLflow run. Nothing comes back
+through local paths.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pydantic import Field
 from models.config import LoraflowConfig
 from models.loading import canonical_base
 from tasks.data import fetch_data_version
+from tasks.evaluate import candidates_for, evaluate, publish_evaluation
+from tasks.registry import fetch_version
 from tasks.runtime import config_parameter
 from tasks.train import clear_checkpoints, publish_adapter, train
 
@@ -33,12 +36,21 @@ def train_remote(
     checkpoint_key: str = Field(
         "", description="Checkpoint key of the training (resume from / save to); empty = none"
     ),
+    with_evaluation: bool = Field(
+        False,
+        description="Also evaluate base, adapter and champion here and publish the report on "
+        "the run (the pipeline dispatching here does)",
+    ),
+    champion_version: str = Field(
+        "", description="Version of registry.model_name to evaluate as champion; empty = none"
+    ),
 ) -> str:
     """Train the configured adapter on data version `data_md5`; publish it on MLflow run `run_id`.
 
     With a checkpoint key, checkpoints go to training.checkpoint_store every save_steps and a
-    retry (or a later run with the same key) resumes; they are cleared once published.
-    Returns the adapter's sha256.
+    retry (or a later run with the same key) resumes; they are cleared once published. With
+    with_evaluation, base, adapter and champion are evaluated here, on this pool's hardware,
+    and the report is published on the run. Returns the adapter's sha256.
     """
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
@@ -52,6 +64,13 @@ def train_remote(
         checkpoint_key=checkpoint_key or None,
     )
     publish_adapter(run_id=run_id, result=result)
+    if with_evaluation:
+        uri = f"models:/{config.registry.model_name}/{champion_version}"
+        champion = fetch_version(model_uri=uri) if champion_version else None
+        base_model = canonical_base(config.base_model)
+        candidates = candidates_for(base_model, result.adapter_dir, champion)
+        report = evaluate(candidates=candidates, spec=local.eval_spec())
+        publish_evaluation(run_id=run_id, report=report)
     if checkpoint_key and config.training.save_steps:
         clear_checkpoints(
             checkpoint_store=config.training.checkpoint_store,

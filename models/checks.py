@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.chat import prepare_tokenizer
 from models.data import SplitReport, read_split, tokenize, validate_dataset
+from models.evaluate import slices_of
 from models.loading import (
     ModelError,
     check_target_modules,
@@ -14,8 +15,9 @@ from models.loading import (
     preflight_base,
 )
 from models.methods import get_method
+from models.metrics import check_custom
 from models.probes import check_gradient_checkpointing, check_packing
-from models.specs import CheckSpec
+from models.specs import CheckSpec, EvalSpec
 
 
 def cuda_available() -> bool:
@@ -26,7 +28,8 @@ def cuda_available() -> bool:
 
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model present and safe to load, target modules present and of a
-    kind the method adapts, packing and gradient checkpointing supported by the base's own code.
+    kind the method adapts, the evaluation's slice field and custom metrics usable, packing and
+    gradient checkpointing supported by the base's own code.
 
     Cheapest first: reading the splits takes milliseconds, building the model skeleton seconds.
     Every example is then tokenized with the base model's tokenizer: examples over
@@ -41,6 +44,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
             "is available here; use lora or lora_fa on this machine"
         )
     reports = validate_dataset(data)
+    check_evaluation(spec)
     preflight_base(spec.base_model, spec.trust_remote_code)
     skeleton = meta_model(spec.base_model, spec.trust_remote_code)
     kinds = kinds_of(skeleton)
@@ -69,3 +73,14 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     if spec.packing:  # last: it loads the weights and runs the base (models.probes)
         check_packing(spec.base_model, spec.trust_remote_code)
     return reports
+
+
+def check_evaluation(spec: CheckSpec) -> None:
+    """Every eval record has the slice field (a usable slice name), and every custom metric
+    imports and scores the eval completions against themselves to a finite number."""
+    examples = read_split(spec.data.eval_path, spec.data)
+    evaluation = EvalSpec(
+        data=spec.data, batch_size=1, max_new_tokens=1, slice_field=spec.slice_field
+    )
+    slices_of(evaluation, [e.line for e in examples])
+    check_custom(spec.metrics, [e.completion.strip() for e in examples])

@@ -16,15 +16,17 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from models.data_config import DataConfig, _Section
 from models.errors import LoraflowError
+from models.eval_config import EvaluationConfig, GuardConfig, check_gate
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
-from models.promotion import METRIC_DIRECTIONS
+from models.metrics import direction
+from models.promotion import Gate, Guard
 from models.schema import describe_error
 from models.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Literal fields whose bad value reads best as "unknown <noun>"; the others say "unknown value".
-_NOUNS = {"method": "method", "promote_metric": "metric"}
+_NOUNS = {"method": "method"}
 
 
 def check_model_name(name: str) -> str:
@@ -180,14 +182,6 @@ class TrainingConfig(_Section):
         return v
 
 
-class EvaluationConfig(_Section):
-    """How base, adapter and champion are evaluated on the eval split."""
-
-    batch_size: int = Field(32, description="Eval batch size (loss and generation).")
-    max_new_tokens: int = Field(16, description="Generation budget for exact match.")
-    max_examples: int | None = Field(None, description="Evaluate only the first N examples.")
-
-
 class RegistryConfig(_Section):
     """Where runs and versions go in MLflow, and when a new version becomes champion."""
 
@@ -196,17 +190,24 @@ class RegistryConfig(_Section):
         description="MLflow registered model name (letters, digits, '_', '-', '.'; no '..').",
     )
     experiment: str = Field("loraflow", description="MLflow experiment for the runs.")
-    promote_metric: Literal[tuple(METRIC_DIRECTIONS)] = Field(  # type: ignore[valid-type]
+    promote_metric: str = Field(
         "exact_match",
-        description="Metric deciding promotion: "
-        + ", ".join(
-            f"{m} ({'higher' if d == 'max' else 'lower'} is better)"
-            for m, d in METRIC_DIRECTIONS.items()
-        )
-        + ".",
+        description="Metric deciding promotion: eval_loss or perplexity (lower is better) or "
+        "one of evaluation.metrics.",
     )
     min_improvement: float = Field(
         0.0, description="Promote only when the challenger beats the champion by more than this."
+    )
+    tie_breaker: str | None = Field(
+        None,
+        description="On a tie on promote_metric, promote when this metric is strictly better; "
+        "empty = a tie keeps the champion.",
+    )
+    guards: dict[str, GuardConfig] = Field(
+        default_factory=dict,
+        description="Metrics that may not regress: {metric: {max_regression: x, per_slice: "
+        "bool}}, e.g. {eval_loss: {max_regression: 0.02}} (in the metric's units; per_slice: "
+        "on every slice too); a challenger breaking one is not promoted.",
     )
 
     @field_validator("model_name")
@@ -273,13 +274,26 @@ class LoraflowConfig(_Section):
     def _export_target(self) -> LoraflowConfig:
         if self.export.enabled and not (self.export.to or "").startswith("s3://"):
             raise ValueError("export.to must be an s3:// URI when export.enabled is true")
-        if self.data.format == "text" and self.registry.promote_metric == "exact_match":
-            # Plain text has no answer to match: promotion must be decided by the loss.
-            raise ValueError(
-                "registry.promote_metric exact_match needs answers to match; with data.format "
-                "text use eval_loss or perplexity"
-            )
         return self
+
+    @model_validator(mode="after")
+    def _gate_metrics(self) -> LoraflowConfig:
+        check_gate(self.registry, self.evaluation, self.data.format)
+        return self
+
+    def gate(self) -> Gate:
+        """The promotion gate; directions of custom metrics come from their functions."""
+        registry, specs = self.registry, self.evaluation.metrics
+        names = [registry.promote_metric, registry.tie_breaker, *registry.guards]
+        return Gate(
+            metric=registry.promote_metric,
+            min_improvement=registry.min_improvement,
+            guards=tuple(
+                Guard(m, g.max_regression, g.per_slice) for m, g in registry.guards.items()
+            ),
+            tie_breaker=registry.tie_breaker,
+            directions={n: direction(n, specs) for n in names if n},
+        )
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (stable key order), as stored with every artifact."""
@@ -313,6 +327,8 @@ class LoraflowConfig(_Section):
             trust_remote_code=self.base_model_trust_remote_code,
             packing=self.training.packing,
             gradient_checkpointing=self.training.gradient_checkpointing,
+            metrics=self.evaluation.metrics,
+            slice_field=self.evaluation.slice_field,
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:
@@ -333,6 +349,7 @@ class LoraflowConfig(_Section):
         return EvalSpec(
             data=self.data_spec(),
             trust_remote_code=self.base_model_trust_remote_code,
+            device=self.training.device,
             **self.evaluation.model_dump(),
         )
 
@@ -346,7 +363,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "missing":
         return f"{source}: missing required key {where!r}"
     msg = describe_error(LoraflowConfig, first, _NOUNS)
-    if msg.startswith(f"{where}."):  # the message already names the field
+    if msg.startswith(f"{where}.") or where == "<root>":  # the message names the field
         return f"{source}: {msg}"
     return f"{source}: {where}: {msg}"
 

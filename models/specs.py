@@ -60,6 +60,8 @@ class CheckSpec:
 
     packing, gradient_checkpointing: the training settings the base model's own code must
     support (checked on the base itself, models.probes).
+    metrics, slice_field: evaluation.metrics (custom ones imported and tried on the eval split)
+    and the eval field every eval record must have.
     """
 
     base_model: str
@@ -69,6 +71,8 @@ class CheckSpec:
     trust_remote_code: bool = False
     packing: bool = False
     gradient_checkpointing: bool = False
+    metrics: list[str] = dataclasses.field(default_factory=list)
+    slice_field: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +141,8 @@ class EvalSpec:
     """The evaluation of every candidate on the eval split (models.evaluate).
 
     Examples over data.max_seq_len are always truncated here (data.too_long is for training).
+    metrics: models.metrics specs (built-in names or module:function) scored on the answers.
+    slice_field: eval record field by which every figure is also reported per slice.
     """
 
     data: DataSpec
@@ -145,6 +151,8 @@ class EvalSpec:
     max_examples: int | None = None
     trust_remote_code: bool = False
     device: str = "cpu"
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["exact_match"])
+    slice_field: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

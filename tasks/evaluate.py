@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from models.evaluate import evaluate_candidates
+from models.evaluate import evaluate_candidates, split_slices
+from models.loading import is_local, resolve_device
 from models.report import plot_metric_vs_params
 from models.specs import EvalSpec
-from tasks.runtime import IO_RETRIES
-from tasks.tracking import client, log_metrics
+from tasks.registry import VersionRef
+from tasks.runtime import IO_RETRIES, logger
+from tasks.tracking import client, log_metrics, mlflow_errors
 
 REPORT_FILE = "eval_report.json"
+
+
+def candidates_for(
+    base_model: str, adapter_dir: str, champion: VersionRef | None
+) -> dict[str, tuple[str, str | None]]:
+    """What to evaluate: the base, the adapter and, where its base model is found here, the
+    champion (else the gate uses the figures its run recorded)."""
+    candidates = {"base": (base_model, None), "adapter": (base_model, adapter_dir)}
+    if champion and is_local(champion.base_model) and not Path(champion.base_model).is_dir():
+        logger().warning(
+            "champion v%s: base model %s not found here; using its recorded metrics",
+            champion.version,
+            champion.base_model,
+        )
+    elif champion:
+        candidates["champion"] = (champion.base_model, champion.adapter_dir)
+    return candidates
 
 
 @task(name="evaluate")
@@ -22,36 +42,66 @@ def evaluate(
     *, candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:
     """Each candidate (base, adapter, champion) on the same eval split."""
-    return evaluate_candidates(candidates, spec)
+    report = evaluate_candidates(candidates, spec)
+    logger().info(
+        "evaluated %s on %s (%s)", ", ".join(report), platform.node(), resolve_device(spec.device)
+    )
+    return report
 
 
 def report_table(report: dict[str, dict[str, float]]) -> list[dict]:
-    """Rows for the Prefect table artifact and the console."""
-    return [
-        {
-            "model": name,
-            "eval_loss": round(m["eval_loss"], 4),
-            "perplexity": round(m["perplexity"], 3),
-            "exact_match": round(m["exact_match"], 4),
-            "examples": int(m["examples"]),
-        }
-        for name, m in report.items()
-    ]
+    """Rows for the Prefect table artifact and the console: one per model, then one per model
+    and slice (`model/slice`), with every figure the evaluation computed."""
+    rows = []
+    for name, figures in report.items():
+        for part, values in split_slices(figures).items():
+            row = {"model": name if part is None else f"{name}/{part}"}
+            for key, value in values.items():
+                row[key] = int(value) if key == "examples" else round(value, 4)
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["model"].count("/"), r["model"].split("/")[-1]))
 
 
 @task(name="record-evaluation", **IO_RETRIES)
 def record_evaluation(
     *, run_id: str, report: dict[str, dict[str, float]], adapter_dir: str
 ) -> None:
-    """Metrics `<model>_<metric>` on the MLflow run, the report beside the adapter, a table."""
+    """Metrics `<model>_<metric>[/<slice>]` on the MLflow run, the report beside the adapter and
+    on the run, a table."""
     metrics = {f"{name}_{k}": v for name, m in report.items() for k, v in m.items()}
     log_metrics.fn(run_id=run_id, metrics=metrics)
     Path(adapter_dir, REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    with mlflow_errors():
+        client().log_dict(run_id, {"rows": report_table(report)}, "evaluation/table.json")
     create_table_artifact(
         table=report_table(report),
         key="evaluation",
-        description="Base model vs adapter (vs current champion) on the eval split.",
+        description="Base model vs adapter (vs current champion) on the eval split"
+        + (
+            ", overall then per slice."
+            if any("/" in k for m in report.values() for k in m)
+            else "."
+        ),
     )
+
+
+REMOTE_REPORT = "trained-adapter-eval.json"  # a dispatched evaluation's report on the run
+
+
+@task(name="publish-evaluation", **IO_RETRIES)
+def publish_evaluation(*, run_id: str, report: dict[str, dict[str, float]]) -> None:
+    """The evaluation report on the MLflow run, for the pipeline that dispatched it."""
+    with mlflow_errors():
+        client().log_text(run_id, json.dumps(report, sort_keys=True), REMOTE_REPORT)
+
+
+@task(name="fetch-evaluation", **IO_RETRIES)
+def fetch_evaluation(*, run_id: str, dest: str) -> dict[str, dict[str, float]]:
+    """The report a dispatched evaluation published on the run."""
+    with mlflow_errors():
+        return json.loads(
+            Path(client().download_artifacts(run_id, REMOTE_REPORT, dest)).read_text()
+        )
 
 
 COMPARISON_COLUMNS = (

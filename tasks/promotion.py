@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from models.promotion import Decision, decide_promotion
+from models.promotion import Decision, Figures, Gate, decide_promotion
 from tasks.lib.promotion_lock import promotion_lock
 from tasks.registry import (
     CHAMPION,
@@ -24,18 +24,18 @@ def promote(
     *,
     model_name: str,
     version: str,
-    metric: str,
-    challenger_value: float,
+    gate: Gate,
+    challenger: Figures,
     champion_version: str | None,
-    champion_value: float | None,
-    min_improvement: float,
+    champion: Figures | None,
     force: bool = False,
 ) -> Decision:
     """Move `champion` to `version` only if models.promotion.decide_promotion says so; record
     the decision on the version.
 
-    champion_version/champion_value are the champion the caller compared against (read before
-    its evaluation). The decision is made under the model's promotion lock
+    challenger: the version's figures (metric or metric/slice -> value). champion_version/
+    champion: the champion the caller compared against (read before its evaluation) and its
+    figures. The decision is made under the model's promotion lock
     (tasks.lib.promotion_lock), against the champion read under that lock, so two promotions
     never overwrite each other's champion. The record is written before the alias moves: a
     retry that finds the version already champion has nothing left to record.
@@ -46,13 +46,12 @@ def promote(
         current = find_champion(model_name, download=False)
         decision = decide_promotion(
             version=version,
-            metric=metric,
-            challenger=challenger_value,
+            gate=gate,
+            challenger=challenger,
             seen_version=champion_version,
-            seen_value=champion_value,
+            seen=champion,
             current_version=current.version if current else None,
-            current_value=current.recorded(metric) if current else None,
-            min_improvement=min_improvement,
+            current=current.figures() if current else None,
             force=force,
         )
         for key, value in decision.tags().items():

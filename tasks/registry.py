@@ -50,6 +50,16 @@ class VersionRef:
         """The adapter's `metric` as its run recorded it at evaluation, or None."""
         return self.recorded_metrics.get(recorded_key(metric))
 
+    def figures(self) -> dict[str, float]:
+        """Every figure its run recorded for the adapter (adapter_<metric>[/<slice>]), by
+        metric: what the promotion gate compares."""
+        prefix = recorded_key("")
+        return {
+            k.removeprefix(prefix): v
+            for k, v in self.recorded_metrics.items()
+            if k.startswith(prefix)
+        }
+
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -151,9 +161,10 @@ def find_champion(model_name: str, download: bool = True) -> VersionRef | None:
 
 
 @task(name="fetch-champion", **IO_RETRIES)
-def fetch_champion(*, model_name: str) -> VersionRef | None:
-    """The version behind alias `champion` with its adapter downloaded, or None if there is none."""
-    return find_champion(model_name)
+def fetch_champion(*, model_name: str, download: bool = True) -> VersionRef | None:
+    """The version behind alias `champion` with its adapter downloaded (unless told not), or
+    None if there is none."""
+    return find_champion(model_name, download=download)
 
 
 @task(name="check-unchanged", **IO_RETRIES)

@@ -142,9 +142,16 @@ def fetch_trained_adapter(*, run_id: str, dest: str) -> TrainResult:
 
 @task(name="dispatch-training")
 def dispatch_training(
-    *, deployment: str, config: dict, run_id: str, data_md5: str, checkpoint_key: str = ""
+    *,
+    deployment: str,
+    config: dict,
+    run_id: str,
+    data_md5: str,
+    checkpoint_key: str = "",
+    champion_version: str = "",
 ) -> None:
-    """Run the training deployment (e.g. on the `gpu` pool) and wait for it to finish."""
+    """Run the training deployment (e.g. on the `gpu` pool) and wait for it to finish; it
+    evaluates base, adapter and champion `champion_version` (empty: none) there as well."""
     from prefect.deployments import run_deployment
 
     log = logger()
@@ -156,6 +163,8 @@ def dispatch_training(
             "run_id": run_id,
             "data_md5": data_md5,
             "checkpoint_key": checkpoint_key,
+            "with_evaluation": True,
+            "champion_version": champion_version,
         },
         timeout=None,  # training takes what it takes; the deployment has its own limits
     )

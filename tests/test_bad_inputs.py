@@ -189,6 +189,38 @@ BAD_INPUTS = [
         2,
         "needs remote code (auto_map in config.json); set base_model_trust_remote_code: true",
     ),
+    # evaluation and the promotion gate
+    (
+        "unknown metric",
+        run_with(evaluation={"metrics": ["exact_match", "bleu"]}),
+        2,
+        "run.yaml: evaluation.metrics: unknown metric 'bleu'; built in: exact_match, token_f1",
+    ),
+    (
+        "guard on a metric not computed",
+        run_with(registry={"guards": {"chrf": {"max_regression": 0.01}}}),
+        2,
+        "registry.guards.chrf: 'chrf' is not computed; add it to evaluation.metrics (computed: "
+        "eval_loss, perplexity, exact_match)",
+    ),
+    (
+        "tie-breaker not computed",
+        run_with(registry={"tie_breaker": "rouge_l"}),
+        2,
+        "registry.tie_breaker: 'rouge_l' is not computed; add it to evaluation.metrics",
+    ),
+    (
+        "slice field not in the eval data",
+        run_with(evaluation={"slice_field": "task"}),
+        2,
+        "data/eval.jsonl:1: missing field 'task' (evaluation.slice_field)",
+    ),
+    (
+        "custom metric that does not import",
+        run_with(evaluation={"metrics": ["exact_match", "team_metrics_nowhere:recall"]}),
+        2,
+        "evaluation.metrics 'team_metrics_nowhere:recall': cannot import 'team_metrics_nowhere'",
+    ),
     # registry / export
     (
         "model name MLflow rejects",

@@ -123,7 +123,8 @@ REFUSED = [
     (
         {"model_name": "checked", "metric": "bleu"},
         "ConfigError",
-        "metric: must be one of ['eval_loss', 'exact_match', 'perplexity'], got 'bleu'",
+        "metric: must be one of ['chrf', 'eval_loss', 'exact_match', 'perplexity', 'rouge_l', "
+        "'token_f1'], got 'bleu'",
     ),
     (
         {"model_name": "nosuch"},

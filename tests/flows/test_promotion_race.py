@@ -22,6 +22,7 @@ from tests.conftest import REPO
 RACER = """
 import json, os, sys, time
 from pathlib import Path
+from models.promotion import Gate
 from tasks.promotion import promote
 
 me, workdir = sys.argv[1], Path(sys.argv[2])
@@ -33,9 +34,10 @@ os.environ["MLFLOW_TRACKING_URI"] = go["uri"]
 out = []
 for r in go["rounds"][me]:
     time.sleep(max(0.0, go["start"] + r["at"] - time.time()))
-    d = promote.fn(model_name=go["name"], version=r["version"], metric="exact_match",
-                   challenger_value=r["value"], champion_version=r["seen_version"],
-                   champion_value=r["seen_value"], min_improvement=0.0)
+    seen = None if r["seen_value"] is None else {"exact_match": r["seen_value"]}
+    d = promote.fn(model_name=go["name"], version=r["version"], gate=Gate("exact_match"),
+                   challenger={"exact_match": r["value"]}, champion_version=r["seen_version"],
+                   champion=seen)
     out.append({"version": r["version"], "promote": d.promote, "reason": d.reason})
 print(json.dumps(out))
 """

@@ -307,7 +307,11 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
 
     # The on-demand deployment always trains; here the pipeline (cpu pool) dispatches the
     # training step to the train deployment (gpu pool), which pulls the data version from the
-    # DVC remote and publishes the adapter on the MLflow run. A weaker adapter stays challenger.
+    # DVC remote, evaluates base, adapter and champion there and publishes the adapter and the
+    # report on the MLflow run. A weaker adapter stays challenger.
+    evaluated = re.compile(r"evaluated (.*) on \S+ \(cpu\)")
+    cpu_evaluations = evaluated.findall((team["logs"] / "worker-cpu.log").read_text())
+    assert cpu_evaluations == ["base, adapter"]  # the nightly run's, before any champion
     dispatched = run_deployment(
         team,
         "finetune/finetune",
@@ -322,6 +326,15 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     assert "published to the artifact store" in gpu_log
     cpu_log = (team["logs"] / "worker-cpu.log").read_text()
     assert "dispatching training of run" in cpu_log and dispatched["state"] == "COMPLETED"
+    assert evaluated.findall(gpu_log) == ["base, adapter, champion"]
+    assert evaluated.findall(cpu_log) == cpu_evaluations  # none more on the cpu worker
+    assert "evaluation" in dispatched["artifacts"]  # the table, on the pipeline's flow run
+    run2 = mlf.get_run(mv2.run_id)
+    assert run2.data.metrics["champion_eval_loss"] == pytest.approx(
+        run.data.metrics["adapter_eval_loss"], rel=1e-6
+    )  # v1 re-evaluated on the gpu worker, same split and weights as its own run
+    assert mv2.tags["promotion.outcome"] == "kept champion v1"
+    assert mv2.tags["promotion.reason"].startswith("eval_loss ")
 
     # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
     run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})

@@ -75,7 +75,10 @@ BAD = [
     ({"base_model": "m", "training": {"max_steps": "many"}}, "training.max_steps"),
     ({"base_model": "m", "data": {"max_seq_len": 4}}, "data.max_seq_len: must be >= 8"),
     ({"base_model": "m", "registry": {"model_name": "../../x"}}, "registry.model_name"),
-    ({"base_model": "m", "registry": {"promote_metric": "bleu"}}, "unknown metric 'bleu'"),
+    (
+        {"base_model": "m", "registry": {"promote_metric": "bleu"}},
+        "registry.promote_metric: 'bleu' is not computed",
+    ),
     ({"base_model": "m", "export": {"enabled": True}}, "export.to must be an s3:// URI"),
     ({}, "missing required key 'base_model'"),
     (
@@ -87,7 +90,26 @@ BAD = [
     ({"base_model": "m", "data": {"train_file": "train.txt"}}, "must end in one of .jsonl"),
     (
         {"base_model": "m", "data": {"format": "text"}},
-        "registry.promote_metric exact_match needs answers to match; with data.format text",
+        "run.yaml: registry.promote_metric exact_match needs answers to match; with data.format",
+    ),
+    (
+        {"base_model": "m", "registry": {"promote_metric": "chrf"}},
+        "run.yaml: registry.promote_metric: 'chrf' is not computed; add it to evaluation.metrics",
+    ),
+    (
+        {"base_model": "m", "registry": {"guards": {"eval_loss": {"max_regression": -0.1}}}},
+        "registry.guards.eval_loss.max_regression: Input should be greater than or equal to 0",
+    ),
+    (
+        {
+            "base_model": "m",
+            "registry": {"guards": {"eval_loss": {"max_regression": 0, "per_slice": True}}},
+        },
+        "registry.guards.eval_loss.per_slice needs evaluation.slice_field",
+    ),
+    (
+        {"base_model": "m", "evaluation": {"metrics": ["chrf", "team:chrf"]}},
+        "evaluation.metrics: metric name 'chrf' is used twice",
     ),
 ]
 
@@ -125,8 +147,4 @@ def test_bounds_are_in_the_schema_the_run_form_reads():
     assert (adapter["dropout"]["minimum"], adapter["dropout"]["exclusiveMaximum"]) == (0, 1)
     assert "lora_fa" in adapter["method"]["enum"]
     assert training["cpu_threads"]["anyOf"][0]["minimum"] == 1
-    assert defs["RegistryConfig"]["properties"]["promote_metric"]["enum"] == [
-        "exact_match",
-        "eval_loss",
-        "perplexity",
-    ]
+    assert defs["GuardConfig"]["properties"]["max_regression"]["minimum"] == 0

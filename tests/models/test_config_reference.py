@@ -44,5 +44,5 @@ def test_rows_show_types_defaults_and_bounds():
     assert rows["training.learning_rate"][2:4] == ["`0.002`", "> 0"]
     assert rows["training.cpu_threads"][1:4] == ["int or empty", "empty", ">= 1"]
     assert rows["training.lr_scheduler"][1] == "one of `linear`, `cosine`, `constant`"
-    assert rows["registry.promote_metric"][1] == "one of `exact_match`, `eval_loss`, `perplexity`"
+    assert rows["evaluation.metrics"][1:3] == ["list of str", "`[exact_match]`"]
     assert rows["export.sse"][1] == "one of `AES256`, `aws:kms` or empty"

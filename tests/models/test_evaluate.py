@@ -10,6 +10,7 @@ import torch
 from models.data import Example, read_split, tokenize
 from models.evaluate import completion_loss, evaluate_candidates
 from models.loading import load_base
+from models.metrics import resolve, score
 from models.serving import generate, load_adapted
 from models.specs import DataSpec, EvalSpec
 from tests.tasks.test_registry import trained_adapter
@@ -114,6 +115,44 @@ def test_exact_match_compares_stripped_greedy_output(base, tiny_base, tmp_path):
 
     only_two = evaluate({"base": (str(tiny_base), None)}, eval_file, max_examples=2)["base"]
     assert only_two["exact_match"] == 1.0 and only_two["examples"] == 2.0
+
+
+def test_every_figure_is_reported_per_slice(base, tiny_base, tmp_path):
+    """With a slice field each figure comes again per slice, computed on that slice's examples
+    alone; the text metrics score the same stripped greedy answers as the overall ones."""
+    model, tok = base
+    tasks = ["qa", "math", "qa", "misc", "math"]
+    rows = [
+        {"prompt": e.prompt, "completion": e.completion, "task": t}
+        for e, t in zip(EXAMPLES, tasks, strict=True)
+    ]
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = ("exact_match", "token_f1", "rouge_l", "chrf")
+    report = evaluate(
+        {"base": (str(tiny_base), None)}, eval_file, metrics=metrics, slice_field="task"
+    )["base"]
+    answers = [
+        a.strip()
+        for a in generate(model, tok, [e.prompt for e in EXAMPLES], max_new_tokens=4, batch_size=2)
+    ]
+    references = [e.completion.strip() for e in EXAMPLES]
+    features = tokenize(EXAMPLES, tok, 64, "truncate").features
+    for part in ("qa", "math", "misc"):
+        at = [i for i, t in enumerate(tasks) if t == part]
+        assert report[f"examples/{part}"] == len(at)
+        expected_loss = hand_loss(model, [features[i] for i in at])
+        assert report[f"eval_loss/{part}"] == pytest.approx(expected_loss, rel=1e-5)
+        assert report[f"perplexity/{part}"] == pytest.approx(math.exp(expected_loss), rel=1e-5)
+        for name in metrics:
+            alone = score(resolve(name), [answers[i] for i in at], [references[i] for i in at])
+            assert report[f"{name}/{part}"] == alone, (name, part)
+    for name in metrics:
+        assert report[name] == score(resolve(name), answers, references)
+    assert report["eval_loss"] == pytest.approx(hand_loss(model, features), rel=1e-5)
+    assert sorted(k for k in report if "/" not in k) == sorted(
+        ["eval_loss", "perplexity", "examples", *metrics]
+    )
 
 
 def test_candidates_are_scored_on_the_same_split(tiny_base, tiny_data, tmp_path):

@@ -5,6 +5,8 @@ from models.promotion import (
     FORCED,
     LINEAGE_KEYS,
     PROMOTED,
+    Gate,
+    Guard,
     changed_inputs,
     decide,
     decide_promotion,
@@ -12,7 +14,7 @@ from models.promotion import (
 
 
 def test_no_champion_promotes():
-    d = decide("exact_match", 0.5, None)
+    d = decide(Gate("exact_match"), {"exact_match": 0.5}, None)
     assert d.promote and d.reason == "no champion yet"
 
 
@@ -29,20 +31,36 @@ def test_no_champion_promotes():
     ],
 )
 def test_gate_respects_direction_and_margin(metric, challenger, champion, min_gain, promote):
-    d = decide(metric, challenger, champion, min_gain)
+    d = decide(Gate(metric, min_gain), {metric: challenger}, {metric: champion})
     assert d.promote is promote
     assert (d.challenger, d.champion) == (challenger, champion)
-    assert ("not better" in d.reason) is (not promote)
+    assert (": better (" in d.reason) is promote
 
 
 def promotion(**overrides):
     """decide_promotion for v3 at 0.7 exact_match, against a champion v1 at 0.5 seen by the
-    caller and still champion under the lock, unless overridden."""
+    caller and still champion under the lock, unless overridden (figures of the gate metric
+    only: None = no figure)."""
     args = dict(
         version="3", metric="exact_match", challenger=0.7, seen_version="1", seen_value=0.5,
         current_version="1", current_value=0.5, min_improvement=0.0, force=False,
     )  # fmt: skip
-    return decide_promotion(**{**args, **overrides})
+    args.update(overrides)
+    metric = args.pop("metric")
+
+    def figures(value):
+        return None if value is None else {metric: value}
+
+    return decide_promotion(
+        version=args["version"],
+        gate=Gate(metric, args["min_improvement"]),
+        challenger=figures(args["challenger"]),
+        seen_version=args["seen_version"],
+        seen=figures(args["seen_value"]),
+        current_version=args["current_version"],
+        current=figures(args["current_value"]),
+        force=args["force"],
+    )
 
 
 def test_a_better_challenger_is_promoted_and_recorded():
@@ -169,3 +187,92 @@ def test_lineage_changes_name_each_differing_or_missing_key():
     assert changed_inputs({**champion, "data_md5": "x"}, champion) == ["data_md5"]
     assert changed_inputs({"config_sha256": "b"}, champion) == ["data_md5", "base_model_sha256"]
     assert changed_inputs(dict(champion), {}) == list(LINEAGE_KEYS)
+
+
+# The gate with guards and a tie-breaker, on the figures of the issue's runs: exact match tied
+# at 0.300, the second run's eval loss better.
+CHAMPION = {"exact_match": 0.3, "eval_loss": 0.25, "eval_loss/math": 0.20, "eval_loss/words": 0.30}
+GUARDED = Gate(
+    "exact_match",
+    guards=(Guard("eval_loss", 0.02, per_slice=True),),
+    tie_breaker="eval_loss",
+)
+
+
+def test_every_gate_outcome_says_which_figures_decided():
+    def verdict(gate=GUARDED, **challenger):
+        return decide(gate, {**CHAMPION, **challenger}, CHAMPION)
+
+    promoted = verdict(exact_match=0.35, eval_loss=0.26)  # better; loss within its guard
+    assert promoted.promote and promoted.reason == (
+        "exact_match 0.3500 vs champion 0.3000: better (gain +0.0500, needed > 0); "
+        "3 guard figure(s) hold"
+    )
+    assert dict(promoted.checks)["guard.eval_loss"] == (
+        "eval_loss 0.2600 vs 0.2500: regression +0.0100 <= 0.02 (holds)"
+    )
+
+    worse = verdict(exact_match=0.25)
+    assert not worse.promote
+    assert worse.reason.startswith("exact_match 0.2500 vs champion 0.3000: not better (gain -0")
+
+    broken = verdict(exact_match=0.4, **{"eval_loss/math": 0.2250})  # a slice regressed
+    assert not broken.promote
+    assert broken.reason.endswith(
+        "; guard broken: eval_loss/math 0.2250 vs 0.2000: regression +0.0250 > 0.02 (broken)"
+    )
+    assert set(dict(broken.checks)) == {
+        "guard.eval_loss", "guard.eval_loss/math", "guard.eval_loss/words"
+    }  # fmt: skip
+
+    tie_broken = verdict(eval_loss=0.21)
+    assert tie_broken.promote and tie_broken.reason == (
+        "exact_match 0.3000 vs champion 0.3000: tie (gain +0.0000, needed > 0); tie broken by "
+        "eval_loss 0.2100 vs champion 0.2500 (gain +0.0400); 3 guard figure(s) hold"
+    )
+    assert dict(tie_broken.checks)["tie_breaker"] == (
+        "eval_loss 0.2100 vs champion 0.2500 (gain +0.0400)"
+    )
+
+    tie_kept = verdict(eval_loss=0.25)
+    assert not tie_kept.promote
+    assert "; tie not broken by eval_loss 0.2500 vs champion 0.2500 (gain +0.0000)" in (
+        tie_kept.reason
+    )
+    no_breaker = verdict(gate=Gate("exact_match"), eval_loss=0.21)  # today's gate
+    assert not no_breaker.promote and no_breaker.reason == (
+        "exact_match 0.3000 vs champion 0.3000: tie (gain +0.0000, needed > 0); "
+        "no registry.tie_breaker to break the tie"
+    )
+    # The tie is broken, but the tie-breaker's own guard would not let a worse slice through.
+    tie_but_broken = verdict(eval_loss=0.21, **{"eval_loss/words": 0.33})
+    assert not tie_but_broken.promote and "guard broken: eval_loss/words" in tie_but_broken.reason
+
+
+def test_a_gate_decision_records_every_figure_it_used_on_the_version():
+    d = decide_promotion(
+        version="2", gate=GUARDED, challenger={**CHAMPION, "eval_loss": 0.21}, seen_version="1",
+        seen=CHAMPION, current_version="1", current=CHAMPION,
+    )  # fmt: skip
+    tags = d.tags()
+    assert tags["promotion.outcome"] == "promoted"
+    assert tags["promotion.tie_breaker"] == "eval_loss 0.2100 vs champion 0.2500 (gain +0.0400)"
+    assert tags["promotion.guard.eval_loss/words"] == (
+        "eval_loss/words 0.3000 vs 0.3000: regression +0.0000 <= 0.02 (holds)"
+    )
+    assert tags["promotion.reason"] == d.reason
+
+
+def test_a_guard_figure_the_champion_lacks_is_named_not_compared():
+    """A champion registered before the slice existed (or the guard was configured)."""
+    d = decide(GUARDED, {**CHAMPION, "exact_match": 0.4, "eval_loss/new": 9.0}, CHAMPION)
+    assert d.promote
+    assert dict(d.checks)["guard.eval_loss/new"] == (
+        "eval_loss/new: not compared (no figure for both)"
+    )
+
+
+def test_custom_metric_directions_decide_the_gain():
+    lower = Gate("edit_distance", directions={"edit_distance": "min"})
+    assert decide(lower, {"edit_distance": 2.0}, {"edit_distance": 3.0}).promote
+    assert not decide(lower, {"edit_distance": 4.0}, {"edit_distance": 3.0}).promote

@@ -60,6 +60,8 @@ CHANGED = {
     "evaluation.batch_size": 4,
     "evaluation.max_new_tokens": 5,
     "evaluation.max_examples": 9,
+    "evaluation.metrics": ["exact_match", "token_f1"],
+    "evaluation.slice_field": "task",
 }
 SECTIONS = ("data", "adapter", "training", "evaluation")
 DATA = {f"data.{name}" for name in DataSpec.__dataclass_fields__}
@@ -74,6 +76,8 @@ USED_BY = {
         "adapter.target_modules",
         "training.packing",
         "training.gradient_checkpointing",
+        "evaluation.metrics",
+        "evaluation.slice_field",
     },
     "train": {
         "base_model_trust_remote_code",
@@ -85,6 +89,7 @@ USED_BY = {
         "base_model_trust_remote_code",
         *DATA,
         *(key for key in CHANGED if key.startswith("evaluation.")),
+        "training.device",  # evaluation runs where training did
     },
 }
 

@@ -8,6 +8,7 @@ import torch
 
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
+from models.promotion import Gate
 from tasks.promotion import promote
 from tasks.registry import fetch_champion, register_adapter
 from tasks.tracking import client, open_run
@@ -67,11 +68,10 @@ def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, 
     decision = promote.fn(
         model_name="roundtrip",
         version=version,
-        metric="eval_loss",
-        challenger_value=1.0,
+        gate=Gate("eval_loss"),
+        challenger={"eval_loss": 1.0},
         champion_version=None,
-        champion_value=None,
-        min_improvement=0.0,
+        champion=None,
     )
     assert decision.promote
     champ = fetch_champion.fn(model_name="roundtrip")
@@ -209,8 +209,8 @@ def test_an_expired_promotion_lock_is_broken_and_a_live_one_waited_for(
     two_versions(mlf, "locked")
     lock = promotion_lock.lock_name("locked")
     args = dict(
-        model_name="locked", version="2", metric="exact_match", challenger_value=0.7,
-        champion_version="1", champion_value=0.5, min_improvement=0.0,
+        model_name="locked", version="2", gate=Gate("exact_match"),
+        challenger={"exact_match": 0.7}, champion_version="1", champion={"exact_match": 0.5},
     )  # fmt: skip
 
     dead = {promotion_lock.OWNER: "host:1:dead", promotion_lock.EXPIRES: f"{time.time():.3f}"}
@@ -224,7 +224,9 @@ def test_an_expired_promotion_lock_is_broken_and_a_live_one_waited_for(
     alive = {promotion_lock.OWNER: "host:2:alive", promotion_lock.EXPIRES: f"{time.time() + 60}"}
     mlf.create_registered_model(lock, tags=alive)
     with pytest.raises(TrackingError) as err:
-        promote.fn(**{**args, "version": "1", "challenger_value": 0.9, "champion_version": "2"})
+        promote.fn(
+            **{**args, "version": "1", "challenger": {"exact_match": 0.9}, "champion_version": "2"}
+        )
     assert str(err.value) == f"registered model {lock}: promotion lock still held after 1 s"
     assert str(mlf.get_model_version_by_alias("locked", "champion").version) == "2"
     assert "promotion.outcome" not in mlf.get_model_version("locked", "1").tags
@@ -252,8 +254,9 @@ def test_a_retried_promotion_whose_alias_was_set_counts_as_promoted(
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_then_lose_the_answer)
     monkeypatch.setattr(promote, "retry_delay_seconds", [0.1, 0.1, 0.1])
     state = promote(
-        model_name="retried", version="2", metric="exact_match", challenger_value=0.7,
-        champion_version="1", champion_value=0.5, min_improvement=0.0, return_state=True,
+        model_name="retried", version="2", gate=Gate("exact_match"),
+        challenger={"exact_match": 0.7}, champion_version="1", champion={"exact_match": 0.5},
+        return_state=True,
     )  # fmt: skip
     assert state.is_completed(), state
     decision = state.result()

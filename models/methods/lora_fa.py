@@ -6,7 +6,7 @@ models.methods.frozen_a, which saves exactly those (the mask as bits), at any dr
 adapter is a standard PEFT LoRA adapter (A saved as initialised), merged and loaded as one.
 """
 
-from models.methods.base import AdapterMethod, AdapterSpec, build_lora
+from models.methods.base import AdapterMethod, AdapterSpec, build_lora, lora_layers
 
 
 def build(model, spec: AdapterSpec):
@@ -22,4 +22,17 @@ def build(model, spec: AdapterSpec):
     return peft_model
 
 
-METHOD = AdapterMethod(name="lora_fa", summary="A frozen at init, only B trained", build=build)
+def saved_bytes_per_token(model, spec: AdapterSpec, width: int) -> int:
+    """Per adapted layer: A drop(x) (r values) and, with dropout, one bit per input value."""
+    mask = spec.dropout > 0
+    return sum(
+        spec.r * width + mask * -(-layer.in_features // 8) for _, layer in lora_layers(model)
+    )
+
+
+METHOD = AdapterMethod(
+    name="lora_fa",
+    summary="A frozen at init, only B trained",
+    build=build,
+    saved_bytes_per_token=saved_bytes_per_token,
+)

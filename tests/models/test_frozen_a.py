@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from models.frozen_a import frozen_a_update, keep_mask, pack_bits, unpack_bits
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
 from models.methods.base import build_lora
-from models.frozen_a import frozen_a_update, keep_mask, pack_bits, unpack_bits
 from tests.models.test_methods import adapted_linears, batch
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"], seed=0)

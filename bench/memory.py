@@ -139,9 +139,10 @@ def _work(task: str, large: dict, tmp: str, **arm) -> dict:
     return _memory_arm(arm["method"], arm["dropout"], run, Path(tmp))
 
 
-# Memory arms: the peak is reached in the first steps. Speed: paired rounds of one step each.
+# Memory arms: the peak is reached in the first steps. Speed: paired rounds of one step each
+# (half the batch: the four arms share one process).
 MEMORY_RUN = LargeRun(layers=4, seq_len=256, batch_size=4, warmup=1, steps=1)
-SPEED_RUN = dataclasses.replace(MEMORY_RUN, steps=4)
+SPEED_RUN = dataclasses.replace(MEMORY_RUN, batch_size=2, steps=3)
 
 
 def run(memory_run: LargeRun = MEMORY_RUN, speed_run: LargeRun = SPEED_RUN) -> Figure:
@@ -154,9 +155,8 @@ def run(memory_run: LargeRun = MEMORY_RUN, speed_run: LargeRun = SPEED_RUN) -> F
                 request |= {"method": method, "dropout": dropout}
                 rows[method, dropout] = run_worker("bench.memory", request, env=MEMORY_ENV)
     with tempfile.TemporaryDirectory(prefix="bench-memory-speed-") as tmp:
-        speed = run_worker(
-            "bench.memory", {"task": "speed", "large": dataclasses.asdict(speed_run), "tmp": tmp}
-        )
+        request = {"task": "speed", "large": dataclasses.asdict(speed_run), "tmp": tmp}
+        speed = run_worker("bench.memory", request, timeout=1800)
     return _figure(rows, speed, memory_run)
 
 

@@ -9,6 +9,7 @@ import torch
 from models.loading import is_local, meta_model
 from models.merge import export_peak_bytes
 from models.methods import get_method
+from models.methods.base import lora_saved_bytes_per_token
 from models.specs import TrainSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -38,7 +39,12 @@ class Plan:
 
 
 def activation_bytes(
-    config, batch_size: int, seq_len: int, dtype_bytes: int, checkpointing: bool = False
+    config,
+    batch_size: int,
+    seq_len: int,
+    dtype_bytes: int,
+    checkpointing: bool = False,
+    adapter_bytes_per_token: int = 0,
 ) -> int:
     """Activations kept for the backward pass of a decoder-only transformer, per step.
 
@@ -46,8 +52,10 @@ def activation_bytes(
     and ~3 MLP-width tensors (gate, up, their product), plus the attention probabilities
     (heads x seq per token) for kernels that materialize them. On top: the fp32 logits and
     their gradient over the vocabulary. Frozen base layers still keep activations because the
-    adapters sit inside them. With gradient checkpointing every layer keeps only its input, and
-    one layer at a time holds its full activations while it is recomputed.
+    adapters sit inside them; what the adapters themselves keep, where the methods differ, is
+    adapter_bytes_per_token (all layers; AdapterMethod.saved_bytes_per_token). With gradient
+    checkpointing every layer keeps only its input, and one layer at a time holds its full
+    activations while it is recomputed.
     """
     hidden = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * hidden)
@@ -56,9 +64,10 @@ def activation_bytes(
     tokens = batch_size * seq_len
     per_layer = tokens * (10 * hidden + 3 * inter + heads * seq_len) * dtype_bytes
     logits = tokens * config.vocab_size * 4 * 2
+    adapters = tokens * adapter_bytes_per_token
     if checkpointing:
-        return layers * tokens * hidden * dtype_bytes + per_layer + logits
-    return layers * per_layer + logits
+        return layers * tokens * hidden * dtype_bytes + per_layer + adapters // layers + logits
+    return layers * per_layer + adapters + logits
 
 
 def plan_run(spec: TrainSpec) -> Plan:
@@ -75,9 +84,9 @@ def plan_run(spec: TrainSpec) -> Plan:
     config = model.config
     # QLoRA trains exactly LoRA's parameters; only the frozen weights' storage differs, and its
     # build step (k-bit preparation) needs real weights.
-    counted_as = "lora" if method == "qlora" else method
+    counted_as = get_method("lora" if method == "qlora" else method)
     with torch.device("meta"):
-        model = get_method(counted_as).build(model, spec.adapter)
+        model = counted_as.build(model, spec.adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     saved = get_peft_model_state_dict(model)
@@ -96,7 +105,15 @@ def plan_run(spec: TrainSpec) -> Plan:
     else:
         base_bytes = frozen * width
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
-    acts = activation_bytes(config, batch_size, seq_len, width, spec.gradient_checkpointing)
+    saved_per_token = counted_as.saved_bytes_per_token or lora_saved_bytes_per_token
+    acts = activation_bytes(
+        config,
+        batch_size,
+        seq_len,
+        width,
+        spec.gradient_checkpointing,
+        saved_per_token(model, spec.adapter, width),
+    )
     export_peak = export_peak_bytes(
         largest_base_file(spec.base_model, fallback=base_bytes),
         largest_adapted_weight(model),

@@ -45,6 +45,9 @@ class AdapterMethod:
         unmodified base reproduces the trained model.
     layer_kinds: the layer kinds (models.loading.kinds_of) the method can adapt; the check
         refuses target_modules naming any other kind.
+    saved_bytes_per_token: bytes the adapters keep for the backward pass per token, on top of
+        the frozen base's own activations (the plan's memory estimate); default: PEFT's LoRA
+        layers with a trained A.
     """
 
     name: str
@@ -57,6 +60,33 @@ class AdapterMethod:
     callbacks: Callable[[torch.nn.Module, AdapterSpec], list] | None = None
     before_save: Callable[[torch.nn.Module, AdapterSpec], None] | None = None
     layer_kinds: frozenset[str] = LINEAR_KINDS
+    saved_bytes_per_token: Callable[[torch.nn.Module, AdapterSpec, int], int] | None = None
+
+
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    """(name, layer) of every PEFT LoRA layer of `model`."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def lora_saved_bytes_per_token(model: torch.nn.Module, spec: AdapterSpec, width: int) -> int:
+    """What PEFT's LoRA layers keep per token (values of `width` bytes), A trained.
+
+    Each layer keeps A x (r values) for B's gradient, and for A's gradient A's input: with
+    dropout its own dropped copy of x plus the dropout's noise (a float per value on CPU, a
+    byte on CUDA; counted as a float), else x itself, one copy per input tensor shared by the
+    layers that read it (q/k/v, gate/up: layers of one block with the same input width; o_proj's
+    input is the attention output, kept anyway).
+    """
+    total, inputs = 0, set()
+    for name, layer in lora_layers(model):
+        total += spec.r * width
+        if spec.dropout > 0:
+            total += 2 * layer.in_features * width
+        else:
+            inputs.add((name.rsplit(".", 1)[0], layer.in_features))
+    return total + sum(features * width for _, features in inputs)
 
 
 def lora_config(spec: AdapterSpec, **extra: Any):

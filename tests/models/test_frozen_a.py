@@ -1,12 +1,12 @@
-"""LoRA-FA's frozen-A adapter path (models.methods.frozen_a) against PEFT's own layers."""
+"""LoRA-FA's frozen-A adapter path (models.frozen_a) against PEFT's own layers."""
 
 import pytest
 import torch
 
+from models.frozen_a import frozen_a_update, keep_mask, pack_bits, unpack_bits
 from models.loading import load_base
 from models.methods import AdapterSpec, get_method
 from models.methods.base import build_lora
-from models.methods.frozen_a import frozen_a_update, keep_mask, pack_bits, unpack_bits
 from tests.models.test_methods import adapted_linears, batch
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.1, target_modules=["q_proj", "v_proj"], seed=0)

@@ -103,8 +103,10 @@ def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(llama7b):
     tokens = 2 * 256
     per_layer = tokens * (10 * 4096 + 3 * 11008 + 32 * 256) * 2
     logits = tokens * 32000 * 4 * 2
-    assert full.activation_bytes == 32 * per_layer + logits
-    assert ckpt.activation_bytes == 32 * tokens * 4096 * 2 + per_layer + logits
+    # LoRA on q and v, dropout 0: A x of each (8 values) and their shared input (4096 values).
+    adapters = tokens * 32 * (2 * 8 + 4096) * 2
+    assert full.activation_bytes == 32 * per_layer + adapters + logits
+    assert ckpt.activation_bytes == 32 * tokens * 4096 * 2 + per_layer + adapters // 32 + logits
     assert ckpt.base_weight_bytes == full.base_weight_bytes
 
 
@@ -132,3 +134,37 @@ def test_export_peak_is_one_base_file_the_adapter_and_one_layer(tiny_base, llama
     assert big.est_export_peak_bytes == (
         big.base_weight_bytes + big.adapter_bytes + 3 * 4 * 4096 * 4096
     )
+
+
+def test_adapter_activations_match_what_autograd_saves(tiny_base):
+    """The plan's difference between methods and dropouts against saved-tensor hooks."""
+    from bench.assets import TARGETS
+    from bench.memory import saved_activation_bytes
+
+    ids = torch.randint(0, 100, (2, 32), generator=torch.manual_seed(0))
+    planned, measured = {}, {}
+    for dropout in (0.1, 0.0):
+        s = AdapterSpec(r=4, alpha=8.0, dropout=dropout, target_modules=TARGETS, seed=0)
+        for method in ("lora", "lora_fa"):
+            planned[method, dropout] = plan(str(tiny_base), method, s, 2, 32).activation_bytes
+            model = get_method(method).build(load_base(str(tiny_base))[0], s)
+            model.train()
+            measured[method, dropout] = saved_activation_bytes(
+                model, {"input_ids": ids, "labels": ids}
+            )
+
+    def saving(got, dropout):
+        return got["lora", dropout] - got["lora_fa", dropout]
+
+    # dropout 0: LoRA keeps each distinct input of the adapted layers, LoRA-FA none.
+    assert saving(planned, 0.0) == saving(measured, 0.0) > 0
+    # dropout 0.1: LoRA keeps a dropped copy and the noise per layer, LoRA-FA one bit per input
+    # value. The one difference: the first layer's q/k/v keep no noise (no gradient for their
+    # input), which the plan counts.
+    config = load_base(str(tiny_base))[0].config
+    tokens, hidden, inter = 2 * 32, config.hidden_size, config.intermediate_size
+    first_layer_noise = 3 * tokens * hidden * 4
+    assert saving(planned, 0.1) - saving(measured, 0.1) == first_layer_noise
+    for got in (planned, measured):
+        mask_bits = got["lora_fa", 0.1] - got["lora_fa", 0.0]
+        assert mask_bits == tokens * config.num_hidden_layers * (6 * hidden + inter) // 8

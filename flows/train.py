@@ -33,6 +33,9 @@ def train_remote(
     checkpoint_key: str = Field(
         "", description="Checkpoint key of the training (resume from / save to); empty = none"
     ),
+    progress_artifacts: tuple[str, ...] = Field(
+        (), description="Ids of Prefect progress artifacts (the dispatching pipeline's) to update"
+    ),
 ) -> str:
     """Train the configured adapter on data version `data_md5`; publish it on MLflow run `run_id`.
 
@@ -50,6 +53,7 @@ def train_remote(
         config_yaml=local.to_yaml(),
         checkpoint_store=config.training.checkpoint_store,
         checkpoint_key=checkpoint_key or None,
+        progress_artifacts=list(progress_artifacts),
     )
     publish_adapter(run_id=run_id, result=result)
     if checkpoint_key and config.training.save_steps:

@@ -70,7 +70,7 @@ def test_promotions_emit_events_and_an_automation_runs_the_export(project, prefe
     with get_client(sync_client=True) as prefect_client:
         deployment_id = export_on_promotion(prefect_client, "evt")
         registered("evt", 0.5, 0.7, champion="1", challenger="2")
-        time.sleep(1)  # the triggers service loads new automations within a second or so
+        time.sleep(1)  # the server loads a new automation in a task just after its commit
         assert promote_version(model_name="evt").moves_champion  # v2 promoted
         assert not promote_version(model_name="evt", version="1").promote  # v1 kept out
 

@@ -53,7 +53,7 @@ def train_remote(
         config_yaml=local.to_yaml(),
         checkpoint_store=config.training.checkpoint_store,
         checkpoint_key=checkpoint_key or None,
-        progress_artifacts=list(progress_artifacts),
+        progress_artifacts=progress_artifacts,
     )
     publish_adapter(run_id=run_id, result=result)
     if checkpoint_key and config.training.save_steps:

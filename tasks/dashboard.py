@@ -41,7 +41,7 @@ class TrainingProgress:
     training) updated as well as this run's own.
     """
 
-    def __init__(self, total_steps: int, artifacts: list[str] = (), interval: float = 2.0) -> None:
+    def __init__(self, total_steps: int, artifacts: tuple[str, ...] = (), interval: float = 2.0):
         self._total, self._interval = total_steps, interval
         own = start_progress(f"step 0/{total_steps}")
         self._ids = [UUID(a) for a in [*artifacts, *([own] if own else [])]]

@@ -31,7 +31,7 @@ def train(
     checkpoint_store: str = "",
     checkpoint_key: str | None = None,
     callbacks: list | None = None,
-    progress_artifacts: list[str] = (),
+    progress_artifacts: tuple[str, ...] = (),
 ) -> TrainResult:
     """Train the adapter into output_dir; the resolved config is saved beside it as loraflow.yaml.
 
@@ -70,7 +70,7 @@ def train(
         max_seq_len=spec.data.max_seq_len,
     )
     curve = BackgroundMetrics(mlf, run_id, log) if log_to_run else None
-    progress = TrainingProgress(spec.max_steps, list(progress_artifacts))
+    progress = TrainingProgress(spec.max_steps, progress_artifacts)
 
     def on_log(logs: dict[str, float], step: int) -> None:
         if curve:
@@ -170,7 +170,7 @@ def dispatch_training(
             "run_id": run_id,
             "data_md5": data_md5,
             "checkpoint_key": checkpoint_key,
-            "progress_artifacts": [progress] if progress else [],
+            "progress_artifacts": [progress] if progress else [],  # a JSON list
         },
         timeout=None,  # training takes what it takes; the deployment has its own limits
     )

@@ -130,7 +130,10 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
 def test_unchanged_inputs_skip_training_and_any_change_retrains(
     project, tiny_base, prefect_harness
 ):
+    from prefect.client.orchestration import get_client
+
     from flows.finetune import finetune
+    from tests.flows.test_events import loraflow_events, wait_for
 
     cfg = config(tiny_base, max_steps=4)
     first = finetune(cfg, skip_if_unchanged=True)  # no champion yet: trains
@@ -139,6 +142,16 @@ def test_unchanged_inputs_skip_training_and_any_change_retrains(
     again = finetune(cfg, skip_if_unchanged=True)
     assert again.skipped and again.version == "1" and again.report == {}
     assert again.reason == "unchanged since champion v1, skipped"
+    with get_client(sync_client=True) as prefect_client:  # announced to automations
+        skipped = wait_for(
+            lambda: [
+                e
+                for e in loraflow_events(prefect_client, "flowtest")
+                if e.event == "loraflow.model.skipped" and e.payload["data_md5"] == again.data_md5
+            ],
+            "loraflow.model.skipped event",
+        )
+    assert dict(skipped[0].resource)["loraflow.model.version"] == "1"
     mlf = client()
     assert len(mlf.search_model_versions("name='flowtest'")) == 1  # nothing registered
     runs = mlf.search_runs([mlf.get_experiment_by_name("loraflow").experiment_id])

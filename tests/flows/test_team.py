@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from models.checkpoints import CHECKPOINT_DONE
 from tests.conftest import REPO, free_port
@@ -362,34 +363,36 @@ def test_training_deployed_from_git_runs_the_deployed_commit(team, tiny_base, tm
     commit into its scratch directory and runs from there (a GPU machine needs no checkout)."""
     env, prefect = team["env"], str(BIN / "prefect")
     source, bare = tmp_path / "source", tmp_path / "loraflow.git"
-    shutil.copytree(team["project"], source, ignore=shutil.ignore_patterns(".loraflow", "data"))
-    remote = team["project"] / ".loraflow" / "dvc-remote"  # where the pipeline pushed its data
-    cli([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote)], env, source)
+    shutil.copytree(team["project"], source, ignore=shutil.ignore_patterns(".loraflow"))
 
-    def git(*args):
-        return cli(["git", *args], env, source).strip()
+    def run(*args):
+        return cli(list(args), env, source).strip()
 
-    git("add", "-A")
-    git("commit", "-qm", "deployed")
-    deployed_commit = git("rev-parse", "HEAD")
-    cli(["git", "init", "-q", "--bare", str(bare)], env, tmp_path)
-    git("push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
+    dvc = [sys.executable, "-m", "dvc"]
+    run(*dvc, "remote", "modify", "local", "url", str(tmp_path / "dvc-remote"))  # not in the clone
+    run(*dvc, "add", "-q", "data")
+    run(*dvc, "push", "-q")
+    data_md5 = yaml.safe_load((source / "data.dvc").read_text())["outs"][0]["md5"]
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "deployed")
+    deployed_commit = run("git", "rev-parse", "HEAD")
+    run("git", "init", "-q", "--bare", str(bare))
+    run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
     cli(["git", "symbolic-ref", "HEAD", "refs/heads/main"], env, bare)
     out = cli([prefect, "--no-prompt", "deploy", "--name", "train"],
               {**env, "LORAFLOW_REPOSITORY": bare.as_uri()}, source)  # fmt: skip
     assert f"clone {bare.as_uri()} at {deployed_commit[:12]}" in out
     # A later push that breaks training: only a run of the deployed commit can complete.
     (source / "flows" / "train.py").write_text("raise SystemExit('not the deployed commit')\n")
-    git("commit", "-qam", "later")
-    git("push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
+    run("git", "commit", "-qam", "later")
+    run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
 
-    mlf, _, _ = registry(team)
-    trained = mlf.get_model_version("team", "1")  # made by the first test of this module
-    run_id = mlf.create_run(mlf.get_run(trained.run_id).info.experiment_id).info.run_id
-    params = {"config": tiny_config(tiny_base, 1), "run_id": run_id,
-              "data_md5": trained.tags["data_md5"]}  # fmt: skip
-    # In the project the data version is already pulled; a run in a fresh clone pulls it again.
-    pulled = f"data md5 {trained.tags['data_md5']} pulled from DVC remote"
+    from mlflow import MlflowClient
+
+    mlf = MlflowClient(tracking_uri=team["mlflow"], registry_uri=team["mlflow"])
+    run_id = mlf.create_run(mlf.create_experiment("git-clone")).info.run_id
+    params = {"config": tiny_config(tiny_base, 1), "run_id": run_id, "data_md5": data_md5}
+    pulled = f"data md5 {data_md5} pulled from DVC remote"  # into the clone, not the project
     before = (team["logs"] / "worker-gpu.log").read_text().count(pulled)
     run_deployment(team, "train-adapter/train", params)
     published = {a.path for a in mlf.list_artifacts(run_id, "trained-adapter")}

@@ -33,7 +33,7 @@ def test_progress_and_latest_loss_show_while_training_and_reach_every_artifact(p
 
     @flow
     def training(elsewhere: str) -> None:
-        progress = TrainingProgress(40, [elsewhere], interval=0.0)
+        progress = TrainingProgress(40, (elsewhere,), interval=0.0)
         own = progress.artifact_ids[-1]
         progress.log({"loss": 2.5, "learning_rate": 1e-3}, 10)
         # Shown while training goes on: on this run and on the pipeline's artifact.

@@ -10,10 +10,12 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.export import export_model
-from models.config import LoraflowConfig
+from models.config import LoraflowConfig, RegistryConfig
 from models.loading import canonical_base
+from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
+from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
 from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs, check_services
@@ -65,10 +67,22 @@ _OPEN_RUNS: dict[str, str] = {}
 
 
 def _fail_open_run(flow, run, state) -> None:
-    """State hook (failed, crashed, cancelled): the flow run's MLflow run is marked FAILED."""
+    """State hook (failed, crashed, cancelled): the flow run's MLflow run is marked FAILED; a
+    failed or crashed run is announced (event loraflow.run.failed)."""
     run_id = _OPEN_RUNS.pop(str(run.id), None)
     if run_id:
         fail_run(run_id)
+    if not state.is_cancelled():
+        announce_failure(_model_name(run.parameters.get("config")), run_id, state)
+
+
+def _model_name(config) -> str:
+    """registry.model_name of a run's config parameter, as given (it may be what was invalid)."""
+    if isinstance(config, LoraflowConfig):
+        return config.registry.model_name
+    registry = config.get("registry") if isinstance(config, dict) else None
+    name = registry.get("model_name") if isinstance(registry, dict) else None
+    return str(name or RegistryConfig().model_name)
 
 
 @flow(
@@ -93,8 +107,9 @@ def finetune(
       1. check inputs and services: data splits valid, base model safe to load, target
          modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
-      3. train: the configured adapter method on the train split (loss curve to MLflow),
-         checkpointed every training.save_steps; a rerun on the same inputs resumes
+      3. train: the configured adapter method on the train split (loss curve to MLflow,
+         progress on the flow run), checkpointed every training.save_steps; a rerun on the
+         same inputs resumes; the loss curve as a picture on both
       4. evaluate: base vs adapter vs current champion on the eval split (evaluation.metrics,
          per slice of evaluation.slice_field); with training.deployment, on its pool
       5. register: the adapter as a new version of the registered model, alias `challenger`
@@ -174,6 +189,12 @@ def finetune(
             champion = fetch_champion(model_name=registry.model_name)
             candidates = candidates_for(base_model, adapter.adapter_dir, champion)
             report = evaluate(candidates=candidates, spec=config.eval_spec())
+        record_loss_curve(
+            run_id=run_id,
+            history=adapter.loss_history,
+            out_dir=str(Path(adapter.adapter_dir).parent),
+            title=run_name,
+        )
         record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
         log_metrics(
             run_id=run_id,

@@ -44,6 +44,9 @@ def train_remote(
     champion_version: str = Field(
         "", description="Version of registry.model_name to evaluate as champion; empty = none"
     ),
+    progress_artifacts: tuple[str, ...] = Field(
+        (), description="Ids of Prefect progress artifacts (the dispatching pipeline's) to update"
+    ),
 ) -> str:
     """Train the configured adapter on data version `data_md5`; publish it on MLflow run `run_id`.
 
@@ -62,6 +65,7 @@ def train_remote(
         config_yaml=local.to_yaml(),
         checkpoint_store=config.training.checkpoint_store,
         checkpoint_key=checkpoint_key or None,
+        progress_artifacts=progress_artifacts,
     )
     publish_adapter(run_id=run_id, result=result)
     if with_evaluation:

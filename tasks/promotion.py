@@ -9,9 +9,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from models.promotion import Decision, Figures, Gate, decide_promotion
+from tasks.events import announce_decision
 from tasks.lib.promotion_lock import promotion_lock
 from tasks.registry import (
     CHAMPION,
+    describe_version,
     find_champion,
     valid_model_name,
 )
@@ -39,6 +41,8 @@ def promote(
     (tasks.lib.promotion_lock), against the champion read under that lock, so two promotions
     never overwrite each other's champion. The record is written before the alias moves: a
     retry that finds the version already champion has nothing left to record.
+    The version's description is rewritten with the outcome, and a Prefect event
+    (tasks.events) announces it.
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
@@ -63,6 +67,8 @@ def promote(
             if checked.note != decision.note:
                 mlf.set_model_version_tag(model_name, version, "promotion.note", checked.note)
             decision = checked
+        figures = describe_version(mlf, model_name, version)
+    announce_decision(model_name, version, decision, figures)
     if in_prefect_run():
         create_markdown_artifact(
             key="promotion",

@@ -20,6 +20,8 @@ from models.chat import load_prompt_format
 from models.config import check_model_name
 from models.errors import LoraflowError
 from models.promotion import LINEAGE_KEYS, changed_inputs, recorded_key
+from models.summary import headline_metrics, model_description, version_description
+from tasks.events import announce_skip
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
@@ -189,6 +191,7 @@ def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef |
         description="Retrain check",
     )
     logger().info("unchanged since champion v%s: skipped training", champion.version)
+    announce_skip(model_name, champion.version, tags["data_md5"])
     return champion
 
 
@@ -295,10 +298,23 @@ def register_adapter(
         else:
             logger().info("run %s already registered as %s v%s", run_id, model_name, version)
         mlf.set_registered_model_alias(model_name, alias, version)
+        if not mlf.get_registered_model(model_name).description:  # a team's own text stays
+            mlf.update_registered_model(model_name, description=model_description(model_name))
+        describe_version(mlf, model_name, version)
     logger().info("registered %s version %s (alias %s)", model_name, version, alias)
     if in_prefect_run():
         _link_artifacts(mlf, run_id, model_name, version)
     return version
+
+
+def describe_version(mlf, model_name: str, version: str) -> dict[str, float]:
+    """Write the version's description from its tags and its run's evaluation figures (see
+    models.summary); returns the adapter's figures, {metric: value}."""
+    mv = mlf.get_model_version(model_name, version)
+    metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    text = version_description(dict(mv.tags), dict(metrics))
+    mlf.update_model_version(model_name, version, description=text)
+    return {metric: row["adapter"] for metric, row in headline_metrics(dict(metrics)).items()}
 
 
 def _link_artifacts(mlf, run_id: str, model_name: str, version: str) -> None:

@@ -14,6 +14,7 @@ from models.hashing import file_sha256
 from models.resources import explain_resource_errors
 from models.specs import TrainSpec
 from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
+from tasks.dashboard import TrainingProgress, start_progress
 from tasks.lib import checkpoint_store as checkpoints
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import BackgroundMetrics, client
@@ -30,6 +31,7 @@ def train(
     checkpoint_store: str = "",
     checkpoint_key: str | None = None,
     callbacks: list | None = None,
+    progress_artifacts: tuple[str, ...] = (),
 ) -> TrainResult:
     """Train the adapter into output_dir; the resolved config is saved beside it as loraflow.yaml.
 
@@ -37,6 +39,8 @@ def train(
     With spec.save_steps and checkpoint_key, checkpoints go to checkpoint_store under that key
     and training resumes from the newest one there (a retry, or a new run on the same inputs).
     callbacks: further Trainer callbacks (one process only, e.g. the benchmarks' step clock).
+    While it trains, the flow run's progress artifact (and `progress_artifacts`, made by the
+    pipeline that dispatched this training) show the percent of steps done and the latest loss.
     """
     mlf = client()
     log = logger()
@@ -66,15 +70,23 @@ def train(
         max_seq_len=spec.data.max_seq_len,
     )
     curve = BackgroundMetrics(mlf, run_id, log) if log_to_run else None
+    progress = TrainingProgress(spec.max_steps, progress_artifacts)
+
+    def on_log(logs: dict[str, float], step: int) -> None:
+        if curve:
+            curve.log(logs, step)
+        progress.log(logs, step)
+
     try:
         result = run(
             spec,
             output_dir=output_dir,
             extra_files={"loraflow.yaml": config_yaml},
-            on_log=curve.log if curve else None,
+            on_log=on_log,
             **checkpointing,
         )
     finally:
+        progress.close()
         if curve:
             curve.close()
     log.info(
@@ -151,11 +163,13 @@ def dispatch_training(
     champion_version: str = "",
 ) -> None:
     """Run the training deployment (e.g. on the `gpu` pool) and wait for it to finish; it
-    evaluates base, adapter and champion `champion_version` (empty: none) there as well."""
+    evaluates base, adapter and champion `champion_version` (empty: none) there as well. Its
+    progress shows on this flow run's progress artifact as well."""
     from prefect.deployments import run_deployment
 
     log = logger()
     log.info("dispatching training of run %s to deployment %s", run_id, deployment)
+    progress = start_progress(f"dispatched to {deployment}, waiting for a worker")
     flow_run = run_deployment(
         name=deployment,
         parameters={
@@ -165,6 +179,7 @@ def dispatch_training(
             "checkpoint_key": checkpoint_key,
             "with_evaluation": True,
             "champion_version": champion_version,
+            "progress_artifacts": [progress] if progress else [],  # a JSON list
         },
         timeout=None,  # training takes what it takes; the deployment has its own limits
     )

@@ -48,11 +48,24 @@ def config(tiny_base, **training):
     )
 
 
+def flow_run_artifacts(flow_run_id) -> dict:
+    """The flow run's artifacts by key, as the dashboard reads them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect_client:
+        found = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
 def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base, prefect_harness):
     from flows.finetune import finetune
 
     first_cfg = config(tiny_base)
-    first = finetune(first_cfg)
+    state = finetune(first_cfg, return_state=True)
+    first = state.result()
     assert first.promoted and first.version == "1"
     assert first.report["adapter"]["eval_loss"] < first.report["base"]["eval_loss"]
 
@@ -84,6 +97,21 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
     assert (project / first.adapter_dir / "eval_report.json").is_file()
     # Data was pushed to the DVC remote.
     assert any((project / ".loraflow" / "dvc-remote").rglob("*"))
+    # For the people watching: progress and the loss curve on the flow run (and the curve on
+    # the MLflow run), descriptions in the registry.
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
+    progress = artifacts["training-progress"]
+    assert progress.data == 100.0 and progress.description.startswith("step 12/12 · loss ")
+    assert "](data:image/png;base64," in artifacts["loss-curve"].data
+    png = mlf.download_artifacts(first.run_id, "plots/loss_curve.png", str(project))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    described = mlf.get_model_version("flowtest", "1").description
+    head = f"**lora** adapter of `{tiny_base}`, data md5 `{first.data_md5[:12]}`, seed 0"
+    assert described.startswith(head)
+    losses = first.report["adapter"]["eval_loss"], first.report["base"]["eval_loss"]
+    assert "| eval_loss | {:.4f} | {:.4f} |".format(*losses) in described
+    assert described.endswith("**Promotion:** promoted: no champion yet")
+    assert model.description.startswith("Adapters fine-tuned by loraflow")
 
     # A barely trained challenger is worse than the champion: registered, not promoted.
     second = finetune(config(tiny_base, max_steps=1, learning_rate=1e-6))
@@ -95,12 +123,17 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
     tags = mlf.get_model_version("flowtest", "2").tags
     assert tags["promotion.outcome"] == "kept champion v1"
     assert tags["promotion.champion_version"] == "1"
+    described = mlf.get_model_version("flowtest", "2").description
+    assert f"**Promotion:** kept champion v1: {tags['promotion.reason']}" in described
 
 
 def test_unchanged_inputs_skip_training_and_any_change_retrains(
     project, tiny_base, prefect_harness
 ):
+    from prefect.client.orchestration import get_client
+
     from flows.finetune import finetune
+    from tests.flows.test_events import loraflow_events, wait_for
 
     cfg = config(tiny_base, max_steps=4)
     first = finetune(cfg, skip_if_unchanged=True)  # no champion yet: trains
@@ -109,6 +142,16 @@ def test_unchanged_inputs_skip_training_and_any_change_retrains(
     again = finetune(cfg, skip_if_unchanged=True)
     assert again.skipped and again.version == "1" and again.report == {}
     assert again.reason == "unchanged since champion v1, skipped"
+    with get_client(sync_client=True) as prefect_client:  # announced to automations
+        skipped = wait_for(
+            lambda: [
+                e
+                for e in loraflow_events(prefect_client, "flowtest")
+                if e.event == "loraflow.model.skipped" and e.payload["data_md5"] == again.data_md5
+            ],
+            "loraflow.model.skipped event",
+        )
+    assert dict(skipped[0].resource)["loraflow.model.version"] == "1"
     mlf = client()
     assert len(mlf.search_model_versions("name='flowtest'")) == 1  # nothing registered
     runs = mlf.search_runs([mlf.get_experiment_by_name("loraflow").experiment_id])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from models.checkpoints import CHECKPOINT_DONE
 from tests.conftest import REPO, free_port
@@ -103,7 +104,8 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
     shutil.copytree(project_template, project, symlinks=True)
     for part in ("flows", "tasks", "models", "configs"):
         shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    for name in ("prefect.yaml", "loraflow_deploy.py"):
+        shutil.copy(REPO / name, project / name)
     prefect_db, mlflow_db = databases
     prefect_port, mlflow_port = free_port(), free_port()
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
@@ -115,9 +117,10 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
         "MLFLOW_TRACKING_URI": mlflow_uri,
-        "LORAFLOW_HOME": str(project),
     }
-    env.pop("MLFLOW_REGISTRY_URI", None)
+    # Deployed as a new user would: no LORAFLOW_HOME, so the deploying checkout is used.
+    for name in ("MLFLOW_REGISTRY_URI", "LORAFLOW_HOME", "LORAFLOW_REPOSITORY"):
+        env.pop(name, None)
     procs = Processes(root)
     try:
         mlflow, mlflow_log = procs.start(
@@ -196,9 +199,11 @@ FLOW_RUN_RECORD = (
     "with get_client(sync_client=True) as c:\n"
     "    r = c.read_flow_run(sys.argv[1])\n"
     "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id]))\n"
-    "    keys = sorted(a.key or '' for a in c.read_artifacts(artifact_filter=f))\n"
-    "    print(json.dumps({'name': r.name, 'state': r.state.type.value,\n"
-    "                      'tags': r.tags, 'id': str(r.id), 'artifacts': keys}))\n"
+    "    found = c.read_artifacts(artifact_filter=f)\n"
+    "    keys = sorted(a.key or '' for a in found)\n"
+    "    progress = [[a.data, a.description] for a in found if a.type == 'progress']\n"
+    "    print(json.dumps({'name': r.name, 'state': r.state.type.value, 'tags': r.tags,\n"
+    "                      'id': str(r.id), 'artifacts': keys, 'progress': progress}))\n"
 )
 
 
@@ -272,8 +277,12 @@ def registry(team):
 
 
 def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
-    for name in ("finetune", "finetune-nightly", "train", "promote"):
+    for name in ("finetune", "finetune-nightly", "train", "promote", "export"):
         assert name in team["deployed"]
+    assert (
+        f"LORAFLOW_HOME is not set: deployments run from this checkout, {team['project']},"
+        in (team["deployed"])
+    )
 
     # The nightly deployment. Its first run is killed (SIGKILL) after a checkpoint: Prefect marks
     # it crashed. The next run on the same inputs resumes from that checkpoint and ends with the
@@ -283,9 +292,8 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     assert killed["state"] == "CRASHED", killed
     first = run_deployment(team, "finetune/finetune-nightly", nightly)
     assert first["name"].startswith("lora-tiny-base0-")  # method, base model, data md5
-    assert {"evaluation", "promotion", "mlflow-run", "mlflow-model-version"} <= set(
-        first["artifacts"]
-    ), first["artifacts"]
+    shown = {"evaluation", "promotion", "mlflow-run", "mlflow-model-version", "loss-curve"}
+    assert shown <= set(first["artifacts"]) and first["progress"][0][0] == 100.0, first
     worker_log = (team["logs"] / "worker-cpu.log").read_text()
     assert "resuming training from the checkpoint of step" in worker_log
     assert not list((team["project"] / ".loraflow" / "checkpoints").glob("*/checkpoint-*"))
@@ -335,6 +343,9 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     )  # v1 re-evaluated on the gpu worker, same split and weights as its own run
     assert mv2.tags["promotion.outcome"] == "kept champion v1"
     assert mv2.tags["promotion.reason"].startswith("eval_loss ")
+    # The gpu worker's training updated the pipeline's progress artifact as it went.
+    [(percent, shown)] = dispatched["progress"]
+    assert percent == 100.0 and shown.startswith("step 1/1"), dispatched["progress"]
 
     # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
     run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})
@@ -358,3 +369,45 @@ def test_kubernetes_gpu_job_template_is_accepted_by_the_server(team):
          "--base-job-template", str(template)], env, project)  # fmt: skip
     shown = cli([prefect, "work-pool", "inspect", "gpu-k8s"], env, project)
     assert "nvidia.com/gpu" in shown and "loraflow:dev" in shown
+
+
+def test_training_deployed_from_git_runs_the_deployed_commit(team, tiny_base, tmp_path):
+    """LORAFLOW_REPOSITORY at deploy time: a training run clones that repository at the deployed
+    commit into its scratch directory and runs from there (a GPU machine needs no checkout)."""
+    env, prefect = team["env"], str(BIN / "prefect")
+    source, bare = tmp_path / "source", tmp_path / "loraflow.git"
+    shutil.copytree(team["project"], source, ignore=shutil.ignore_patterns(".loraflow"))
+
+    def run(*args):
+        return cli(list(args), env, source).strip()
+
+    dvc = [sys.executable, "-m", "dvc"]
+    run(*dvc, "remote", "modify", "local", "url", str(tmp_path / "dvc-remote"))  # not in the clone
+    run(*dvc, "add", "-q", "data")
+    run(*dvc, "push", "-q")
+    data_md5 = yaml.safe_load((source / "data.dvc").read_text())["outs"][0]["md5"]
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "deployed")
+    deployed_commit = run("git", "rev-parse", "HEAD")
+    run("git", "init", "-q", "--bare", str(bare))
+    run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
+    cli(["git", "symbolic-ref", "HEAD", "refs/heads/main"], env, bare)
+    out = cli([prefect, "--no-prompt", "deploy", "--name", "train"],
+              {**env, "LORAFLOW_REPOSITORY": bare.as_uri()}, source)  # fmt: skip
+    assert f"clone {bare.as_uri()} at {deployed_commit[:12]}" in out
+    # A later push that breaks training: only a run of the deployed commit can complete.
+    (source / "flows" / "train.py").write_text("raise SystemExit('not the deployed commit')\n")
+    run("git", "commit", "-qam", "later")
+    run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
+
+    from mlflow import MlflowClient
+
+    mlf = MlflowClient(tracking_uri=team["mlflow"], registry_uri=team["mlflow"])
+    run_id = mlf.create_run(mlf.create_experiment("git-clone")).info.run_id
+    params = {"config": tiny_config(tiny_base, 1), "run_id": run_id, "data_md5": data_md5}
+    pulled = f"data md5 {data_md5} pulled from DVC remote"  # into the clone, not the project
+    before = (team["logs"] / "worker-gpu.log").read_text().count(pulled)
+    run_deployment(team, "train-adapter/train", params)
+    published = {a.path for a in mlf.list_artifacts(run_id, "trained-adapter")}
+    assert "trained-adapter/adapter_model.safetensors" in published
+    assert (team["logs"] / "worker-gpu.log").read_text().count(pulled) == before + 1

@@ -262,13 +262,19 @@ def cmd_plan(args) -> int:
 
 def cmd_demo_assets(args) -> int:
     from demo import build_demo_data
+    from demo.chat import build_demo_chat_data
 
-    data_dir = Path(args.data_dir)
-    if args.force or not (data_dir / "train.jsonl").is_file():
-        counts = build_demo_data(data_dir)
-        print(f"demo data: {counts} examples in {data_dir}")
-    else:
-        print(f"demo data: {data_dir} exists, kept")
+    # Two directories, two DVC versions (data.dvc, data-chat.dvc): building the chat data
+    # leaves `make run`'s data version untouched.
+    for label, build, data_dir in (
+        ("demo data", build_demo_data, Path(args.data_dir)),
+        ("demo chat data", build_demo_chat_data, Path(args.chat_dir)),
+    ):
+        if args.force or not (data_dir / "train.jsonl").is_file():
+            counts = build(data_dir)
+            print(f"{label}: {counts} examples in {data_dir}")
+        else:
+            print(f"{label}: {data_dir} exists, kept")
     if args.model_dir is None:
         # Float results differ between CPUs, so the base is built once and shipped in git.
         print("demo base model: demo/base (shipped in git, the same bytes everywhere)")
@@ -343,8 +349,13 @@ def parser() -> argparse.ArgumentParser:
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
-    demo = sub.add_parser("demo-assets", help="build the demo data (the base model is shipped)")
+    demo = sub.add_parser(
+        "demo-assets", help="build the demo data, plain and chat (the base model is shipped)"
+    )
     demo.add_argument("--data-dir", default="data")
+    demo.add_argument(
+        "--chat-dir", default="data-chat", help="the chat demo's data (configs/demo-chat.yaml)"
+    )
     demo.add_argument(
         "--model-dir",
         default=None,

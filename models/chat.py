@@ -175,14 +175,31 @@ def load_prompt_format(adapter_dir: str | Path) -> str:
 
 
 def request_text(tokenizer, request, fmt: str) -> str:
-    """A request (a string, or for chat a list of messages) as the text training put before
-    the answer."""
+    """A request as the text training put before the answer: a string; for chat also a list
+    of messages; for alpaca also {"instruction": ..., "input": ...} (input optional)."""
     if fmt == "chat":
         messages = [{"role": "user", "content": request}] if isinstance(request, str) else request
         return render(tokenizer, messages, add_generation_prompt=True)
+    if fmt == "alpaca" and isinstance(request, dict):
+        return alpaca_prompt(*_alpaca_fields(request))
     if not isinstance(request, str):
-        raise DataError(f"a model trained on data.format {fmt} takes a string, not {request!r}")
+        takes = "a string or {instruction, input}" if fmt == "alpaca" else "a string"
+        raise DataError(f"a model trained on data.format {fmt} takes {takes}, not {request!r}")
     return alpaca_prompt(request) if fmt == "alpaca" else request
+
+
+def _alpaca_fields(request: dict) -> tuple[str, str]:
+    """(instruction, input) of an alpaca request; the same rules as a training record."""
+    instruction, input_text = request.get("instruction"), request.get("input") or ""
+    unknown = set(request) - {"instruction", "input"}
+    if not isinstance(instruction, str) or not instruction or not isinstance(input_text, str):
+        raise DataError(
+            f"an alpaca request needs a non-empty string 'instruction' and optionally a string "
+            f"'input' (got {request!r})"
+        )
+    if unknown:
+        raise DataError(f"an alpaca request takes instruction and input, not {sorted(unknown)}")
+    return instruction, input_text
 
 
 def encode_request(tokenizer, request, fmt: str, prefix: list[int] | None = None) -> list[int]:

@@ -271,10 +271,11 @@ def register_adapter(
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
-    # A chat adapter also takes lists of messages, which a string-column input schema would
-    # flatten into a table: its signature declares the output and params only.
-    chat = load_prompt_format(adapter_dir) == "chat"
-    example_input = None if chat else ["prompt"]
+    # A chat adapter also takes lists of messages, an alpaca one {instruction, input} requests,
+    # which a string-column input schema would refuse or flatten into a table: their signature
+    # declares the output and params only.
+    structured = load_prompt_format(adapter_dir) in ("chat", "alpaca")
+    example_input = None if structured else ["prompt"]
     signature = infer_signature(example_input, ["generated text"], params={"max_new_tokens": 32})
     with mlflow_errors():
         version = _registered_for_run(mlf, model_name, run_id, tags.get("adapter_sha256", ""))

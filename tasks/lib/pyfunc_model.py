@@ -12,23 +12,43 @@ import mlflow
 from mlflow.models import set_model
 
 
+def _is_alpaca(value) -> bool:
+    return isinstance(value, dict) and "instruction" in value
+
+
 def _is_conversation(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and not _is_alpaca(m) for m in value)
+    )
+
+
+def _alpaca(row: dict) -> dict:
+    """An alpaca request without the cells a table leaves empty (None, NaN)."""
+    return {k: v for k, v in row.items() if isinstance(v, str)}
 
 
 def _requests(model_input) -> list:
-    """Prompts as a list: a string, a list of messages (one conversation), a list of either,
-    or a one-column DataFrame/Series of either."""
+    """Prompts as a list: a string, a list of messages (one conversation), an alpaca request
+    ({"instruction", "input"}), a list of any of these, a one-column DataFrame/Series of strings
+    or conversations, or a DataFrame with an `instruction` (and `input`) column."""
     if isinstance(model_input, str) or _is_conversation(model_input):
         return [model_input]
+    if _is_alpaca(model_input):
+        return [_alpaca(model_input)]
     if isinstance(model_input, dict) and "messages" in model_input:
         return [list(model_input["messages"])]
+    if hasattr(model_input, "columns") and "instruction" in model_input.columns:
+        return [_alpaca(row) for row in model_input.to_dict(orient="records")]
     if hasattr(model_input, "iloc"):  # a pandas DataFrame or Series
         frame = model_input.to_frame() if hasattr(model_input, "to_frame") else model_input
         model_input = frame.iloc[:, 0].tolist()
     elif hasattr(model_input, "tolist"):
         model_input = model_input.tolist()
-    return [v if _is_conversation(v) else str(v) for v in model_input]
+    return [
+        _alpaca(v) if _is_alpaca(v) else v if _is_conversation(v) else str(v) for v in model_input
+    ]
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
@@ -36,7 +56,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
     Requests are rendered as the adapter was trained (its recorded data.format and the chat
     template saved with its tokenizer): a chat adapter takes strings (one user turn) and lists
-    of messages."""
+    of messages, an alpaca adapter strings and {"instruction", "input"} requests."""
 
     def load_context(self, context):
         from models.chat import load_prompt_format

@@ -262,13 +262,40 @@ def test_served_prompt_is_token_for_token_what_training_saw(tiny_base, tmp_path)
     shutil.rmtree(adapter)
 
 
-def test_an_alpaca_request_is_served_as_its_training_prompt(tok):
-    from models.formats import alpaca_prompt
+@pytest.mark.parametrize(
+    ("record", "request_"),
+    [
+        ({"instruction": "Say hi", "output": "hi"}, "Say hi"),
+        ({"instruction": "Say hi", "output": "hi"}, {"instruction": "Say hi"}),
+        (
+            {"instruction": "Add the numbers", "input": "2 and 2", "output": "4"},
+            {"instruction": "Add the numbers", "input": "2 and 2"},
+        ),
+    ],
+)
+def test_an_alpaca_request_is_served_as_its_training_prompt(tok, tmp_path, record, request_):
+    """Training reads the record from a file; serving renders the request: the same token ids
+    up to the first trained one (the Input block included)."""
+    from models.formats import read_split
 
-    example = Example(alpaca_prompt("Say hi"), "hi", 1)
-    trained = tokenize([example], tok, 128, "reject").features[0]
-    served = encode_request(tok, "Say hi", "alpaca")
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    example = read_split(tmp_path / "train.jsonl", DataSpec(format="alpaca"))[0]
+    trained = tokenize([example], tok, 256, "reject").features[0]
+    served = encode_request(tok, request_, "alpaca")
     assert served == trained["input_ids"][: len(served)]
     assert trained["labels"][len(served) - 1] == -100 and trained["labels"][len(served)] != -100
-    with pytest.raises(DataError, match="takes a string"):
-        encode_request(tok, [{"role": "user", "content": "hi"}], "alpaca")
+    assert ("### Input:\n2 and 2" in tok.decode(served)) == ("input" in record)
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        ([{"role": "user", "content": "hi"}], "takes a string or {instruction, input}"),
+        ({"input": "2 and 2"}, "needs a non-empty string 'instruction'"),
+        ({"instruction": "Add", "input": 4}, "needs a non-empty string 'instruction'"),
+        ({"instruction": "Add", "output": "4"}, r"takes instruction and input, not \['output'\]"),
+    ],
+)
+def test_a_bad_alpaca_request_is_refused_by_name(tok, request_, problem):
+    with pytest.raises(DataError, match=problem):
+        encode_request(tok, request_, "alpaca")

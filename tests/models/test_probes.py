@@ -8,7 +8,13 @@ import pytest
 
 from models.checks import check_inputs
 from models.loading import ModelError, load_base, meta_model
-from models.probes import check_gradient_checkpointing, check_packing, packing_difference
+from models.probes import (
+    PROBE_LAYERS,
+    check_gradient_checkpointing,
+    check_packing,
+    packing_difference,
+    probe_model,
+)
 from models.specs import CheckSpec
 from tests.architectures import NAMES, build_tiny
 from tests.models.test_architectures import short_spec
@@ -32,14 +38,37 @@ def test_packing_is_exact_or_refused(arch_bases, name):
         assert difference > 1e-2
         with pytest.raises(ModelError) as e:
             check_packing(str(arch_bases[name]))
+        # The check measures on its two-layer copy (models.probes.probe_model).
+        checked = packing_difference(probe_model(str(arch_bases[name])))
         assert one_line(e) == (
             f"training.packing: base_model {arch_bases[name]} (OPTForCausalLM) lets packed "
             f"examples attend to each other (logits differ from each example alone by "
-            f"{difference:.2g}): its attention ignores position_ids; set training.packing: false"
+            f"{checked:.2g}): its attention ignores position_ids; set training.packing: false"
         )
     else:
         assert difference < 1e-5
         check_packing(str(arch_bases[name]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_packing_check_runs_a_small_copy_and_reads_no_weights(arch_bases, name, tmp_path):
+    """The check builds the base's class from its config (two layers, a tiny vocabulary) and
+    decides as the whole loaded model does: it works with the weight files gone."""
+    import shutil
+
+    full, _ = load_base(str(arch_bases[name]))
+    probe = probe_model(str(arch_bases[name]))
+    assert type(probe) is type(full)
+    assert probe.config.num_hidden_layers == min(PROBE_LAYERS, full.config.num_hidden_layers)
+    assert sum(p.numel() for p in probe.parameters()) < sum(p.numel() for p in full.parameters())
+    config_only = tmp_path / name
+    shutil.copytree(arch_bases[name], config_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert (packing_difference(probe) > 1e-2) == (packing_difference(full) > 1e-2)
+    if name in PACKING_REFUSED:
+        with pytest.raises(ModelError, match="training.packing"):
+            check_packing(str(config_only))
+    else:
+        check_packing(str(config_only))
 
 
 def test_the_probe_does_not_change_the_model_mode(arch_bases):

@@ -118,6 +118,45 @@ def test_a_chat_adapter_is_served_from_a_string_or_a_list_of_messages(
     assert loaded.predict([{"role": "user", "content": "a dog"}], params=params) == expected[1:]
 
 
+def test_an_alpaca_adapter_is_served_from_instruction_and_input(
+    project, tiny_base, prefect_harness
+):
+    """An alpaca request with an input, as a dict, a list of dicts or a DataFrame, is answered
+    from the prompt training rendered (evaluation's path: the record's rendered prompt)."""
+    import pandas as pd
+
+    from models.chat import save_prompt_format
+    from models.formats import alpaca_prompt
+    from models.serving import generate, load_adapted
+    from models.specs import DataSpec
+
+    adapter = project / "alpaca-adapter"
+    trained_adapter(tiny_base, adapter)
+    save_prompt_format(adapter, DataSpec(format="alpaca"))
+    run_id = open_run.fn(experiment="t", run_name="alpaca", config={}, config_yaml="", tags={})
+    register_adapter.fn(
+        run_id=run_id,
+        adapter_dir=str(adapter),
+        base_model=str(tiny_base),
+        model_name="alpaca",
+        tags={"adapter_sha256": "a"},
+        max_new_tokens=4,
+    )
+    loaded = mlflow.pyfunc.load_model("models:/alpaca@challenger")
+    model, tok = load_adapted(str(tiny_base), adapter)
+    prompts = [alpaca_prompt("Reverse the words", "red cat"), alpaca_prompt("Name a colour")]
+    expected = generate(model, tok, prompts, max_new_tokens=4)
+    requests = [
+        {"instruction": "Reverse the words", "input": "red cat"},
+        {"instruction": "Name a colour"},
+    ]
+    params = {"max_new_tokens": 4}
+    assert loaded.predict(requests[0], params=params) == expected[:1]
+    assert loaded.predict(requests, params=params) == expected
+    assert loaded.predict(pd.DataFrame(requests), params=params) == expected  # input NaN: none
+    assert loaded.predict("Name a colour", params=params) == expected[1:]
+
+
 def fail_once(monkeypatch, owner, name: str, error: Exception) -> list:
     """owner.name raises `error` on its first call only; returns the list of calls made."""
     real, calls = getattr(owner, name), []

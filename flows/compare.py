@@ -83,14 +83,14 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
         log_metrics(
             run_id=run_id,
             metrics={**adapter.metrics(), **{f"adapter_{k}": v for k, v in scores.items()}},
-            tags={"adapter_sha256": adapter.adapter_sha256},
+            tags=adapter.tags(),
         )
         version = register_adapter(
             run_id=run_id,
             adapter_dir=adapter.adapter_dir,
             base_model=base_model,
             model_name=config.registry.model_name,
-            tags={**tags, "adapter_sha256": adapter.adapter_sha256},
+            tags={**tags, **adapter.tags()},
             max_new_tokens=config.evaluation.max_new_tokens,
             alias=method,
         )

@@ -199,7 +199,9 @@ def finetune(
         log_metrics(
             run_id=run_id,
             metrics=adapter.metrics(),
-            tags={"adapter_sha256": adapter.adapter_sha256},
+            # adapter sha256 and env.*: the environment of the process that trained, which for
+            # a dispatched training is the worker's, not this one's
+            tags=adapter.tags(),
         )
 
         version = register_adapter(
@@ -207,7 +209,7 @@ def finetune(
             adapter_dir=adapter.adapter_dir,
             base_model=base_model,
             model_name=registry.model_name,
-            tags={**tags, "adapter_sha256": adapter.adapter_sha256},
+            tags={**tags, **adapter.tags()},
             max_new_tokens=config.evaluation.max_new_tokens,
         )
 

@@ -38,7 +38,8 @@ class Reproduction:
     metric within models.reproduction.METRIC_TOLERANCES) or different.
     metrics: each recorded adapter metric against the rebuilt adapter's (when bytes differ).
     max_abs_diff: largest |recorded - rebuilt| over the adapter's tensors (None: not compared).
-    environment: the hardware / numeric environment tags (`env.*`) that differ here.
+    environment: the hardware / numeric environment tags (`env.*`) of the recorded training
+    that differ from the rebuild's.
     """
 
     run_id: str
@@ -100,7 +101,6 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     if is_local(base_model) and not Path(base_model).is_dir():
         return Reproduction(run_id, recorded, "", [f"base model {base_model}: not found here"])
     here = collect_lineage(base_model=base_model)
-    environment = changed_tags(tags, here, "env.")
     differences = [
         f"package {key.removeprefix('version.')}: recorded {value}, here {here[key]}"
         for key, value in sorted(tags.items())
@@ -112,7 +112,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
             f"base model {base_model}: weights sha256 recorded "
             f"{tags.get('base_model_sha256', '?')[:16]}, here {here['base_model_sha256'][:16]}",
         )
-        return Reproduction(run_id, recorded, "", differences, environment=environment)
+        return Reproduction(run_id, recorded, "", differences)
     data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
     result = train(
@@ -122,6 +122,8 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
         config_yaml=local.to_yaml(),
         log_to_run=False,
     )
+    # The environment the rebuild trained in against the one the recorded training ran in.
+    environment = changed_tags(tags, result.tags(), "env.")
     if result.adapter_sha256 == recorded:
         logger().info("reproduce %s: identical", run_id)
         return Reproduction(

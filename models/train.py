@@ -20,6 +20,7 @@ from models.checkpoints import (
     resumed_figures,
 )
 from models.data import pad_batch, read_split, tokenize
+from models.hardware import numeric_environment
 from models.hashing import file_sha256
 from models.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.memory import page_in, track_peak_memory
@@ -48,6 +49,9 @@ class TrainResult:
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    # The numeric environment training ran in (models.hardware), taken inside its thread
+    # setting: a dispatched training's figures carry the worker's, not the orchestrator's.
+    environment: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready figures (for another process or machine)."""
@@ -66,6 +70,12 @@ class TrainResult:
             "truncated_examples": self.truncated_examples,
             "resumed_from_step": self.resumed_from_step,
         }
+
+    def tags(self) -> dict[str, str]:
+        """What the run and the model version record of this training: the adapter's sha256 and
+        the environment it was trained in (`env.cpu`, `env.threads`, ...)."""
+        env = {f"env.{k}": v for k, v in self.environment.items()}
+        return {"adapter_sha256": self.adapter_sha256, **env}
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainResult:
@@ -172,7 +182,7 @@ def train_adapter(
         ],
         optimizers=optimizers,
     )
-    output, seconds, memory = _run(trainer, model, spec, device, resume)
+    output, seconds, memory, environment = _run(trainer, model, spec, device, resume)
     seen = _tokens_of_all_processes(collate.seen, trainer, world_size)
     resumed_from = checkpoint_step(resume) if resume else 0
     if resumed_from:
@@ -193,6 +203,7 @@ def train_adapter(
         peak_memory_bytes=memory.peak_bytes,
         peak_memory_kind=memory.kind,
         loss_history=history,
+        environment=environment,
     )
     if save:
         _save(result, model, tokenizer, method, spec, Path(output_dir), extra_files or {})
@@ -299,8 +310,8 @@ def _relay(history: list[tuple[int, float]], on_log: Callable | None):
 
 
 def _run(trainer, model: torch.nn.Module, spec: TrainSpec, device: str, resume: Path | None):
-    """(Trainer output or None, seconds, peak memory) of trainer.train() under the spec's compute
-    settings, resumed from `resume` if given."""
+    """(Trainer output or None, seconds, peak memory, numeric environment) of trainer.train()
+    under the spec's compute settings, resumed from `resume` if given."""
     # A checkpoint of the last step means training had finished (the run failed later): take
     # its weights. Resuming the Trainer there would run one more optimizer step.
     finished = resume is not None and checkpoint_step(resume) >= spec.max_steps
@@ -313,11 +324,12 @@ def _run(trainer, model: torch.nn.Module, spec: TrainSpec, device: str, resume: 
         deterministic_algorithms(spec.deterministic),
         cpu_threads(spec.cpu_threads if device == "cpu" else None),
     ):
+        environment = numeric_environment()
         if finished:
             _load_adapter_weights(model, resume)
         else:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return output, time.perf_counter() - started, memory
+    return output, time.perf_counter() - started, memory, environment
 
 
 def _tokens_of_all_processes(seen: int, trainer, world_size: int) -> int:

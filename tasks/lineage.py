@@ -1,4 +1,8 @@
-"""Lineage of a run: code version, base model hash, package versions, numeric environment."""
+"""Lineage of a run: code version, base model hash, package versions.
+
+The numeric environment (`env.*`) is not collected here: training takes it where it runs
+(models.train.TrainResult.environment), which for a dispatched training is another machine.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from importlib import metadata
 from prefect import task
 
 from models.config import LoraflowConfig
-from models.hardware import numeric_environment
 from models.hashing import weights_sha256
 from models.loading import is_local
 
@@ -46,8 +49,8 @@ def package_versions() -> dict[str, str]:
 
 @task(name="collect-lineage")
 def collect_lineage(*, base_model: str) -> dict[str, str]:
-    """Tags that say how a run was made: git commit, base weights hash, package versions, and
-    the hardware and numeric environment (`env.*`: CPU, vector ISA, threads, GPU, CUDA, ...)."""
+    """Tags that say how a run was made: git commit, base weights hash, package versions.
+    The hardware and numeric environment tags come with the trained adapter (`env.*`)."""
     commit, dirty = git_commit()
     tags = {
         "git_commit": commit,
@@ -57,7 +60,6 @@ def collect_lineage(*, base_model: str) -> dict[str, str]:
         "base_model_sha256": weights_sha256(base_model) if is_local(base_model) else "hub",
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
-    tags.update({f"env.{k}": v for k, v in numeric_environment().items()})
     return tags
 
 

@@ -156,11 +156,13 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
             prefect("work-pool", "create", pool, "--type", "process")
         deployed = prefect("--no-prompt", "deploy", "--all")
         workers = {}
-        for pool in ("gpu", "cpu"):
+        # The gpu pool's worker computes with other kernels (torch's DEFAULT level), so the
+        # environment a dispatched training records can be told from the pipeline's.
+        for pool, extra in (("gpu", {"ATEN_CPU_CAPABILITY": "default"}), ("cpu", {})):
             workers[pool], _ = procs.start(
                 f"worker-{pool}",
                 [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                env,
+                {**env, **extra},
                 project,
             )
         yield {"env": env, "project": project, "mlflow": mlflow_uri, "deployed": deployed,
@@ -346,6 +348,12 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     # The gpu worker's training updated the pipeline's progress artifact as it went.
     [(percent, shown)] = dispatched["progress"]
     assert percent == 100.0 and shown.startswith("step 1/1"), dispatched["progress"]
+    # Run and version record the environment of the worker that trained, not the pipeline's.
+    for tags in (mlf.get_run(mv2.run_id).data.tags, mv2.tags):
+        assert tags["env.cpu_capability"] == "DEFAULT"
+        assert tags["env.var.ATEN_CPU_CAPABILITY"] == "default"
+        assert tags["env.cpu"] and tags["env.threads"]
+    assert "env.var.ATEN_CPU_CAPABILITY" not in mv.tags  # v1 trained on the cpu pool
 
     # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
     run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})

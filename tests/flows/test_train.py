@@ -3,19 +3,27 @@
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
 
 from models.config import config_from_dict
+from models.hardware import numeric_environment
 from models.hashing import file_sha256
 
 
-def tiny_config(tiny_base):
+def tiny_config(tiny_base, **training):
     return config_from_dict(
         {
             "base_model": str(tiny_base),
             "data": {"path": "data", "max_seq_len": 64},
             "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]},
-            "training": {"max_steps": 4, "batch_size": 4, "warmup_steps": 0, "logging_steps": 2},
+            "training": {
+                "max_steps": 4,
+                "batch_size": 4,
+                "warmup_steps": 0,
+                "logging_steps": 2,
+                **training,
+            },
         }
     )
 
@@ -48,7 +56,9 @@ def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
 
     kept = tmp_path / "data"
     dataset = pushed_version(project, kept)
-    config = tiny_config(tiny_base)
+    # The worker trains with another thread count than this process runs with.
+    threads = torch.get_num_threads() + 1
+    config = tiny_config(tiny_base, cpu_threads=threads)
     run_id = new_run()
     state = train_remote(config, run_id=run_id, data_md5=dataset.md5, return_state=True)
     sha = state.result()
@@ -63,6 +73,9 @@ def test_train_remote_trains_the_pushed_version_and_publishes_the_adapter(
     assert file_sha256(Path(fetched.adapter_dir) / "adapter_model.safetensors") == sha
     assert fetched.steps == 4 and fetched.train_loss > 0
     assert [s for s, _ in fetched.loss_history] == [2, 4]
+    # ... with the environment it was trained in, for the run's and the version's env.* tags.
+    assert fetched.environment == {**numeric_environment(), "threads": str(threads)}
+    assert fetched.tags()["env.threads"] == str(threads) != str(torch.get_num_threads())
     assert not Path(fetched.adapter_dir).is_relative_to(project / ".loraflow" / "runs")
     # The resolved config beside it says which data version it was trained on.
     recorded = yaml.safe_load((Path(fetched.adapter_dir) / "loraflow.yaml").read_text())
@@ -95,9 +108,7 @@ def test_checkpoints_of_a_dispatched_training_are_written_then_cleared(
 
     dataset = pushed_version(project, tmp_path / "data")
     plain = tiny_config(tiny_base)
-    config = plain.model_copy(
-        update={"training": plain.training.model_copy(update={"save_steps": 2})}
-    )
+    config = tiny_config(tiny_base, save_steps=2)
     saved, real_save = [], checkpoint_store.save
 
     def save(store, checkpoint):  # the real save, watched

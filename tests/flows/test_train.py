@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -123,3 +124,37 @@ def test_checkpoints_of_a_dispatched_training_are_written_then_cleared(
     # Published, so its checkpoints are gone; checkpointing did not change what was trained.
     assert not (project / ".loraflow" / "checkpoints" / "k-1").exists()
     assert sha == train_remote(plain, run_id=new_run(), data_md5=dataset.md5)
+
+
+def test_a_dispatched_training_evaluates_where_it_trained(
+    project, tiny_base, prefect_harness, tmp_path
+):
+    """with_evaluation: base and adapter are scored in the training flow run (on the gpu pool in
+    a team setup) and the report comes back on the MLflow run, the figures an evaluation of the
+    same adapter and data here gives."""
+    from flows.train import train_remote
+    from models.evaluate import evaluate_candidates
+    from tasks.evaluate import fetch_evaluation
+    from tasks.train import fetch_trained_adapter
+
+    kept = tmp_path / "data"
+    dataset = pushed_version(project, kept)
+    plain = tiny_config(tiny_base)
+    config = plain.model_copy(
+        update={
+            "evaluation": plain.evaluation.model_copy(
+                update={"max_examples": 6, "max_new_tokens": 4, "metrics": ["exact_match", "chrf"]}
+            )
+        }
+    )
+    run_id = new_run()
+    train_remote(config, run_id=run_id, data_md5=dataset.md5, with_evaluation=True)
+    report = fetch_evaluation.fn(run_id=run_id, dest=str(tmp_path / "fetched"))
+    assert set(report) == {"base", "adapter"}
+    adapter = fetch_trained_adapter.fn(run_id=run_id, dest=str(tmp_path / "fetched"))
+    candidates = {"base": (str(tiny_base), None), "adapter": (str(tiny_base), adapter.adapter_dir)}
+    here = evaluate_candidates(candidates, config.with_data_dir(str(kept)).eval_spec())
+    for name in here:
+        assert report[name].keys() == here[name].keys()
+        for key, value in here[name].items():
+            assert report[name][key] == pytest.approx(value, rel=1e-6), (name, key)

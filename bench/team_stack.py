@@ -185,13 +185,18 @@ class TeamStack:
         cli(["sh", str(REPO / "infra" / "pools.sh")], {**self.env, **limits, **path}, self.project)
         self.deployed = cli([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
                             self.env, self.project)  # fmt: skip
+        # One worker per pool here, so its own limit equals the pool's: the pool's limit alone
+        # is checked when the server hands out runs, and a worker polling again before its
+        # last run is marked PENDING can be handed a second one (the soak saw two trainings).
         for pool in ("gpu", "cpu"):
+            limit = str(self.pool_limits[pool])
             self.workers[pool], _ = self.procs.start(
                 f"worker-{pool}",
-                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+                 "--limit", limit],
                 self.env,
                 self.project,
-            )
+            )  # fmt: skip
         return self
 
     def start_mlflow(self) -> None:

@@ -120,7 +120,7 @@ def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a loaded 2-core machine takes minutes to get there
     while not list(checkpoints.glob(f"*/checkpoint-*/{CHECKPOINT_DONE}")):
         assert watch.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.02)
@@ -257,6 +257,17 @@ def test_kubernetes_gpu_job_template_is_accepted_by_the_server(team):
          "--base-job-template", str(template)], env, project)  # fmt: skip
     shown = cli([prefect, "work-pool", "inspect", "gpu-k8s"], env, project)
     assert "nvidia.com/gpu" in shown and "loraflow:dev" in shown
+
+
+def test_work_pools_have_their_concurrency_limits(team):
+    """infra/pools.sh set them (gpu 1: one training per GPU; cpu 2); queued runs wait."""
+    read = (
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    print({p: c.read_work_pool(p).concurrency_limit for p in ('gpu', 'cpu')})\n"
+    )
+    out = cli([sys.executable, "-c", read], team["env"], team["project"])
+    assert out.strip().splitlines()[-1] == "{'gpu': 1, 'cpu': 2}"
 
 
 def test_servers_refuse_requests_without_credentials(team):

@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test bench docs lint lock clean up up-gpu down
+.PHONY: setup run demo-assets test bench soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -50,6 +50,13 @@ test: setup
 # The benchmark suite on the demo model (docs/performance.md); BENCH_ARGS=--json for JSON.
 bench: demo-assets
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The nightly rush on a loopback team stack (docs/team.md#load): 8 finetune runs at once, pool
+# limits gpu 1 / cpu 2, then the same with the tracking server restarted mid-soak. Needs
+# PostgreSQL at 127.0.0.1:5432 (trust auth); not part of `make test`. SOAK_ARGS=--runs 4 etc.
+soak: setup
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak --restart-mlflow $(SOAK_ARGS)
 
 # docs/configuration.md is rendered from the config's schema (models/config_reference.py);
 # a test fails when the committed page differs, so run this after editing models/config.py.

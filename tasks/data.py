@@ -54,7 +54,9 @@ def dvc_env(repo: Path) -> dict[str, str]:
 
 def run_dvc(repo: Path, *args: str) -> str:
     """Run the dvc CLI in `repo`; failures become DvcError with dvc's own last error line."""
-    cmd = [sys.executable, "-m", "dvc", *args]
+    # Pipelines that run at once in one checkout (a pool limit above 1) take turns on the repo's
+    # lock; without --wait-for-lock the second gives up after 3 s.
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
     proc = subprocess.run(cmd, cwd=repo, env=dvc_env(repo), capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]

@@ -30,7 +30,7 @@ from tasks.registry import (
     resolve_version,
     valid_model_name,
 )
-from tasks.tracking import check_reachable
+from tasks.tracking import check_model_permission, check_reachable
 
 
 @task(name="check-inputs")
@@ -60,7 +60,8 @@ def check_model_version(*, model_uri: str) -> VersionRef:
 def check_promotion(*, model_name: str, version: str | None, metric: str) -> VersionRef:
     """The promote flow's first stage: a valid model name and metric, a tracking server that
     answers, a version that exists (default: the one behind alias `challenger`) and recorded the
-    metric. Returns that version (registry only, nothing downloaded)."""
+    metric, and a user allowed to move its aliases (EDIT, where the server has its auth app).
+    Returns that version (registry only, nothing downloaded)."""
     # Named as `loraflow promote` spells it: where a name is typed by hand (the pipeline's
     # comes from registry.model_name, checked with the config).
     valid_model_name(model_name, where="--model")
@@ -73,6 +74,9 @@ def check_promotion(*, model_name: str, version: str | None, metric: str) -> Ver
         raise RegistryError(
             f"models:/{model_name}/{ref.version}: its run recorded no {recorded_key(metric)}"
         )
+    check_model_permission(
+        model_name=model_name, needs="EDIT", action=f"change aliases of '{model_name}'"
+    )
     return ref
 
 

@@ -46,7 +46,8 @@ def promote(
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
-    with mlflow_errors(), promotion_lock(mlf, model_name):
+    denied = f"change aliases of '{model_name}'"
+    with mlflow_errors(denied, needs="EDIT"), promotion_lock(mlf, model_name):
         current = find_champion(model_name, download=False)
         decision = decide_promotion(
             version=version,

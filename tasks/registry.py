@@ -277,7 +277,7 @@ def register_adapter(
     structured = load_prompt_format(adapter_dir) in ("chat", "alpaca")
     example_input = None if structured else ["prompt"]
     signature = infer_signature(example_input, ["generated text"], params={"max_new_tokens": 32})
-    with mlflow_errors():
+    with mlflow_errors(f"register versions of '{model_name}'", needs="EDIT"):
         version = _registered_for_run(mlf, model_name, run_id, tags.get("adapter_sha256", ""))
         if version is None:
             # The signature is given explicitly; MLflow's hints about type hints and input

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.entities import Metric
@@ -21,8 +22,18 @@ from tasks.runtime import IO_RETRIES, logger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+# MLflow's basic-auth app answers 401 (no or wrong credentials) and 403 (not permitted).
+UNAUTHENTICATED, PERMISSION_DENIED = "UNAUTHENTICATED", "PERMISSION_DENIED"
 # MLflow answers with these when the request itself is wrong: asking again cannot help.
-PERMANENT_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
+PERMANENT_ERRORS = (
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    UNAUTHENTICATED,
+    PERMISSION_DENIED,
+)
+# The basic-auth app's permissions, weakest first (DENY and NO_PERMISSIONS allow nothing).
+PERMISSIONS = ("NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE")
 
 
 class TrackingError(LoraflowError):
@@ -46,23 +57,88 @@ def safe_tracking_uri() -> str:
     return redact(tracking_uri())
 
 
-def tracking_error(error: Exception) -> TrackingError:
-    """One line naming the tracking server (never its credentials) and what went wrong."""
+def tracking_user() -> str:
+    """Who loraflow is to the tracking server: MLFLOW_TRACKING_USERNAME, else the URI's user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or urlsplit(tracking_uri()).username or ""
+
+
+def access_denied(action: str, needs: str, held: str = "") -> TrackingError:
+    """The one line for a refused permission: server (password masked), user, action, need."""
+    has = f"has {held}, " if held else ""
+    error = TrackingError(
+        f"MLflow at {safe_tracking_uri()}: user '{tracking_user()}' may not {action} "
+        f"({has}needs {needs})"
+    )
+    error.retryable = False
+    return error
+
+
+def credentials_refused() -> TrackingError:
+    """The one line for a 401: which server (password masked), which user, what to set."""
+    user = tracking_user()
+    who = f"credentials of user '{user}' refused" if user else "no credentials sent"
+    error = TrackingError(
+        f"MLflow at {safe_tracking_uri()}: {who} (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD"
+    )
+    error.retryable = False
+    return error
+
+
+def tracking_error(error: Exception, denied: str = "", needs: str = "EDIT") -> TrackingError:
+    """One line naming the tracking server (never its credentials) and what went wrong; a
+    refusal by the server's auth app names the user and, with `denied` (what the request was
+    for, e.g. "change aliases of 'm'"), the permission it needs."""
+    code = getattr(error, "error_code", "")
+    if code == PERMISSION_DENIED and denied:
+        return access_denied(denied, needs)
+    if code == UNAUTHENTICATED:
+        return credentials_refused()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if code == PERMISSION_DENIED:
+        first = f"user '{tracking_user()}' refused: {first}"
     wrapped = TrackingError(f"MLflow at {safe_tracking_uri()}: {redact(first)}")
-    wrapped.retryable = getattr(error, "error_code", "") not in PERMANENT_ERRORS
+    wrapped.retryable = code not in PERMANENT_ERRORS
     return wrapped
 
 
 @contextlib.contextmanager
-def mlflow_errors():
-    """MLflow failures as TrackingError. The original is dropped (`from None`), not chained:
-    MLflow's own message names the request URL, credentials included, and a chained exception
-    would print it in every traceback."""
+def mlflow_errors(denied: str = "", needs: str = "EDIT"):
+    """MLflow failures as TrackingError (see tracking_error for `denied`/`needs`). The original
+    is dropped (`from None`), not chained: MLflow's own message names the request URL,
+    credentials included, and a chained exception would print it in every traceback."""
     try:
         yield
     except MlflowException as e:
-        raise tracking_error(e) from None
+        raise tracking_error(e, denied, needs) from None
+
+
+def check_model_permission(*, model_name: str, needs: str, action: str) -> None:
+    """Fail in one line, before anything is written, when the tracking server's auth app says
+    this user holds less than `needs` on the registered model. A server without the auth app
+    (and an embedded store) has nothing to ask: then the write itself tells."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")) or not tracking_user():
+        return
+    answer = http_request(
+        get_default_host_creds(uri),
+        "/api/3.0/mlflow/users/permissions/get",
+        "GET",
+        params={"username": tracking_user(), "resource_type": "registered_model",
+                "resource_id": model_name},
+        max_retries=0,
+    )  # fmt: skip
+    if answer.status_code == 401:
+        raise credentials_refused()
+    if answer.status_code != 200:
+        return  # no auth app here (404), or it will not say: the write will tell
+    held = answer.json().get("permission", "NO_PERMISSIONS")
+    rank = PERMISSIONS.index(held) if held in PERMISSIONS else 0
+    if rank < PERMISSIONS.index(needs):
+        raise access_denied(action, needs, held)
 
 
 def check_reachable(timeout_s: float = 5.0) -> None:
@@ -157,7 +233,7 @@ def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, 
             mlf.log_batch(run_id, params=batch[start : start + 100])
         mlf.log_text(run_id, config_yaml, "config/loraflow.yaml")
     except MlflowException as e:
-        raise tracking_error(e) from None
+        raise tracking_error(e, f"log runs in experiment '{experiment}'") from None
     return run_id
 
 

@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
+from bench.team_stack import BIN, Processes, wait_http
 from tests.conftest import free_port
-from tests.flows.test_team import BIN, Processes, postgres_or_skip, wait_http
+from tests.flows.test_team import postgres_or_skip
 
 
 @pytest.fixture(scope="session")

@@ -1,104 +1,47 @@
-"""The team setup for real: Prefect server + process workers + MLflow server, both on PostgreSQL.
+"""The team setup for real: Prefect server + process workers + MLflow server, both on PostgreSQL,
+authentication on (Prefect's API auth string, MLflow's basic-auth app with the users of
+infra/mlflow_access.py), work-pool limits from infra/pools.sh.
 
-Everything runs as separate processes on loopback, as in production: `prefect deploy --all` reads
-the repository's prefect.yaml, workers pick the runs up, flows register into the MLflow server over
-HTTP (artifacts proxied by it). Skipped, with the reason, only where no PostgreSQL answers.
+Everything runs as separate processes on loopback, as in production (bench.team_stack):
+`prefect deploy --all` reads the repository's prefect.yaml, workers pick the runs up as the
+pipeline's account, flows register into the MLflow server over HTTP (artifacts proxied by it).
+Skipped, with the reason, only where no PostgreSQL answers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-import uuid
-from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
+from bench.team_stack import BIN, PIPELINE, READER, NoPostgres, TeamStack, cli, postgres
 from models.checkpoints import CHECKPOINT_DONE
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
 
 def postgres_or_skip():
-    psycopg2 = pytest.importorskip("psycopg2")
     try:
-        conn = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({str(e).strip().splitlines()[0]})")
-    conn.autocommit = True
-    return conn
+        return postgres()
+    except NoPostgres as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
-def databases():
-    conn = postgres_or_skip()
-    names = [f"loraflow_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("prefect", "mlflow")]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    yield names
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-class Processes:
-    def __init__(self, logs: Path):
-        self.logs, self.procs = logs, []
-
-    def start(self, name: str, cmd: list[str], env: dict, cwd: Path) -> tuple:
-        log = self.logs / f"{name}.log"
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=cwd,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc, log
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture(scope="module")
-def team(databases, tmp_path_factory, project_template, tiny_base):
-    """Servers, work pools, deployments and workers; yields (env, project, mlflow_uri)."""
+def team(tmp_path_factory, project_template, tiny_base):
+    """Servers, users, work pools, deployments and workers; yields a dict (see below)."""
+    postgres_or_skip().close()
     root = tmp_path_factory.mktemp("team")
     project = root / "project"
     shutil.copytree(project_template, project, symlinks=True)
@@ -106,75 +49,23 @@ def team(databases, tmp_path_factory, project_template, tiny_base):
         shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("prefect.yaml", "loraflow_deploy.py"):
         shutil.copy(REPO / name, project / name)
-    prefect_db, mlflow_db = databases
-    prefect_port, mlflow_port = free_port(), free_port()
-    mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(root / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-    }
-    # Deployed as a new user would: no LORAFLOW_HOME, so the deploying checkout is used.
-    for name in ("MLFLOW_REGISTRY_URI", "LORAFLOW_HOME", "LORAFLOW_REPOSITORY"):
-        env.pop(name, None)
-    procs = Processes(root)
+    # Deployed as a new user would: no LORAFLOW_HOME, so the deploying checkout is used. The gpu
+    # pool's worker computes with other kernels (torch's DEFAULT level), so the environment a
+    # dispatched training records can be told from the pipeline's.
+    stack = TeamStack(
+        root,
+        project,
+        models=["team"],
+        pool_limits={"gpu": 1, "cpu": 2},
+        worker_env={"gpu": {"ATEN_CPU_CAPABILITY": "default"}},
+    )
     try:
-        mlflow, mlflow_log = procs.start(
-            "mlflow",
-            [
-                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{mlflow_db}",
-                "--artifacts-destination", str(root / "mlflow-artifacts"), "--workers", "1",
-            ],
-            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            root,
-        )  # fmt: skip
-        server_env = {
-            **env,
-            "PREFECT_API_DATABASE_CONNECTION_URL": (
-                f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}"
-            ),
-        }
-        server, server_log = procs.start(
-            "prefect-server",
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-             "--port", str(prefect_port)],
-            server_env,
-            root,
-        )  # fmt: skip
-        wait_http(f"{env['PREFECT_API_URL']}/health", server, server_log)
-        wait_http(f"{mlflow_uri}/health", mlflow, mlflow_log)
-
-        def prefect(*args):
-            return cli([str(BIN / "prefect"), *args], env, project)
-
-        for pool in ("gpu", "cpu"):
-            prefect("work-pool", "create", pool, "--type", "process")
-        deployed = prefect("--no-prompt", "deploy", "--all")
-        workers = {}
-        # The gpu pool's worker computes with other kernels (torch's DEFAULT level), so the
-        # environment a dispatched training records can be told from the pipeline's.
-        for pool, extra in (("gpu", {"ATEN_CPU_CAPABILITY": "default"}), ("cpu", {})):
-            workers[pool], _ = procs.start(
-                f"worker-{pool}",
-                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                {**env, **extra},
-                project,
-            )
-        yield {"env": env, "project": project, "mlflow": mlflow_uri, "deployed": deployed,
-               "logs": root, "workers": workers}  # fmt: skip
+        stack.start()
+        yield {"env": stack.env, "project": project, "mlflow": stack.mlflow_uri,
+               "deployed": stack.deployed, "logs": root, "workers": stack.workers,
+               "stack": stack}  # fmt: skip
     finally:
-        procs.stop()
-
-
-def cli(cmd: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+        stack.stop()
 
 
 def tiny_config(tiny_base, steps: int, deployment: str | None = None, save_steps: int = 0) -> dict:
@@ -204,8 +95,10 @@ FLOW_RUN_RECORD = (
     "    found = c.read_artifacts(artifact_filter=f)\n"
     "    keys = sorted(a.key or '' for a in found)\n"
     "    progress = [[a.data, a.description] for a in found if a.type == 'progress']\n"
-    "    print(json.dumps({'name': r.name, 'state': r.state.type.value, 'tags': r.tags,\n"
-    "                      'id': str(r.id), 'artifacts': keys, 'progress': progress}))\n"
+    "    waited = (r.start_time - r.created).total_seconds() if r.start_time else None\n"
+    "    print(json.dumps({'name': r.name, 'state': r.state.type.value, 'waited_s': waited,\n"
+    "                      'tags': r.tags, 'id': str(r.id), 'artifacts': keys,\n"
+    "                      'progress': progress}))\n"
 )
 
 
@@ -214,14 +107,16 @@ def flow_run_record(team, flow_run_id: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def deployment_run_cmd(name: str, params: dict) -> list[str]:
+def deployment_run_cmd(name: str, params: dict, start_in: str = "") -> list[str]:
     return [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
-            "--watch", "--watch-timeout", "600"]  # fmt: skip
+            "--watch", "--watch-timeout", "600",
+            *(["--start-in", start_in] if start_in else [])]  # fmt: skip
 
 
-def run_deployment(team, name: str, params: dict) -> dict:
-    """`prefect deployment run --watch` as an operator would; returns the flow run's record."""
-    out = cli(deployment_run_cmd(name, params), team["env"], team["project"])
+def run_deployment(team, name: str, params: dict, start_in: str = "") -> dict:
+    """`prefect deployment run --watch` as an operator would (with `start_in`, a run scheduled
+    for later, as the cron schedule makes them); returns the flow run's record."""
+    out = cli(deployment_run_cmd(name, params, start_in), team["env"], team["project"])
     record = flow_run_record(team, re.search(r"UUID: ([0-9a-f-]{36})", out)[1])
     assert record["state"] == "COMPLETED", (out, record)
     return record
@@ -239,7 +134,7 @@ def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a loaded 2-core machine takes minutes to get there
     while not list(checkpoints.glob(f"*/checkpoint-*/{CHECKPOINT_DONE}")):
         assert watch.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.02)
@@ -272,7 +167,8 @@ def uninterrupted_adapter_sha256(team, config: dict) -> str:
 def registry(team):
     from mlflow import MlflowClient
 
-    mlf = MlflowClient(tracking_uri=team["mlflow"], registry_uri=team["mlflow"])
+    uri = team["mlflow"].replace("://", f"://{PIPELINE}:{team['stack'].passwords[PIPELINE]}@")
+    mlf = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = mlf.search_model_versions("name='team'")
     aliases = {k: str(v) for k, v in mlf.get_registered_model("team").aliases.items()}
     return mlf, {str(v.version) for v in versions}, aliases
@@ -292,7 +188,9 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     nightly = {"config": tiny_config(tiny_base, 60, save_steps=10)}
     killed = kill_after_first_checkpoint(team, "finetune/finetune-nightly", nightly)
     assert killed["state"] == "CRASHED", killed
-    first = run_deployment(team, "finetune/finetune-nightly", nightly)
+    # A run scheduled for later (as the cron schedule makes them), run by the pipeline's account.
+    first = run_deployment(team, "finetune/finetune-nightly", nightly, start_in="5 seconds")
+    assert first["waited_s"] >= 4, first
     assert first["name"].startswith("lora-tiny-base0-")  # method, base model, data md5
     shown = {"evaluation", "promotion", "mlflow-run", "mlflow-model-version", "loss-curve"}
     assert shown <= set(first["artifacts"]) and first["progress"][0][0] == 100.0, first
@@ -358,6 +256,27 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base):
     # The promote deployment (cpu pool): the gate keeps v1, a forced promotion moves to v2.
     run_deployment(team, "promote/promote", {"model_name": "team", "metric": "eval_loss"})
     assert registry(team)[2]["champion"] == "1"
+
+    # A reader (the default READ) may not move `champion` by hand: refused in one line naming
+    # the server (password masked), the user and the permission, before anything is written.
+    stack = team["stack"]
+    v2_tags = mlf.get_model_version("team", "2").tags
+    reader_uri = stack.mlflow_uri.replace("://", f"://{READER}:{stack.passwords[READER]}@")
+    refused = subprocess.run(
+        [str(BIN / "loraflow"), "promote", "--model", "team", "--version", "2",
+         "--metric", "eval_loss", "--force"],
+        env={**stack.as_user(None), "MLFLOW_TRACKING_URI": reader_uri},
+        cwd=team["project"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    line = (
+        f"MLflow at http://***@127.0.0.1:{stack.mlflow_port}: user '{READER}' may not change "
+        "aliases of 'team' (has READ, needs EDIT)"
+    )
+    assert refused.returncode == 2 and line in refused.stderr, (refused.stdout, refused.stderr)
+    assert stack.passwords[READER] not in refused.stdout + refused.stderr
+    mlf, _, aliases = registry(team)
+    assert aliases["champion"] == "1" and mlf.get_model_version("team", "2").tags == v2_tags
+    assert not mlf.search_registered_models("name = 'team.promotion-lock'")
     run_deployment(
         team,
         "promote/promote",
@@ -419,3 +338,53 @@ def test_training_deployed_from_git_runs_the_deployed_commit(team, tiny_base, tm
     published = {a.path for a in mlf.list_artifacts(run_id, "trained-adapter")}
     assert "trained-adapter/adapter_model.safetensors" in published
     assert (team["logs"] / "worker-gpu.log").read_text().count(pulled) == before + 1
+
+
+def test_work_pools_have_their_concurrency_limits(team):
+    """infra/pools.sh set them (gpu 1: one training per GPU; cpu 2); queued runs wait."""
+    read = (
+        "from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    print({p: c.read_work_pool(p).concurrency_limit for p in ('gpu', 'cpu')})\n"
+    )
+    out = cli([sys.executable, "-c", read], team["env"], team["project"])
+    assert out.strip().splitlines()[-1] == "{'gpu': 1, 'cpu': 2}"
+
+
+def test_servers_refuse_requests_without_credentials(team):
+    """Either API without credentials (or with wrong ones) answers 401; health checks stay open."""
+    stack = team["stack"]
+    requests = {
+        "prefect": f"{stack.prefect_api}/flow_runs/filter",
+        "mlflow": f"{stack.mlflow_uri}/api/2.0/mlflow/registered-models/search",
+    }
+    for server, url in requests.items():
+        for auth in (None, "Basic " + base64.b64encode(b"admin:wrong-password").decode()):
+            request = urllib.request.Request(url, method="POST" if server == "prefect" else "GET")
+            if auth:
+                request.add_header("Authorization", auth)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, data=b"{}" if server == "prefect" else None)
+            assert refused.value.code == 401, (server, auth)
+    urllib.request.urlopen(f"{stack.prefect_api}/health").close()
+    urllib.request.urlopen(f"{stack.mlflow_uri}/health").close()
+
+
+def test_no_password_in_logs_artifacts_tags_or_databases(team):
+    """After the runs above: no password (nor its HTTP basic form) in any server or worker log,
+    artifact, project file, Prefect home, or in a dump of the three databases (MLflow's runs,
+    params and tags; its users; Prefect's runs, logs and artifacts). Runs last in this module."""
+    stack = team["stack"]
+    written = [
+        subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", database],
+                       capture_output=True, check=True).stdout
+        for database in stack.databases.values()
+    ]  # fmt: skip
+    files = [f for f in stack.root.rglob("*") if f.is_file() and stack.secrets not in f.parents]
+    assert len(files) > 50 and any(f.name == "worker-cpu.log" for f in files)
+    written += [f.read_bytes() for f in files]
+    needles = [*stack.passwords.values(), stack.auth_string.split(":", 1)[1]]
+    needles += [base64.b64encode(stack.auth_string.encode()).decode()]
+    basic = [f"{user}:{password}" for user, password in stack.passwords.items()]
+    needles += [base64.b64encode(form.encode()).decode() for form in basic]
+    assert {n for n in needles for blob in written if n.encode() in blob} == set()

@@ -60,3 +60,24 @@ def test_a_server_that_does_not_answer_does_not_block_logging(monkeypatch, caplo
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_refusals_by_the_auth_app_are_one_line_naming_user_and_permission(monkeypatch):
+    """401/403 from MLflow's basic-auth app: one line, password masked, never retried."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
+
+    from tasks.tracking import TrackingError, mlflow_errors
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret-pw@mlflow.internal:5000")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    cases = {
+        PERMISSION_DENIED: "MLflow at http://***@mlflow.internal:5000: user 'alice' may not "
+        "change aliases of 'm' (needs EDIT)",
+        UNAUTHENTICATED: "MLflow at http://***@mlflow.internal:5000: credentials of user 'alice' "
+        "refused (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+    }
+    for code, line in cases.items():
+        with pytest.raises(TrackingError) as refused, mlflow_errors("change aliases of 'm'"):
+            raise MlflowException("Permission denied (http://alice:s3cret-pw@...)", code)
+        assert str(refused.value) == line and not refused.value.retryable

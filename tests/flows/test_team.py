@@ -327,7 +327,11 @@ def test_training_deployed_from_git_runs_the_deployed_commit(team, tiny_base, tm
     run("git", "commit", "-qam", "later")
     run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
 
-    mlf, _, _ = registry(team)  # as the pipeline's account
+    from mlflow import MlflowClient
+
+    stack = team["stack"]  # authentication is on: as the pipeline's account
+    uri = team["mlflow"].replace("://", f"://{PIPELINE}:{stack.passwords[PIPELINE]}@")
+    mlf = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run_id = mlf.create_run(mlf.create_experiment("git-clone")).info.run_id
     params = {"config": tiny_config(tiny_base, 1), "run_id": run_id, "data_md5": data_md5}
     pulled = f"data md5 {data_md5} pulled from DVC remote"  # into the clone, not the project

@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test bench soak docs lint lock clean up up-gpu down
+.PHONY: setup run demo-assets test bench gpu-check soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -50,6 +50,12 @@ test: setup
 # The benchmark suite on the demo model (docs/performance.md); BENCH_ARGS=--json for JSON.
 bench: demo-assets
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# On a machine with one CUDA GPU: every method in bf16 on a ~0.85B random Llama-shaped base,
+# QLoRA (with bitsandbytes), peak memory, MFU, deterministic mode twice, an export round trip;
+# one table (bench/gpu_check.py, docs/performance.md "On a GPU").
+gpu-check: setup
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # The nightly rush on a loopback team stack (docs/team.md#load): 8 finetune runs at once, pool
 # limits gpu 1 / cpu 2, then the same with the tracking server restarted mid-soak. Needs

@@ -164,11 +164,16 @@ def uninterrupted_adapter_sha256(team, config: dict) -> str:
     return train_adapter(spec, output_dir=team["logs"] / "reference-adapter").adapter_sha256
 
 
-def registry(team):
+def pipeline_client(team):
+    """An MLflow client as the pipeline's account (authentication is on)."""
     from mlflow import MlflowClient
 
     uri = team["mlflow"].replace("://", f"://{PIPELINE}:{team['stack'].passwords[PIPELINE]}@")
-    mlf = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def registry(team):
+    mlf = pipeline_client(team)
     versions = mlf.search_model_versions("name='team'")
     aliases = {k: str(v) for k, v in mlf.get_registered_model("team").aliases.items()}
     return mlf, {str(v.version) for v in versions}, aliases
@@ -327,11 +332,7 @@ def test_training_deployed_from_git_runs_the_deployed_commit(team, tiny_base, tm
     run("git", "commit", "-qam", "later")
     run("git", "push", "-q", bare.as_uri(), "HEAD:refs/heads/main")
 
-    from mlflow import MlflowClient
-
-    stack = team["stack"]  # authentication is on: as the pipeline's account
-    uri = team["mlflow"].replace("://", f"://{PIPELINE}:{stack.passwords[PIPELINE]}@")
-    mlf = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlf = pipeline_client(team)
     run_id = mlf.create_run(mlf.create_experiment("git-clone")).info.run_id
     params = {"config": tiny_config(tiny_base, 1), "run_id": run_id, "data_md5": data_md5}
     pulled = f"data md5 {data_md5} pulled from DVC remote"  # into the clone, not the project

@@ -79,6 +79,10 @@ def checks_first() -> Iterator[None]:
             # A temporary Prefect server started for this run says at exit that it stops; exit
             # handlers run last-registered first, so this one silences that line.
             atexit.register(logging.disable, logging.CRITICAL)
+            # The failed run's event (tasks.events) may still be queued when the process exits:
+            # Prefect's events worker sends it at exit, before atexit handlers run, and warns
+            # that it is "still processing items" while it does. It still reports errors.
+            logging.getLogger("EventsWorker").setLevel(logging.ERROR)
         raise
     finally:
         for hold in holds:

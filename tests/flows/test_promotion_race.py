@@ -16,9 +16,11 @@ import pytest
 from tests.conftest import REPO
 
 # A promotion process for the race. Started early (its imports overlap the server's start), it
-# says it is ready, waits for the go file (tracking URI, model, start time and its rounds), then
-# runs one promotion per round at its time, each decided against the champion it was told it
-# had read before: the stale view every racer in a pipeline starts from.
+# says it is ready, waits for the go file (tracking URI, model, racers and its rounds), then runs
+# one promotion per round, each decided against the champion it was told it had read before:
+# the stale view every racer in a pipeline starts from. A round starts when every racer has
+# finished the one before (a barrier, not a clock: a stalled process cannot spill into the next
+# round), each racer after its own offset within the round.
 RACER = """
 import json, os, sys, time
 from pathlib import Path
@@ -32,13 +34,16 @@ while not (workdir / "go.json").exists():
 go = json.loads((workdir / "go.json").read_text())
 os.environ["MLFLOW_TRACKING_URI"] = go["uri"]
 out = []
-for r in go["rounds"][me]:
-    time.sleep(max(0.0, go["start"] + r["at"] - time.time()))
+for i, r in enumerate(go["rounds"][me]):
+    while i and not all((workdir / f"done-{o}-{i - 1}").exists() for o in go["rounds"]):
+        time.sleep(0.02)
+    time.sleep(r["at"])
     seen = None if r["seen_value"] is None else {"exact_match": r["seen_value"]}
     d = promote.fn(model_name=go["name"], version=r["version"], gate=Gate("exact_match"),
                    challenger={"exact_match": r["value"]}, champion_version=r["seen_version"],
                    champion=seen)
     out.append({"version": r["version"], "promote": d.promote, "reason": d.reason})
+    (workdir / f"done-{me}-{i}").write_text("")
 print(json.dumps(out))
 """
 
@@ -74,10 +79,11 @@ def test_racing_promotions_leave_one_champion_and_both_decisions(
     """Two processes promote versions of one model at the same time (MLflow on PostgreSQL).
 
     Each racer decides against the champion it read before (a stale view), as a pipeline does.
-    Round 1: v2 (0.7) and, 0.3 s later, v3 (0.6) against v1 (0.5). Rounds 2 and 3 start both at
-    the same instant: v4 (0.9) vs v5 (0.8) against v2, v6 (0.95) vs v7 (0.93) against v4. Without
-    a guard the last writer wins whatever its figure; with it, each loser is decided again
-    against the winner instead of overwriting it, and the best version ends up champion.
+    Round 1: v2 (0.7) and, 0.3 s later, v3 (0.6) against v1 (0.5). Rounds 2 and 3 start for
+    both together, once both are done with the round before: v4 (0.9) vs v5 (0.8) against v2,
+    v6 (0.95) vs v7 (0.93) against v4. Without a guard the last writer wins whatever its figure;
+    with it, each loser is decided again against the winner instead of overwriting it, and the
+    best version ends up champion.
     """
     from mlflow import MlflowClient
 
@@ -104,14 +110,14 @@ def test_racing_promotions_leave_one_champion_and_both_decisions(
         ]  # fmt: skip
 
     rounds = {
-        "a": plan(("2", 0.0, "1"), ("4", 3.0, "2"), ("7", 6.0, "4")),
-        "b": plan(("3", 0.3, "1"), ("5", 3.0, "2"), ("6", 6.0, "4")),
+        "a": plan(("2", 0.0, "1"), ("4", 0.0, "2"), ("7", 0.0, "4")),
+        "b": plan(("3", 0.3, "1"), ("5", 0.0, "2"), ("6", 0.0, "4")),
     }
     deadline = time.monotonic() + 240
     while not all((workdir / f"ready-{me}").exists() for me in procs):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values())
         time.sleep(0.1)
-    go = {"uri": uri, "name": name, "start": time.time() + 0.5, "rounds": rounds}
+    go = {"uri": uri, "name": name, "rounds": rounds}
     (workdir / "go.tmp").write_text(json.dumps(go))
     (workdir / "go.tmp").rename(workdir / "go.json")  # appears whole
     decided = {}

@@ -177,6 +177,12 @@ def soak(args) -> dict:
             failed = {by_id[i]: r for i, r in runs.items() if r.state.type.value != "COMPLETED"}
             report["completed"] = args.runs - len(failed)
             report["failed"] = {i: (r.state.message or "")[:400] for i, r in failed.items()}
+            # Each failure must be one line naming where its trained adapter is kept.
+            report["failed_one_line_adapter_kept"] = sum(
+                len((r.state.message or "").strip().splitlines()) == 1
+                and "adapter is kept at" in (r.state.message or "")
+                for r in failed.values()
+            )
             report["mlflow_restarted_at_s"] = restarted[0] if restarted else None
             report["drain_s"] = round(drained, 1)
             everything = list(runs.values()) + flow_runs(client, train)
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     reg = report["registry"]
     ok = (
         report["completed"] + report.get("rerun_completed", 0) == args.runs
+        and report["failed_one_line_adapter_kept"] == len(report["failed"])
         and report["max_concurrent_trainings"] == args.gpu_limit
         and reg["versions"] == reg["data_versions_registered"] == args.runs
         and reg["registered_twice"] == 0

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from bench.assets import DEMO_BASE  # shipped in git: only its tokenizer is used
 from bench.measure import Figure, median
-from bench.memory import _vm
 from bench.workers import MEMORY_ENV, run_worker, worker_main
 
 MiB = 1 << 20
@@ -125,12 +124,12 @@ def _work(path: str, tmp: str, max_shard_size: str) -> dict:
     import transformers  # noqa: F401
 
     from models.loading import load_base
+    from models.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from models.merge import merge_adapter
 
     base, adapter, out = Path(tmp, "base"), Path(tmp, "adapter"), Path(tmp, f"out-{path}")
-    before = _vm("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS now
+    before = rss_bytes()
+    reset_peak_rss()  # VmHWM := VmRSS now
     started = time.perf_counter()
     if path == "streamed":
         merge_adapter(
@@ -146,7 +145,7 @@ def _work(path: str, tmp: str, max_shard_size: str) -> dict:
         merged.save_pretrained(out, max_shard_size=max_shard_size)
         AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(out)
     seconds = time.perf_counter() - started
-    return {"path": path, "growth_bytes": _vm("VmHWM") - before, "seconds": seconds}
+    return {"path": path, "growth_bytes": peak_rss_bytes() - before, "seconds": seconds}
 
 
 def compare_outputs(tmp: Path) -> tuple[int, float]:

@@ -36,6 +36,7 @@ class BaseShape:
     layers: int = 12
     heads: int = 16
     shard_mb: int = 100
+    vocab: int | None = None  # None: the demo tokenizer's
 
     def describe(self) -> str:
         return (
@@ -45,7 +46,7 @@ class BaseShape:
 
 
 FIGURE_10 = BaseShape()
-# The largest base exported on the 24 GB development machine (docs/export.md).
+# A 1.2B base (`python -m bench.export_big --size 1b`; 7b is the largest exported here).
 LARGE = BaseShape(hidden=2048, intermediate=5632, layers=24, heads=16, shard_mb=1000)
 
 
@@ -61,7 +62,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=shape.vocab or len(tokenizer),
         hidden_size=shape.hidden,
         intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers,
@@ -95,6 +96,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
     tokenizer.save_pretrained(base)
 
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    params = sum(p.numel() for p in skeleton.parameters())  # the base's, before PEFT adds any
     adapted = get_peft_model(skeleton, lora)
     state = get_peft_model_state_dict(adapted)
     adapter = out / "adapter"
@@ -113,7 +115,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
         "largest_file_bytes": max(shards),
         "adapter_bytes": (adapter / "adapter_model.safetensors").stat().st_size,
         "largest_adapted": largest_adapted,
-        "params": sum(p.numel() for p in skeleton.parameters()),
+        "params": params,
     }
 
 

@@ -15,6 +15,9 @@ Trials, run only when named in --only (a change that was tried and not kept):
   compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps
 
 On CPU every worker runs with 1 torch thread unless --threads says otherwise (see threads).
+
+Outside the suite (its own command, minutes and ~2x the base's bytes of disk):
+  python -m bench.export_big --size 7b   the largest base exported here, peak RSS, to S3
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from bench.assets import DEMO_BASE  # shipped in git: only its tokenizer is used
 from bench.measure import Figure, median
-from bench.memory import _vm
 from bench.workers import MEMORY_ENV, run_worker, worker_main
 
 MiB = 1 << 20
@@ -37,6 +36,7 @@ class BaseShape:
     layers: int = 12
     heads: int = 16
     shard_mb: int = 100
+    vocab: int | None = None  # None: the demo tokenizer's
 
     def describe(self) -> str:
         return (
@@ -46,7 +46,7 @@ class BaseShape:
 
 
 FIGURE_10 = BaseShape()
-# The largest base exported on the 24 GB development machine (docs/export.md).
+# A 1.2B base (`python -m bench.export_big --size 1b`; 7b is the largest exported here).
 LARGE = BaseShape(hidden=2048, intermediate=5632, layers=24, heads=16, shard_mb=1000)
 
 
@@ -62,7 +62,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=shape.vocab or len(tokenizer),
         hidden_size=shape.hidden,
         intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers,
@@ -96,6 +96,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
     tokenizer.save_pretrained(base)
 
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    params = sum(p.numel() for p in skeleton.parameters())  # the base's, before PEFT adds any
     adapted = get_peft_model(skeleton, lora)
     state = get_peft_model_state_dict(adapted)
     adapter = out / "adapter"
@@ -114,7 +115,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
         "largest_file_bytes": max(shards),
         "adapter_bytes": (adapter / "adapter_model.safetensors").stat().st_size,
         "largest_adapted": largest_adapted,
-        "params": sum(p.numel() for p in skeleton.parameters()),
+        "params": params,
     }
 
 
@@ -125,12 +126,12 @@ def _work(path: str, tmp: str, max_shard_size: str) -> dict:
     import transformers  # noqa: F401
 
     from models.loading import load_base
+    from models.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from models.merge import merge_adapter
 
     base, adapter, out = Path(tmp, "base"), Path(tmp, "adapter"), Path(tmp, f"out-{path}")
-    before = _vm("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS now
+    before = rss_bytes()
+    reset_peak_rss()  # VmHWM := VmRSS now
     started = time.perf_counter()
     if path == "streamed":
         merge_adapter(
@@ -146,7 +147,7 @@ def _work(path: str, tmp: str, max_shard_size: str) -> dict:
         merged.save_pretrained(out, max_shard_size=max_shard_size)
         AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(out)
     seconds = time.perf_counter() - started
-    return {"path": path, "growth_bytes": _vm("VmHWM") - before, "seconds": seconds}
+    return {"path": path, "growth_bytes": peak_rss_bytes() - before, "seconds": seconds}
 
 
 def compare_outputs(tmp: Path) -> tuple[int, float]:

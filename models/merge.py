@@ -2,11 +2,12 @@
 
 The merge streams: the base's safetensors files are read one at a time (memory-mapped), each
 tensor in the order of its bytes. An adapted layer's weight is taken to fp32, its update added
-there with exactly the arithmetic of PEFT's `merge_and_unload`, and the result cast once to the
-target dtype; every other tensor is copied through (cast only when the target dtype differs).
-Each tensor goes straight into its output file, whose header was planned up front from the
-base's headers (models.shards), re-sharded to max_shard_size. So memory holds one mapped base
-file, the adapter and one layer's fp32 working copies, whatever the size of the model.
+there with exactly the arithmetic of PEFT's `merge_and_unload` (models.layer_update), and the
+result cast once to the target dtype; every other tensor is copied through (cast only when the
+target dtype differs). Each tensor goes straight into its output file, whose header was
+planned up front from the base's headers (models.shards), re-sharded to max_shard_size. So
+memory holds one mapped base file, the adapter and one layer's fp32 working copies, whatever
+the size of the model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models.errors import LoraflowError
+from models.layer_update import FP32_COPIES, LayerUpdate, Workspace
 from models.loading import is_local, meta_model, offline_if_local
 from models.shards import (
     ShardWriter,
@@ -34,8 +36,6 @@ from models.shards import (
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT's name for the wrapped model in saved adapter keys
-# Per adapted layer, the fp32 working set: the weight, B A (and its scaled copy), the result.
-FP32_COPIES = 3
 PARTS = {
     "base_weight",
     "lora_A",
@@ -50,50 +50,6 @@ PARTS = {
 
 class MergeError(LoraflowError):
     """An adapter that cannot be merged into this base; the message names the file or layer."""
-
-
-@dataclass
-class LayerUpdate:
-    """What one adapted layer adds to its weight, with tensors in fp32 and PEFT's layout:
-    A (r, in), B (out, r) for LoRA and DoRA (embeddings: A (r, vocab), B (dim, r)); VeRA's
-    shared A, B with the layer's vectors d (r) and b (out)."""
-
-    module: str
-    a: torch.Tensor
-    b: torch.Tensor
-    scaling: float = 1.0
-    magnitude: torch.Tensor | None = None  # DoRA
-    lambda_d: torch.Tensor | None = None  # VeRA
-    lambda_b: torch.Tensor | None = None  # VeRA
-    transposed: bool = False  # weight stored (in, out): Conv1D, and the LoRA embedding's B A
-
-    def apply(self, weight: torch.Tensor) -> torch.Tensor:
-        """The merged fp32 weight (`weight` is fp32 and may be changed in place), computed as
-        PEFT's merge computes it, so the results are bit-identical."""
-        t = _transpose if self.transposed else _same
-        if self.lambda_d is not None:  # VeRA: (b * B) (d * A) on the layer's slice of A and B
-            out, inp = t(weight).shape
-            scaled_b = self.lambda_b.unsqueeze(-1) * self.b[:out, :]
-            scaled_a = self.lambda_d.unsqueeze(-1) * self.a[:, :inp]
-            weight += t(scaled_b @ scaled_a)
-            return weight
-        delta = t(self.b @ self.a) * self.scaling
-        if self.magnitude is None:
-            weight += delta
-            return weight
-        # DoRA: the magnitude vector over the row norms of the updated weight (PEFT computes
-        # the norm in the (out, in) layout, with the update's scaling already in delta).
-        norm = torch.linalg.norm(t(weight) + 1 * t(delta), dim=1).to(weight.dtype)
-        factor = t((self.magnitude / norm).view(-1, 1))
-        return factor * (weight + delta)
-
-
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _transpose(x: torch.Tensor) -> torch.Tensor:
-    return x.T
 
 
 def read_adapter(adapter_dir: Path, conv1d: set[str]) -> tuple[list[LayerUpdate], dict]:
@@ -258,6 +214,8 @@ def stream_merge(plan: MergePlan, out_dir: str | Path) -> Iterator[Path]:
     from safetensors import safe_open
 
     out = Path(out_dir)
+    adapted = [t for ts in plan.shards.values() for t in ts if t.name in plan.updates]
+    workspace = Workspace(max((math.prod(t.shape) for t in adapted), default=0), plan.target)
     opened: dict[Path, object] = {}  # at most one base file mapped at a time
     for name, tensors in plan.shards.items():
         writer = ShardWriter(out / name, tensors)
@@ -268,7 +226,8 @@ def stream_merge(plan: MergePlan, out_dir: str | Path) -> Iterator[Path]:
             tensor = plan.full.get(info.name)
             if tensor is None:
                 tensor = opened[info.source].get_tensor(info.name)
-            writer.write(info.name, _merged(tensor, plan.updates.get(info.name, []), info.dtype))
+            updates = plan.updates.get(info.name, [])
+            writer.write(info.name, workspace.merged(tensor, updates, info.dtype))
             del tensor
         writer.close()
         yield out / name
@@ -276,15 +235,6 @@ def stream_merge(plan: MergePlan, out_dir: str | Path) -> Iterator[Path]:
     index = write_index(out, plan.shards)
     if index:
         yield index
-
-
-def _merged(tensor: torch.Tensor, updates: list[LayerUpdate], dtype: torch.dtype) -> torch.Tensor:
-    if not updates:
-        return tensor if tensor.dtype == dtype else tensor.to(dtype)
-    weight = tensor.to(torch.float32, copy=True)
-    for update in updates:
-        weight = update.apply(weight)
-    return weight.to(dtype)
 
 
 def write_model_files(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -37,13 +39,40 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
-    from flows.console import checks_first
-    from flows.finetune import finetune
+    with prefect_api() as api_ready:
+        same = None
+        if args.skip_unchanged:
+            # Decided before anything imports torch; the skip is recorded as a flow run.
+            from flows.unchanged import finetune_unchanged, unchanged_champion_of
 
-    with checks_first():
-        summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
+            same = unchanged_champion_of(config)
+        if same:
+            api_ready()
+            summary = finetune_unchanged(config, *same)
+        else:
+            from flows.console import checks_first
+            from flows.finetune import finetune
+
+            api_ready()
+            with checks_first():
+                summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
     print_summary(summary, config.registry.promote_metric)
     return 0
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[Callable[[], None]]:
+    """Where no Prefect API is set, flows of this command use a temporary one started now: it
+    comes up while the command imports and checks (tasks.lib.prefect_api). Yields the call
+    that waits for it."""
+    from tasks.lib.prefect_api import start_temporary_api
+
+    api = start_temporary_api()
+    if api is None:
+        yield lambda: None
+        return
+    with api.settings():
+        yield api.wait
 
 
 def cmd_promote(args) -> int:

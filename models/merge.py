@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from models.errors import LoraflowError
-from models.loading import is_local, meta_model, offline_if_local
+from models.loading import meta_model, offline_if_local
+from models.paths import is_local
 from models.shards import (
     ShardWriter,
     TensorInfo,

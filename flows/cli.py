@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -15,6 +13,7 @@ from models.config import ConfigError
 from models.config_file import load_config
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
+from tasks.lib.prefect_api import prefect_api
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -58,21 +57,6 @@ def cmd_run(args) -> int:
                 summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
     print_summary(summary, config.registry.promote_metric)
     return 0
-
-
-@contextlib.contextmanager
-def prefect_api() -> Iterator[Callable[[], None]]:
-    """Where no Prefect API is set, flows of this command use a temporary one started now: it
-    comes up while the command imports and checks (tasks.lib.prefect_api). Yields the call
-    that waits for it."""
-    from tasks.lib.prefect_api import start_temporary_api
-
-    api = start_temporary_api()
-    if api is None:
-        yield lambda: None
-        return
-    with api.settings():
-        yield api.wait
 
 
 def cmd_promote(args) -> int:

@@ -19,6 +19,7 @@ from models.promotion import changed_inputs
 from tasks.lineage import current_inputs
 from tasks.registry import VersionRef, find_champion, record_unchanged
 from tasks.runtime import config_parameter
+from tasks.tracking import check_reachable
 
 
 def _run_name() -> str:
@@ -46,6 +47,7 @@ def unchanged_champion_of(config: LoraflowConfig) -> tuple[VersionRef, dict[str,
     inputs = current_inputs(config)
     if inputs is None:
         return None
+    check_reachable()  # a silent server: one line now, not minutes of MLflow's retries
     champion = find_champion(config.registry.model_name, download=False)
     if champion is None or changed_inputs(inputs, champion.tags):
         return None

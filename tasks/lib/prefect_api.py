@@ -20,13 +20,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from models.errors import LoraflowError
 
 
 class PrefectApiError(LoraflowError):
     """The temporary Prefect API did not come up."""
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[Callable[[], None]]:
+    """Around a command's flows: where no Prefect API is set, they use a temporary one started
+    now, which comes up while the command imports and checks. Yields the call that waits for it
+    (call it before the first flow)."""
+    api = start_temporary_api()
+    if api is None:
+        yield lambda: None
+        return
+    with api.settings():
+        yield api.wait
 
 
 def start_temporary_api() -> TemporaryApi | None:

@@ -50,16 +50,20 @@ def start_temporary_api() -> TemporaryApi | None:
     Spawned before Prefect is imported here (its settings cost a second), so the server gets
     that second too; where Prefect's settings then name an API, it is stopped unused.
     """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
+    if os.environ.get("PREFECT_API_URL") or ("prefect.settings" in sys.modules and _api_set()):
+        return None  # (already imported, e.g. under a test harness: asked first, for free)
     api = TemporaryApi()
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
+    if _api_set():
         api.stop()
         return None
     return api
+
+
+def _api_set() -> bool:
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    return bool(settings.api.url) or not settings.server.ephemeral.enabled
 
 
 def _free_port() -> int:

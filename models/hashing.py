@@ -60,11 +60,14 @@ class FileHashes:
     def save(self) -> None:
         if not (self.path and self.changed):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".file-hashes-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.table, f)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".file-hashes-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.table, f)
+            os.replace(tmp, self.path)
+        except OSError:
+            return  # a table that cannot be written only costs a re-read next time
         self.changed = False
 
 

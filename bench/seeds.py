@@ -22,7 +22,7 @@ def _work(config_file: str, overrides: list[str], out: str, threads: int) -> dic
 
     from models.config_file import load_config
     from models.evaluate import evaluate_candidates
-    from models.loading import canonical_base
+    from models.paths import canonical_base
     from models.train import train_adapter
 
     config = load_config(config_file, overrides)

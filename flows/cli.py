@@ -13,6 +13,7 @@ from models.config import ConfigError
 from models.config_file import load_config
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
+from tasks.lib.prefect_api import prefect_api
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -37,11 +38,23 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
-    from flows.console import checks_first
-    from flows.finetune import finetune
+    with prefect_api() as api_ready:
+        same = None
+        if args.skip_unchanged:
+            # Decided before anything imports torch; the skip is recorded as a flow run.
+            from flows.unchanged import finetune_unchanged, unchanged_champion_of
 
-    with checks_first():
-        summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
+            same = unchanged_champion_of(config)
+        if same:
+            api_ready()
+            summary = finetune_unchanged(config, *same)
+        else:
+            from flows.console import checks_first
+            from flows.finetune import finetune
+
+            api_ready()
+            with checks_first():
+                summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
     print_summary(summary, config.registry.promote_metric)
     return 0
 

@@ -8,7 +8,7 @@ from prefect import flow
 
 from models.config import ConfigError, LoraflowConfig, config_from_dict
 from models.config_file import apply_overrides
-from models.loading import canonical_base
+from models.paths import canonical_base
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_comparison
 from tasks.lineage import collect_lineage, run_tags

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -10,8 +9,9 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.export import export_model
+from flows.summary import RunSummary, run_name, skipped_summary
 from models.config import LoraflowConfig, RegistryConfig
-from models.loading import canonical_base
+from models.paths import canonical_base
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
@@ -26,30 +26,8 @@ from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
 
-@dataclass
-class RunSummary:
-    """What one fine-tune produced and decided."""
-
-    run_id: str
-    model_name: str
-    version: str
-    promoted: bool
-    reason: str
-    data_md5: str
-    adapter_sha256: str
-    adapter_dir: str
-    report: dict[str, dict[str, float]]
-    skipped: bool = False
-
-
-def _run_name(config: LoraflowConfig, data_md5: str = "") -> str:
-    """Flow-run name in the dashboard: method, base model and, once versioned, the data md5."""
-    base = Path(str(config.base_model).rstrip("/")).name
-    return f"{config.adapter.method}-{base}" + (f"-{data_md5[:8]}" if data_md5 else "")
-
-
 def _initial_run_name() -> str:
-    return _run_name(config_parameter())
+    return run_name(config_parameter())
 
 
 def _rename_flow_run(name: str) -> None:
@@ -131,28 +109,17 @@ def finetune(
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
-    run_name = _run_name(config, dataset.md5)
-    _rename_flow_run(run_name)
+    flow_run_name = run_name(config, dataset.md5)
+    _rename_flow_run(flow_run_name)
 
     tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
     if skip_if_unchanged:
         same = unchanged_champion(model_name=registry.model_name, tags=tags)
         if same is not None:
-            return RunSummary(
-                run_id=same.run_id,
-                model_name=registry.model_name,
-                version=same.version,
-                promoted=False,
-                reason=f"unchanged since champion v{same.version}, skipped",
-                data_md5=dataset.md5,
-                adapter_sha256=same.tags.get("adapter_sha256", ""),
-                adapter_dir="",
-                report={},
-                skipped=True,
-            )
+            return skipped_summary(config, same, dataset.md5)
     run_id = open_run(
         experiment=registry.experiment,
-        run_name=run_name,
+        run_name=flow_run_name,
         config=config.model_dump(mode="json"),
         config_yaml=config.to_yaml(),
         tags=tags,
@@ -193,7 +160,7 @@ def finetune(
             run_id=run_id,
             history=adapter.loss_history,
             out_dir=str(Path(adapter.adapter_dir).parent),
-            title=run_name,
+            title=flow_run_name,
         )
         record_evaluation(run_id=run_id, report=report, adapter_dir=adapter.adapter_dir)
         log_metrics(

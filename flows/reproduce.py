@@ -9,7 +9,7 @@ import yaml
 from prefect import flow
 
 from models.config import config_from_dict
-from models.loading import is_local
+from models.paths import is_local
 from models.reproduction import (
     DIFFERENT,
     EQUIVALENT,

@@ -13,7 +13,7 @@ from prefect import flow
 from pydantic import Field
 
 from models.config import LoraflowConfig
-from models.loading import canonical_base
+from models.paths import canonical_base
 from tasks.data import fetch_data_version
 from tasks.evaluate import candidates_for, evaluate, publish_evaluation
 from tasks.registry import fetch_version

@@ -318,7 +318,7 @@ class LoraflowConfig(_Section):
         return DataSpec(**self.data.model_dump(exclude={"dvc_remote"}))
 
     def check_spec(self, base_model: str) -> CheckSpec:
-        """For the input checks; `base_model` as resolved (models.loading.canonical_base)."""
+        """For the input checks; `base_model` as resolved (models.paths.canonical_base)."""
         return CheckSpec(
             base_model=base_model,
             data=self.data_spec(),
@@ -332,7 +332,7 @@ class LoraflowConfig(_Section):
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:
-        """For the training; `base_model` as resolved (models.loading.canonical_base). Where the
+        """For the training; `base_model` as resolved (models.paths.canonical_base). Where the
         adapter and checkpoints go (training.output_dir, checkpoint_store) is the caller's."""
         training = self.training.model_dump(include=set(TrainSpec.__dataclass_fields__))
         return TrainSpec(

@@ -11,15 +11,11 @@ import torch
 
 from models.errors import LoraflowError
 from models.methods.base import LINEAR_KINDS
+from models.paths import is_local
 
 
 class ModelError(LoraflowError):
     """A problem with the base model; the message names the path or id."""
-
-
-def is_local(base_model: str) -> bool:
-    """Local when it exists or is written like a path; anything else is taken as a hub id."""
-    return Path(base_model).exists() or base_model.startswith(("/", ".", "~"))
 
 
 def preflight_base(base_model: str, trust_remote_code: bool = False) -> dict:
@@ -227,8 +223,3 @@ def offline_if_local(base_model: str) -> None:
     # A local base must never trigger a hub lookup (no network here, and none should be needed).
     if is_local(base_model):
         os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def canonical_base(base_model: str) -> str:
-    """Absolute path for a local base (so the registry can find it from anywhere), else the id."""
-    return str(Path(base_model).expanduser().resolve()) if is_local(base_model) else base_model

@@ -23,7 +23,8 @@ import torch
 
 from models.errors import LoraflowError
 from models.layer_update import FP32_COPIES, LayerUpdate, Workspace
-from models.loading import is_local, meta_model, offline_if_local
+from models.loading import meta_model, offline_if_local
+from models.paths import is_local
 from models.shards import (
     ShardWriter,
     TensorInfo,

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from models.loading import is_local, meta_model
+from models.loading import meta_model
 from models.merge import export_peak_bytes
 from models.methods import get_method
 from models.methods.base import lora_saved_bytes_per_token
+from models.paths import is_local
 from models.specs import TrainSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

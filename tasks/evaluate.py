@@ -10,7 +10,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from models.evaluate import evaluate_candidates, split_slices
-from models.loading import is_local, resolve_device
+from models.loading import resolve_device
+from models.paths import is_local
 from models.report import plot_metric_vs_params
 from models.specs import EvalSpec
 from tasks.registry import VersionRef

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
+import yaml
 from prefect import task
 
 from models.config import LoraflowConfig
-from models.hashing import weights_sha256
-from models.loading import is_local
+from models.hashing import FileHashes, dvc_dir_md5, weights_sha256
+from models.paths import canonical_base, is_local
+from tasks.data import DvcError, find_dvc_repo, read_dvc_md5
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "prefect", "dvc", "loraflow")
 
@@ -47,6 +50,50 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# File digests of base weights and data, remembered by size and mtime between runs (runtime state
+# beside the project's other state in .loraflow/).
+FILE_HASHES = Path(".loraflow") / "file-hashes.json"
+
+
+def base_model_sha256(base_model: str, hashes: FileHashes | None = None) -> str:
+    """A hub id is identified by its name (and revision); local weights by their hash."""
+    return weights_sha256(base_model, hashes) if is_local(base_model) else "hub"
+
+
+def current_inputs(config: LoraflowConfig) -> dict[str, str] | None:
+    """The lineage keys a run of `config` would record (data md5, config sha256, base model
+    sha256), read without dvc and without loading a model: for deciding "unchanged" in seconds.
+
+    The data md5 is computed as `dvc add` computes it and must equal the md5 the directory's
+    .dvc file records; otherwise (data not versioned as it stands, no .dvc file, no DVC repo)
+    None: the run must version its data first, which the flow does.
+    """
+    data = Path(config.data.path).resolve()
+    dvc_file = data.with_name(f"{data.name}.dvc")  # where version_data's `dvc add` writes it
+    try:
+        find_dvc_repo(data)
+        recorded = read_dvc_md5(dvc_file) if dvc_file.is_file() else None
+    except (DvcError, OSError, LookupError, TypeError, yaml.YAMLError):
+        return None
+    if recorded is None or not data.is_dir():
+        return None
+    hashes = FileHashes(FILE_HASHES)
+    try:
+        data_md5 = dvc_dir_md5(data, hashes)
+        if data_md5 != recorded:
+            return None
+        base_sha256 = base_model_sha256(canonical_base(config.base_model), hashes)
+    except OSError:
+        return None  # the flow's checks say what is missing, in their words
+    finally:
+        hashes.save()
+    return {
+        "data_md5": data_md5,
+        "config_sha256": config.sha256(),
+        "base_model_sha256": base_sha256,
+    }
+
+
 @task(name="collect-lineage")
 def collect_lineage(*, base_model: str) -> dict[str, str]:
     """Tags that say how a run was made: git commit, base weights hash, package versions.
@@ -56,11 +103,18 @@ def collect_lineage(*, base_model: str) -> dict[str, str]:
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "base_model": base_model,
-        # A hub id is identified by its name (and revision); local weights by their hash.
-        "base_model_sha256": weights_sha256(base_model) if is_local(base_model) else "hub",
+        "base_model_sha256": _cached_base_sha256(base_model),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags
+
+
+def _cached_base_sha256(base_model: str) -> str:
+    hashes = FileHashes(FILE_HASHES)
+    try:
+        return base_model_sha256(base_model, hashes)
+    finally:
+        hashes.save()
 
 
 # The lineage tags an export manifest carries: where the exported weights came from.

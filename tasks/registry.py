@@ -180,6 +180,13 @@ def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef |
     if changed:
         logger().info("changed since champion v%s: %s: training", champion.version, changed)
         return None
+    record_unchanged(model_name, champion, tags)
+    return champion
+
+
+def record_unchanged(model_name: str, champion: VersionRef, tags: dict[str, str]) -> None:
+    """Inside a flow run: the skip and its reason on the run (artifact `retrain-check`, a log
+    line) and for automations (event loraflow.model.skipped)."""
     create_markdown_artifact(
         key="retrain-check",
         markdown=(
@@ -192,7 +199,6 @@ def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef |
     )
     logger().info("unchanged since champion v%s: skipped training", champion.version)
     announce_skip(model_name, champion.version, tags["data_md5"])
-    return champion
 
 
 def pip_requirements() -> list[str]:

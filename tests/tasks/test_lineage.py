@@ -1,6 +1,7 @@
 """Lineage tags: the code version (and whether it had local changes), base weights, packages."""
 
 import hashlib
+import os
 import subprocess
 from importlib import metadata
 
@@ -81,3 +82,53 @@ def test_collect_lineage_records_the_base_weights_hash(repo, tiny_base, monkeypa
     assert collect_lineage.fn(base_model=str(tiny_base))["git_dirty"] == "true"
     # A hub id is named, not hashed (nothing is downloaded).
     assert collect_lineage.fn(base_model="org/some-model")["base_model_sha256"] == "hub"
+
+
+def test_file_hashes_are_remembered_by_size_and_mtime(tmp_path):
+    from models.hashing import FileHashes, file_sha256
+
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"a" * 1000)
+    table = tmp_path / "hashes.json"
+    hashes = FileHashes(table)
+    first = hashes.digest(data)
+    hashes.save()
+    assert first == file_sha256(data)
+    stamp = data.stat()
+    # Same size and mtime: the remembered digest is trusted (as DVC trusts its state), across
+    # processes (a new instance reads the table)...
+    with data.open("r+b") as f:
+        f.write(b"b")
+    os.utime(data, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert FileHashes(table).digest(data) == first
+    # ...and any other mtime (or size) reads the file again.
+    os.utime(data, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    assert FileHashes(table).digest(data) == file_sha256(data) != first
+    table.write_text("{not json")  # a damaged table only costs a re-read
+    assert FileHashes(table).digest(data) == file_sha256(data)
+
+
+def test_current_inputs_are_what_a_run_records(project, tiny_base):
+    """Data md5 as `dvc add` records it (the real dvc CLI), config and base hashes as the flow's
+    lineage has them; None while the data is not versioned as it stands."""
+    from models.config import config_from_dict
+    from tasks.data import version_data
+    from tasks.lineage import current_inputs, run_tags
+
+    cfg = config_from_dict({"base_model": str(tiny_base), "data": {"path": "data"}})
+    assert current_inputs(cfg) is None  # no data.dvc yet
+    dataset = version_data.fn(data_dir="data")
+    tags = run_tags(cfg, collect_lineage.fn(base_model=str(tiny_base)), dataset.md5)
+    inputs = current_inputs(cfg)
+    assert inputs == {k: tags[k] for k in ("data_md5", "config_sha256", "base_model_sha256")}
+
+    # A file in a subdirectory, then a changed file: each equal to DVC's md5 once added.
+    (project / "data" / "extra").mkdir()
+    (project / "data" / "extra" / "notes.txt").write_text("more\n")
+    assert current_inputs(cfg) is None
+    assert version_data.fn(data_dir="data").md5 == current_inputs(cfg)["data_md5"]
+    with (project / "data" / "train.jsonl").open("a") as f:
+        f.write('{"prompt": "p", "completion": " c"}\n')
+    assert current_inputs(cfg) is None
+    md5 = version_data.fn(data_dir="data").md5
+    assert md5 != dataset.md5 and current_inputs(cfg)["data_md5"] == md5

@@ -142,7 +142,7 @@ def _work(task: str, large: dict, tmp: str, **arm) -> dict:
 # Memory arms: the peak is reached in the first steps. Speed: paired rounds of one step each
 # (half the batch: the four arms share one process).
 MEMORY_RUN = LargeRun(layers=4, seq_len=256, batch_size=4, warmup=1, steps=1)
-SPEED_RUN = dataclasses.replace(MEMORY_RUN, batch_size=2, steps=3)
+SPEED_RUN = dataclasses.replace(MEMORY_RUN, batch_size=2, steps=11)
 
 
 def run(memory_run: LargeRun = MEMORY_RUN, speed_run: LargeRun = SPEED_RUN) -> Figure:

@@ -94,7 +94,7 @@ def build_demo_data(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    n_train: int = 2000,
+    n_train: int = 20000,
     n_eval: int = 200,
     rules: Sequence[str] = tuple(RULES),
 ) -> dict:

@@ -60,6 +60,6 @@ def test_demo_assets_builds_the_data_only(tmp_path, monkeypatch, capsys):
     for data in ("data", "data-chat"):  # two directories, two DVC versions
         assert sorted(p.name for p in (tmp_path / data).iterdir()) == ["eval.jsonl", "train.jsonl"]
     out = capsys.readouterr().out
-    assert "demo data: {'train': 2000, 'eval': 200} examples in data\n" in out
+    assert "demo data: {'train': 20000, 'eval': 200} examples in data\n" in out
     assert "demo chat data: {'train': 2000, 'eval': 200} examples in data-chat\n" in out
     assert "demo base model: demo/base (shipped in git" in out

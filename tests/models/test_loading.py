@@ -5,11 +5,11 @@ import pytest
 
 from models.loading import (
     ModelError,
-    canonical_base,
     check_target_modules,
     linear_layer_names,
     preflight_base,
 )
+from models.paths import canonical_base
 
 
 def test_demo_base_passes_preflight(tiny_base):

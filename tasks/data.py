@@ -65,6 +65,11 @@ def run_dvc(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
+def dvc_file_of(data: Path) -> Path:
+    """The .dvc file `dvc add` writes for a directory: beside it, named after it."""
+    return data.with_name(f"{data.name}.dvc")
+
+
 def read_dvc_md5(dvc_file: Path) -> str:
     """The md5 DVC recorded for the single output of a .dvc file."""
     meta = yaml.safe_load(dvc_file.read_text())
@@ -78,7 +83,7 @@ def version_data(*, data_dir: str) -> DataVersion:
     repo = find_dvc_repo(data)
     rel = data.relative_to(repo).as_posix()
     run_dvc(repo, "add", rel)
-    dvc_file = repo / f"{rel}.dvc"
+    dvc_file = dvc_file_of(data)
     md5 = read_dvc_md5(dvc_file)
     logger().info("data directory %s versioned as md5 %s", rel, md5)
     return DataVersion(md5=md5, path=str(data), dvc_file=str(dvc_file), repo=str(repo))

@@ -6,7 +6,9 @@ The numeric environment (`env.*`) is not collected here: training takes it where
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from prefect import task
 from models.config import LoraflowConfig
 from models.hashing import FileHashes, dvc_dir_md5, weights_sha256
 from models.paths import canonical_base, is_local
-from tasks.data import DvcError, find_dvc_repo, read_dvc_md5
+from tasks.data import DvcError, dvc_file_of, find_dvc_repo, read_dvc_md5
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "prefect", "dvc", "loraflow")
 
@@ -55,6 +57,16 @@ def package_versions() -> dict[str, str]:
 FILE_HASHES = Path(".loraflow") / "file-hashes.json"
 
 
+@contextlib.contextmanager
+def remembered_hashes() -> Iterator[FileHashes]:
+    """The project's file-hash table, saved when the block ends (whatever it found)."""
+    hashes = FileHashes(FILE_HASHES)
+    try:
+        yield hashes
+    finally:
+        hashes.save()
+
+
 def base_model_sha256(base_model: str, hashes: FileHashes | None = None) -> str:
     """A hub id is identified by its name (and revision); local weights by their hash."""
     return weights_sha256(base_model, hashes) if is_local(base_model) else "hub"
@@ -69,7 +81,7 @@ def current_inputs(config: LoraflowConfig) -> dict[str, str] | None:
     None: the run must version its data first, which the flow does.
     """
     data = Path(config.data.path).resolve()
-    dvc_file = data.with_name(f"{data.name}.dvc")  # where version_data's `dvc add` writes it
+    dvc_file = dvc_file_of(data)
     try:
         find_dvc_repo(data)
         recorded = read_dvc_md5(dvc_file) if dvc_file.is_file() else None
@@ -77,16 +89,14 @@ def current_inputs(config: LoraflowConfig) -> dict[str, str] | None:
         return None
     if recorded is None or not data.is_dir():
         return None
-    hashes = FileHashes(FILE_HASHES)
     try:
-        data_md5 = dvc_dir_md5(data, hashes)
-        if data_md5 != recorded:
-            return None
-        base_sha256 = base_model_sha256(canonical_base(config.base_model), hashes)
+        with remembered_hashes() as hashes:
+            data_md5 = dvc_dir_md5(data, hashes)
+            if data_md5 != recorded:
+                return None
+            base_sha256 = base_model_sha256(canonical_base(config.base_model), hashes)
     except OSError:
         return None  # the flow's checks say what is missing, in their words
-    finally:
-        hashes.save()
     return {
         "data_md5": data_md5,
         "config_sha256": config.sha256(),
@@ -103,18 +113,15 @@ def collect_lineage(*, base_model: str) -> dict[str, str]:
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "base_model": base_model,
-        "base_model_sha256": _cached_base_sha256(base_model),
+        "base_model_sha256": _remembered_base_sha256(base_model),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags
 
 
-def _cached_base_sha256(base_model: str) -> str:
-    hashes = FileHashes(FILE_HASHES)
-    try:
+def _remembered_base_sha256(base_model: str) -> str:
+    with remembered_hashes() as hashes:
         return base_model_sha256(base_model, hashes)
-    finally:
-        hashes.save()
 
 
 # The lineage tags an export manifest carries: where the exported weights came from.

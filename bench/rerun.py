@@ -79,7 +79,8 @@ def run(*, steps: int | None = None, eval_examples: int | None = None) -> Figure
             config["evaluation"]["max_examples"] = eval_examples
         config["registry"]["model_name"] = "bench-rerun"
         (root / "run.yaml").write_text(yaml.safe_dump(config))
-        cmd = [sys.executable, "-m", "flows.cli", "run", "run.yaml", "--skip-unchanged"]
+        loraflow = str(Path(sys.executable).parent / "loraflow")  # the installed command
+        cmd = [loraflow, "run", "run.yaml", "--skip-unchanged"]
         seconds, cpu, outputs = [], [], []
         for _ in range(1 + RERUNS):
             started, cpu_before = time.perf_counter(), _children_cpu()

@@ -42,12 +42,12 @@ def cmd_run(args) -> int:
         same = None
         if args.skip_unchanged:
             # Decided before anything imports torch; the skip is recorded as a flow run.
-            from flows.unchanged import finetune_unchanged, unchanged_champion_of
+            from flows.unchanged import record_skip, unchanged_champion_of
 
             same = unchanged_champion_of(config)
         if same:
             api_ready()
-            summary = finetune_unchanged(config, *same)
+            summary = record_skip(config, *same)
         else:
             from flows.console import checks_first
             from flows.finetune import finetune

@@ -5,7 +5,8 @@ process that has imported torch and transformers for training it then skips. Her
 decision (models.promotion.changed_inputs on data md5, config sha256, base weights sha256) is
 made from what can be read without them: the data directory hashed as `dvc add` hashes it (and
 equal to what its .dvc file records), the config's hash, the base weights' hash (remembered by
-size and mtime), the champion's registry tags. Only when all are equal does a light flow run,
+size and mtime), the champion's registry tags (tasks.registry_read, without MLflow's client
+where it can). Only when all are equal does a light flow run,
 named like the pipeline's, record the skip; otherwise the full pipeline runs and decides itself.
 """
 
@@ -17,9 +18,9 @@ from flows.summary import RunSummary, run_name, skipped_summary
 from models.config import LoraflowConfig
 from models.promotion import changed_inputs
 from tasks.lineage import current_inputs
-from tasks.registry import VersionRef, find_champion, record_unchanged
+from tasks.registry_read import RegistryReadUnavailable, VersionRef, read_alias, record_unchanged
 from tasks.runtime import config_parameter
-from tasks.tracking import check_reachable
+from tasks.tracking_store import check_reachable
 
 
 def _run_name() -> str:
@@ -41,6 +42,16 @@ def finetune_unchanged(
     return skipped_summary(config, champion, inputs["data_md5"])
 
 
+def record_skip(config: LoraflowConfig, champion: VersionRef, inputs: dict[str, str]) -> RunSummary:
+    """Run finetune_unchanged without flow-run heartbeats: they exist to tell a live run from a
+    dead one over minutes, this run takes a second, and stopping the heartbeat thread waits out
+    its one-second sleep (up to a second of an unchanged rerun's few)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return finetune_unchanged(config, champion, inputs)
+
+
 def unchanged_champion_of(config: LoraflowConfig) -> tuple[VersionRef, dict[str, str]] | None:
     """The champion and this run's inputs when they are all equal; None when anything differs,
     there is no champion, or the data is not versioned as it stands (the pipeline decides)."""
@@ -48,7 +59,12 @@ def unchanged_champion_of(config: LoraflowConfig) -> tuple[VersionRef, dict[str,
     if inputs is None:
         return None
     check_reachable()  # a silent server: one line now, not minutes of MLflow's retries
-    champion = find_champion(config.registry.model_name, download=False)
+    try:  # seconds cheaper than MLflow's client, which answers where this cannot
+        champion = read_alias(config.registry.model_name)
+    except RegistryReadUnavailable:
+        from tasks.registry import find_champion
+
+        champion = find_champion(config.registry.model_name, download=False)
     if champion is None or changed_inputs(inputs, champion.tags):
         return None
     return champion, inputs

@@ -6,26 +6,29 @@ import contextlib
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_link_artifact
 
 import models
 from models.chat import load_prompt_format
 from models.config import check_model_name
 from models.errors import LoraflowError
-from models.promotion import LINEAGE_KEYS, changed_inputs, recorded_key
+from models.promotion import changed_inputs
 from models.summary import headline_metrics, model_description, version_description
-from tasks.events import announce_skip
+from tasks.registry_read import (  # noqa: F401 (VersionRef, record_unchanged: re-exported)
+    CHALLENGER,
+    CHAMPION,
+    MISSING,
+    VersionRef,
+    record_unchanged,
+)
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class RegistryError(LoraflowError):
@@ -36,38 +39,11 @@ PYFUNC_FILE = Path(__file__).parent / "lib" / "pyfunc_model.py"
 MODELS_DIR = Path(models.__file__).parent
 
 
-@dataclass(frozen=True)
-class VersionRef:
-    """A registered version: which one, its lineage tags and its adapter on local disk."""
-
-    model_name: str
-    version: str
-    run_id: str
-    base_model: str
-    adapter_dir: str
-    tags: dict[str, str]
-    recorded_metrics: dict[str, float]
-
-    def recorded(self, metric: str) -> float | None:
-        """The adapter's `metric` as its run recorded it at evaluation, or None."""
-        return self.recorded_metrics.get(recorded_key(metric))
-
-    def figures(self) -> dict[str, float]:
-        """Every figure its run recorded for the adapter (adapter_<metric>[/<slice>]), by
-        metric: what the promotion gate compares."""
-        prefix = recorded_key("")
-        return {
-            k.removeprefix(prefix): v
-            for k, v in self.recorded_metrics.items()
-            if k.startswith(prefix)
-        }
-
-
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
 def _missing(e: MlflowException) -> bool:
-    return e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+    return e.error_code in MISSING
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -182,23 +158,6 @@ def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef |
         return None
     record_unchanged(model_name, champion, tags)
     return champion
-
-
-def record_unchanged(model_name: str, champion: VersionRef, tags: dict[str, str]) -> None:
-    """Inside a flow run: the skip and its reason on the run (artifact `retrain-check`, a log
-    line) and for automations (event loraflow.model.skipped)."""
-    create_markdown_artifact(
-        key="retrain-check",
-        markdown=(
-            f"### {model_name}: unchanged, skipped\n\n"
-            f"Data md5, config sha256 and base model sha256 equal those of champion "
-            f"v{champion.version} (run {champion.run_id}); nothing was trained.\n\n"
-            + "\n".join(f"- **{k}**: {tags[k]}" for k in LINEAGE_KEYS)
-        ),
-        description="Retrain check",
-    )
-    logger().info("unchanged since champion v%s: skipped training", champion.version)
-    announce_skip(model_name, champion.version, tags["data_md5"])
 
 
 def pip_requirements() -> list[str]:

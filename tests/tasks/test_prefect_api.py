@@ -18,6 +18,8 @@ def test_an_api_that_is_set_is_used_as_is(monkeypatch):
 def test_the_temporary_api_answers_serves_a_flow_and_stops(tmp_path, monkeypatch):
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
 
@@ -35,6 +37,11 @@ def test_the_temporary_api_answers_serves_a_flow_and_stops(tmp_path, monkeypatch
             with get_client(sync_client=True) as prefect_client:
                 assert prefect_client.api_url.port == api.port
                 assert len(prefect_client.read_flow_runs()) == 1  # a fresh database
+            # As the CLI does at exit (and Prefect's test harness before it stops its server):
+            # the process-wide log and event workers drain into this API before it goes, else
+            # they would keep this API's address and retry into it for later tests.
+            EventsWorker.drain_all()
+            APILogWorker.drain_all()
     finally:
         api.stop()
     assert api.process.poll() is not None

@@ -149,7 +149,7 @@ def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)[1]
     record = flow_run_record(team, flow_run_id)
     while record["state"] in ("RUNNING", "PENDING") and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.2)
         record = flow_run_record(team, flow_run_id)
     return record
 
@@ -226,8 +226,8 @@ def test_deployments_nightly_skip_and_promote_on_a_team_stack(team, tiny_base, t
     killed = kill_after_first_checkpoint(team, "finetune/finetune-nightly", nightly)
     assert killed["state"] == "CRASHED", killed
     # A run scheduled for later (as the cron schedule makes them), run by the pipeline's account.
-    first = run_deployment(team, "finetune/finetune-nightly", nightly, start_in="5 seconds")
-    assert first["waited_s"] >= 4, first
+    first = run_deployment(team, "finetune/finetune-nightly", nightly, start_in="3 seconds")
+    assert first["waited_s"] >= 2, first
     assert first["name"].startswith("lora-tiny-base0-")  # method, base model, data md5
     shown = {"evaluation", "promotion", "mlflow-run", "mlflow-model-version", "loss-curve"}
     assert shown <= set(first["artifacts"]) and first["progress"][0][0] == 100.0, first

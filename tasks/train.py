@@ -182,6 +182,7 @@ def dispatch_training(
             "progress_artifacts": [progress] if progress else [],  # a JSON list
         },
         timeout=None,  # training takes what it takes; the deployment has its own limits
+        poll_interval=1,  # notice the end within a second (Prefect's default: 5 s)
     )
     state = flow_run.state
     if state is None or not state.is_completed():

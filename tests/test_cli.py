@@ -171,8 +171,11 @@ def test_set_overrides_are_validated_too(project, tiny_base):
     assert "train: 256 examples" in ok.stdout and ok.stdout.strip().endswith("ok")
 
 
-def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base):
-    """`loraflow run configs/demo.yaml` (small budget, tiny base) and a real client afterwards."""
+def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base, prefect_harness):
+    """`loraflow run configs/demo.yaml` (small budget, tiny base) and a real client afterwards;
+    on the session's Prefect API (the command's temporary one: the bad-input test above)."""
+    from prefect.settings import PREFECT_API_URL
+
     shutil.copytree(REPO / "configs", project / "configs")
     proc = loraflow(
         "run",
@@ -184,6 +187,7 @@ def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base
         "--set",
         "evaluation.max_examples=16",
         cwd=project,
+        env={"PREFECT_API_URL": PREFECT_API_URL.value()},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "registered loraflow-demo v1 (challenger): promoted to champion" in proc.stdout

@@ -165,17 +165,13 @@ def test_unchanged_inputs_skip_training_and_any_change_retrains(
     changed = finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True)
     assert not changed.skipped and changed.version == "3"
 
-    # The check is against whatever is champion now: make v3 champion, its inputs skip...
+    # The check is against whatever is champion now: make v3 champion, its inputs skip. (New
+    # data retrains: tests/flows/test_unchanged.py, through `loraflow run --skip-unchanged`,
+    # which falls through to this flow with skip_if_unchanged.)
     from flows.promote import promote_version
 
     promote_version(model_name="flowtest", version="3", metric="eval_loss", force=True)
     assert finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True).skipped
-    # ...and new data retrains.
-    with (project / "data" / "train.jsonl").open("a") as f:
-        f.write('{"prompt": "Repeat the words: cat\\nAnswer:", "completion": " cat"}\n')
-    new_data = finetune(config(tiny_base, max_steps=5), skip_if_unchanged=True)
-    assert not new_data.skipped and new_data.version == "4"
-    assert new_data.data_md5 != changed.data_md5
 
 
 def test_a_failed_or_crashed_run_closes_its_mlflow_run_as_failed(

@@ -13,6 +13,14 @@ from transformers import AutoModelForCausalLM
 from tests.flows.test_finetune import config
 
 
+def on_session_api(**variables) -> dict:
+    """This process's environment for a `loraflow` subprocess, on the session's Prefect API
+    (else the command starts a temporary one, seconds each; tests/test_cli.py covers that)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **variables}
+
+
 def test_reproduce_in_a_fresh_clone_then_detect_changed_base_weights(
     project, tiny_base, prefect_harness, tmp_path, monkeypatch
 ):
@@ -54,7 +62,11 @@ def test_reproduce_in_a_fresh_clone_then_detect_changed_base_weights(
     # The command says the same and exits non-zero.
     loraflow = str(Path(sys.executable).parent / "loraflow")
     proc = subprocess.run(
-        [loraflow, "reproduce", got.run_id], cwd=clone, capture_output=True, text=True
+        [loraflow, "reproduce", got.run_id],
+        cwd=clone,
+        env=on_session_api(),
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"run {got.run_id}: NOT reproduced" in proc.stdout
@@ -79,7 +91,7 @@ def test_reproduce_tells_identical_equivalent_and_different_apart(
     config_file = tmp_path / "run.yaml"
     config_file.write_text(config(tiny_base, max_steps=6).to_yaml())
     loraflow = str(Path(sys.executable).parent / "loraflow")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    env = on_session_api(ATEN_CPU_CAPABILITY="default")
     proc = subprocess.run(
         [loraflow, "run", str(config_file)], cwd=project, env=env, capture_output=True, text=True
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -41,6 +42,15 @@ _FIRST = ("tests/flows/test_team.py",)
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_FIRST))
+
+
+def at_level(monkeypatch, name: str, level: int) -> None:
+    """Logger `name` at `level` for this test only. A logger caches its answers to "is this level
+    enabled?", and setting `level` alone keeps an answer an earlier test in the same process
+    left there (its records then silently dropped), so the cache is swapped for this test too."""
+    logger = logging.getLogger(name)
+    monkeypatch.setattr(logger, "level", level)
+    monkeypatch.setattr(logger, "_cache", {})
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import at_level
+
 REPO = Path(__file__).resolve().parents[1]
 LORAFLOW = str(Path(sys.executable).parent / "loraflow")
 
@@ -96,7 +98,7 @@ def prefect_console(monkeypatch) -> io.StringIO:
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [*root.handlers, handler])
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+        at_level(monkeypatch, name, logging.INFO)
     return console
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import at_level, free_port
 
 SHORT_DELAYS = [0.3, 0.6, 1.2]
 
@@ -302,7 +302,7 @@ def test_a_run_with_secrets_around_survives_an_outage_and_leaks_nothing(
     bucket = f"secrets-{tag}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     for run_logger in ("prefect.flow_runs", "prefect.task_runs"):  # INFO too, retries included
-        monkeypatch.setattr(logging.getLogger(run_logger), "level", logging.INFO)
+        at_level(monkeypatch, run_logger, logging.INFO)
     name = f"secrets-{tag}"
     outage_after_training(monkeypatch, relay, back_after_s=1.0)
 

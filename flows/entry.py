@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.cli import main as command
 
     status = command(argv)
-    _status.append(status if isinstance(status, int) else 1)
+    _status.append(status)
     return status
 
 

@@ -6,8 +6,8 @@ decision (models.promotion.changed_inputs on data md5, config sha256, base weigh
 made from what can be read without them: the data directory hashed as `dvc add` hashes it (and
 equal to what its .dvc file records), the config's hash, the base weights' hash (remembered by
 size and mtime), the champion's registry tags (tasks.registry_read, without MLflow's client
-where it can). Only when all are equal does a light flow run,
-named like the pipeline's, record the skip; otherwise the full pipeline runs and decides itself.
+where it can). Only when all are equal does a light flow run, named like the pipeline's, record
+the skip; otherwise the full pipeline runs and decides itself.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ store, more than the whole rest of that decision, so it is read here directly:
   revision the installed MLflow writes (its newest migration), whose tables this reads.
 Anything else (other stores, TLS or auth settings this does not send, workspaces, a server error,
 a schema it does not know) raises RegistryReadUnavailable, and the caller asks MLflow's client.
-tests/tasks/test_registry_read.py checks the answers equal the client's on both kinds of store.
+tests/flows/test_registry_read.py checks the answers equal the client's on both kinds of store.
 """
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect.artifacts import create_markdown_artifact
+
 from models.promotion import LINEAGE_KEYS, recorded_key
+from tasks.events import announce_skip
+from tasks.runtime import logger
 from tasks.tracking_store import tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-DELETED = "Deleted_Internal"
+DELETED = "Deleted_Internal"  # MLflow's stage for a deleted version whose row stays
 # What MLflow answers for a model or alias that does not exist (as tasks.registry reads them).
-MISSING = (
-    "RESOURCE_DOES_NOT_EXIST",
-    "INVALID_PARAMETER_VALUE",
-)  # MLflow's stage for a deleted version whose row stays
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # Settings that change how MLflow's client talks to a server or which store it reads; where any is
 # set, MLflow's client answers instead of this module.
 _CLIENT_SETTINGS = (
@@ -199,11 +200,6 @@ def _strings(node: ast.expr) -> list[str]:
 def record_unchanged(model_name: str, champion: VersionRef, tags: dict[str, str]) -> None:
     """Inside a flow run: the skip and its reason on the run (artifact `retrain-check`, a log
     line) and for automations (event loraflow.model.skipped)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.events import announce_skip
-    from tasks.runtime import logger
-
     create_markdown_artifact(
         key="retrain-check",
         markdown=(

@@ -44,6 +44,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_FIRST))
 
 
+def on_session_api(**variables: str) -> dict[str, str]:
+    """This process's environment for a `loraflow` subprocess, on the session's Prefect API
+    (else the command starts a temporary one, seconds each; tests/test_cli.py's installed-command
+    bad-input test and tests/tasks/test_prefect_api.py cover that path)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **variables}
+
+
 def at_level(monkeypatch, name: str, level: int) -> None:
     """Logger `name` at `level` for this test only. A logger caches its answers to "is this level
     enabled?", and setting `level` alone keeps an answer an earlier test in the same process

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import at_level
+from tests.conftest import at_level, on_session_api
 
 REPO = Path(__file__).resolve().parents[1]
 LORAFLOW = str(Path(sys.executable).parent / "loraflow")
@@ -176,8 +176,6 @@ def test_set_overrides_are_validated_too(project, tiny_base):
 def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base, prefect_harness):
     """`loraflow run configs/demo.yaml` (small budget, tiny base) and a real client afterwards;
     on the session's Prefect API (the command's temporary one: the bad-input test above)."""
-    from prefect.settings import PREFECT_API_URL
-
     shutil.copytree(REPO / "configs", project / "configs")
     proc = loraflow(
         "run",
@@ -189,7 +187,7 @@ def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base
         "--set",
         "evaluation.max_examples=16",
         cwd=project,
-        env={"PREFECT_API_URL": PREFECT_API_URL.value()},
+        env=on_session_api(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "registered loraflow-demo v1 (challenger): promoted to champion" in proc.stdout

@@ -1,6 +1,5 @@
 """`loraflow reproduce`: a registered version rebuilt elsewhere gives the same adapter bytes."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,15 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.conftest import on_session_api
 from tests.flows.test_finetune import config
-
-
-def on_session_api(**variables) -> dict:
-    """This process's environment for a `loraflow` subprocess, on the session's Prefect API
-    (else the command starts a temporary one, seconds each; tests/test_cli.py covers that)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **variables}
 
 
 def test_reproduce_in_a_fresh_clone_then_detect_changed_base_weights(

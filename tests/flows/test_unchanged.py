@@ -9,6 +9,7 @@ import sys
 
 from models.config_file import load_config
 from tasks.tracking import client
+from tests.conftest import on_session_api
 
 # Runs the CLI and reports which heavy modules the process imported.
 DRIVER = (
@@ -36,13 +37,10 @@ def write_config(project, tiny_base, **training) -> str:
 
 def cli_run(project, *args):
     """`loraflow run ... --skip-unchanged` in its own process, on the session's Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, "run", *args, "--skip-unchanged"],
         cwd=project,
-        env=env,
+        env=on_session_api(),
         capture_output=True,
         text=True,
         timeout=600,

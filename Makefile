@@ -64,10 +64,10 @@ soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 	$(BIN)/python -m bench.soak --restart-mlflow $(SOAK_ARGS)
 
-# docs/configuration.md is rendered from the config's schema (models/config_reference.py);
-# a test fails when the committed page differs, so run this after editing models/config.py.
+# docs/configuration.md is rendered from the config's schema (models/config/reference.py);
+# a test fails when the committed page differs, so run this after editing models/config/run.py.
 docs: setup
-	$(BIN)/python -c "from models.config_reference import render; print(render(), end='')" \
+	$(BIN)/python -c "from models.config.reference import render; print(render(), end='')" \
 		> docs/configuration.md
 
 lint: setup

@@ -20,10 +20,10 @@ from bench.workers import device_kind, run_worker, worker_main
 def _work(steps: int, reps: int, batch_size: int, tmp: str) -> dict:
     import torch
 
-    from models.data import pad_batch, read_split, tokenize
-    from models.loading import load_base
-    from models.serving import load_adapted
-    from models.train import ADAPTER_WEIGHTS
+    from models.base_model.loading import load_base
+    from models.data.splits import pad_batch, read_split, tokenize
+    from models.evaluation.serving import load_adapted
+    from models.training.train import ADAPTER_WEIGHTS
 
     device = device_kind()
     out = Path(tmp) / "adapter"

@@ -24,8 +24,8 @@ def lora_spec(*, steps: int, seed: int = 0, data: dict | None = None, **override
     """The demo task as the pipeline trains it: LoRA r=8 on all linear layers, the demo config's
     data settings, learning rate and batch, on CPU. `data` replaces fields of the DataSpec,
     `overrides` fields of the TrainSpec (dataclasses.replace)."""
+    from models.config.specs import DataSpec, TrainSpec
     from models.methods import AdapterSpec
-    from models.specs import DataSpec, TrainSpec
 
     spec = TrainSpec(
         base_model=str(DEMO_BASE),
@@ -54,7 +54,7 @@ def train_lora(
 ):
     """The pipeline's train_adapter on `lora_spec(steps=, seed=, data=, **overrides)`, saving to
     `out`; on_log, save and callbacks are train_adapter's run-only arguments."""
-    from models.train import train_adapter
+    from models.training.train import train_adapter
 
     spec = lora_spec(steps=steps, seed=seed, data=data, **overrides)
     return train_adapter(spec, output_dir=out, on_log=on_log, save=save, callbacks=callbacks)

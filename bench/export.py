@@ -58,7 +58,7 @@ def write_random_base(out: Path, shape: BaseShape, seed: int = 0) -> dict:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from models.shards import INDEX
+    from models.export.shards import INDEX
 
     tokenizer = AutoTokenizer.from_pretrained(str(DEMO_BASE))
     config = LlamaConfig(
@@ -125,9 +125,9 @@ def _work(path: str, tmp: str, max_shard_size: str) -> dict:
     import torch
     import transformers  # noqa: F401
 
-    from models.loading import load_base
-    from models.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from models.merge import merge_adapter
+    from models.base_model.loading import load_base
+    from models.export.merge import merge_adapter
+    from models.training.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     base, adapter, out = Path(tmp, "base"), Path(tmp, "adapter"), Path(tmp, f"out-{path}")
     before = rss_bytes()
@@ -154,7 +154,7 @@ def compare_outputs(tmp: Path) -> tuple[int, float]:
     """(tensors compared, max abs difference) between the two paths' exports, file by file."""
     from safetensors import safe_open
 
-    from models.shards import checkpoint_files
+    from models.export.shards import checkpoint_files
 
     old = {}
     for path in checkpoint_files(tmp / "out-peft"):
@@ -174,7 +174,7 @@ def compare_outputs(tmp: Path) -> tuple[int, float]:
 def run(
     shape: BaseShape = FIGURE_10, *, reps: int = 2, paths: tuple[str, ...] = ("peft", "streamed")
 ) -> Figure:
-    from models.merge import export_peak_bytes
+    from models.export.merge import export_peak_bytes
 
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         sizes = run_worker(

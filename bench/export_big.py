@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.export import GOAL, LARGE, BaseShape
 from bench.workers import MEMORY_ENV, run_worker, worker_main
-from models.merge import export_peak_bytes
+from models.export.merge import export_peak_bytes
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -55,8 +55,8 @@ def _export(tmp: str, endpoint: str) -> dict:
     import safetensors.torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from models.config import ExportConfig
-    from models.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from models.config.run import ExportConfig
+    from models.training.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from tasks.export import merge_and_upload
     from tasks.lib import s3
     from tasks.registry import VersionRef

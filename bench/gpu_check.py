@@ -127,9 +127,9 @@ class Check:
     def export_row(self, tolerance: float) -> Row:
         import torch
 
-        from models.loading import load_base
-        from models.merge import merge_adapter
-        from models.serving import load_adapted
+        from models.base_model.loading import load_base
+        from models.evaluation.serving import load_adapted
+        from models.export.merge import merge_adapter
 
         adapter = str(self.tmp / "lora")  # trained by method_row("lora")
         out = self.tmp / "merged"

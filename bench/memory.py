@@ -67,7 +67,7 @@ def _adapted(base: Path, method: str, dropout: float, device: str):
     """The base at `base` with `method` built on it, in training mode."""
     import torch
 
-    from models.loading import load_base
+    from models.base_model.loading import load_base
     from models.methods import get_method
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -27,7 +27,7 @@ GOAL = 0.97
 
 
 def _config(steps: int, output_dir: str):
-    from models.config_file import load_config
+    from models.config.file import load_config
 
     return load_config(
         DEMO_CONFIG,

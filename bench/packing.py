@@ -29,9 +29,9 @@ BATCH = 16
 def _train_and_eval(
     data: Path, out: Path, *, packing: bool, seed: int, steps: int, callbacks: list
 ) -> dict:
-    from models.data import read_split, tokenize
-    from models.evaluate import completion_loss
-    from models.serving import load_adapted
+    from models.data.splits import read_split, tokenize
+    from models.evaluation.evaluate import completion_loss
+    from models.evaluation.serving import load_adapted
 
     result = train_lora(
         out,

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from models.specs import TrainSpec
+    from models.config.specs import TrainSpec
 
 
 def tokenize_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:

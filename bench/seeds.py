@@ -20,10 +20,10 @@ from bench.workers import run_worker
 def _work(config_file: str, overrides: list[str], out: str, threads: int) -> dict:
     import dataclasses
 
-    from models.config_file import load_config
-    from models.evaluate import evaluate_candidates
-    from models.paths import canonical_base
-    from models.train import train_adapter
+    from models.base_model.paths import canonical_base
+    from models.config.file import load_config
+    from models.evaluation.evaluate import evaluate_candidates
+    from models.training.train import train_adapter
 
     config = load_config(config_file, overrides)
     base = canonical_base(config.base_model)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from models.config import ConfigError
-from models.config_file import load_config
+from models.config.file import load_config
+from models.config.run import ConfigError
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
 from tasks.lib.prefect_api import prefect_api
@@ -146,7 +146,7 @@ def print_summary(summary, metric: str) -> None:
 def print_report(report: dict[str, dict[str, float]]) -> None:
     """The evaluation table: one row per model, then (with slices) per model and slice, with the
     slice's example count."""
-    from models.evaluate import split_slices
+    from models.evaluation.evaluate import split_slices
 
     rows = [
         (name if part is None else f"{name}/{part}", figures)
@@ -217,8 +217,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from models.config import ExportConfig
-    from models.schema import describe_error
+    from models.config.run import ExportConfig
+    from models.config.schema import describe_error
 
     try:
         export = ExportConfig(
@@ -248,7 +248,7 @@ def cmd_export(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
-    from models.plan import plan_run
+    from models.training.plan import plan_run
 
     config = load_config(args.config, args.overrides)
     plan = plan_run(config.train_spec(config.base_model))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from models.config import ConfigError, LoraflowConfig, config_from_dict
-from models.config_file import apply_overrides
-from models.paths import canonical_base
+from models.base_model.paths import canonical_base
+from models.config.file import apply_overrides
+from models.config.run import ConfigError, LoraflowConfig, config_from_dict
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_comparison
 from tasks.lineage import collect_lineage, run_tags

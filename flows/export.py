@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from models.config import ExportConfig
+from models.config.run import ExportConfig
 from tasks.export import merge, merge_and_upload, record, upload
 from tasks.preflight import check_model_version, check_services
 from tasks.registry import fetch_version, parse_model_uri

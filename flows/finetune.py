@@ -10,8 +10,8 @@ from pydantic import Field
 
 from flows.export import export_model
 from flows.summary import RunSummary, run_name, skipped_summary
-from models.config import LoraflowConfig, RegistryConfig
-from models.paths import canonical_base
+from models.base_model.paths import canonical_base
+from models.config.run import LoraflowConfig, RegistryConfig
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from models.promotion import METRIC_DIRECTIONS, Decision, Gate
+from models.registry.promotion import METRIC_DIRECTIONS, Decision, Gate
 from tasks.preflight import check_promotion
 from tasks.promotion import promote
 from tasks.registry import find_champion

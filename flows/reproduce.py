@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
-from models.config import config_from_dict
-from models.paths import is_local
-from models.reproduction import (
+from models.base_model.paths import is_local
+from models.config.run import config_from_dict
+from models.registry.reproduction import (
     DIFFERENT,
     EQUIVALENT,
     IDENTICAL,
@@ -19,7 +19,7 @@ from models.reproduction import (
     max_abs_difference,
     verdict,
 )
-from models.train import ADAPTER_WEIGHTS
+from models.training.train import ADAPTER_WEIGHTS
 from tasks.data import fetch_data_version
 from tasks.evaluate import evaluate
 from tasks.lineage import collect_lineage
@@ -35,7 +35,7 @@ class Reproduction:
     """What the rebuild found: its outcome and every recorded input or figure that differs here.
 
     outcome: identical (same adapter bytes), equivalent (bytes differ, every recorded adapter
-    metric within models.reproduction.METRIC_TOLERANCES) or different.
+    metric within models.registry.reproduction.METRIC_TOLERANCES) or different.
     metrics: each recorded adapter metric against the rebuilt adapter's (when bytes differ).
     max_abs_diff: largest |recorded - rebuilt| over the adapter's tensors (None: not compared).
     environment: the hardware / numeric environment tags (`env.*`) of the recorded training
@@ -80,7 +80,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     comes from the run's artifact, the data from the remote by md5, the base model from its
     recorded path (its weights hash is checked before training). When the adapter's bytes
     differ, the rebuilt adapter is evaluated on the same eval split and judged against the
-    recorded metrics (models.reproduction).
+    recorded metrics (models.registry.reproduction).
 
     Stages:
       1. check: the tracking server answers; a models:/ target names a version that exists

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config import LoraflowConfig
+from models.config.run import LoraflowConfig
 
 
 @dataclass

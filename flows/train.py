@@ -12,8 +12,8 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
-from models.config import LoraflowConfig
-from models.paths import canonical_base
+from models.base_model.paths import canonical_base
+from models.config.run import LoraflowConfig
 from tasks.data import fetch_data_version
 from tasks.evaluate import candidates_for, evaluate, publish_evaluation
 from tasks.registry import fetch_version

@@ -2,8 +2,8 @@
 
 The full pipeline (flows.finetune) decides "unchanged" after its checks and `dvc add`, in a
 process that has imported torch and transformers for training it then skips. Here the same
-decision (models.promotion.changed_inputs on data md5, config sha256, base weights sha256) is
-made from what can be read without them: the data directory hashed as `dvc add` hashes it (and
+decision (registry.promotion.changed_inputs on data md5, config sha256, base weights sha256)
+is made from what can be read without them: the data directory hashed as `dvc add` hashes it (and
 equal to what its .dvc file records), the config's hash, the base weights' hash (remembered by
 size and mtime), the champion's registry tags (tasks.registry_read, without MLflow's client
 where it can). Only when all are equal does a light flow run, named like the pipeline's, record
@@ -15,8 +15,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.summary import RunSummary, run_name, skipped_summary
-from models.config import LoraflowConfig
-from models.promotion import changed_inputs
+from models.config.run import LoraflowConfig
+from models.registry.promotion import changed_inputs
 from tasks.lineage import current_inputs
 from tasks.registry_read import RegistryReadUnavailable, VersionRef, read_alias, record_unchanged
 from tasks.runtime import config_parameter

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from models.chat import prepare_tokenizer
-from models.data import SplitReport, read_split, tokenize, validate_dataset
-from models.evaluate import slices_of
-from models.loading import (
+from models.base_model.loading import (
     ModelError,
     check_target_modules,
     kinds_of,
@@ -14,10 +11,13 @@ from models.loading import (
     meta_model,
     preflight_base,
 )
+from models.base_model.probes import check_gradient_checkpointing, check_packing
+from models.config.specs import CheckSpec, EvalSpec
+from models.data.chat import prepare_tokenizer
+from models.data.splits import SplitReport, read_split, tokenize, validate_dataset
+from models.evaluation.evaluate import slices_of
+from models.evaluation.metrics import check_custom
 from models.methods import get_method
-from models.metrics import check_custom
-from models.probes import check_gradient_checkpointing, check_packing
-from models.specs import CheckSpec, EvalSpec
 
 
 def cuda_available() -> bool:
@@ -70,7 +70,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
                 f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
                 "tokens will be truncated"
             )
-    if spec.packing:  # last: it loads the weights and runs the base (models.probes)
+    if spec.packing:  # last: it loads the weights and runs the base (models.base_model.probes)
         check_packing(spec.base_model, spec.trust_remote_code)
     return reports
 

@@ -15,7 +15,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from models.report import plot_loss_curve
+from models.evaluation.report import plot_loss_curve
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, redact
 

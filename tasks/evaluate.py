@@ -9,11 +9,11 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from models.evaluate import evaluate_candidates, split_slices
-from models.loading import resolve_device
-from models.paths import is_local
-from models.report import plot_metric_vs_params
-from models.specs import EvalSpec
+from models.base_model.loading import resolve_device
+from models.base_model.paths import is_local
+from models.config.specs import EvalSpec
+from models.evaluation.evaluate import evaluate_candidates, split_slices
+from models.evaluation.report import plot_metric_vs_params
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client, log_metrics, mlflow_errors

@@ -46,7 +46,7 @@ def _emit(event: str, resource: dict, payload: dict, hook: bool = False) -> None
 
 
 def announce_decision(model_name: str, version: str, decision, metrics: dict[str, float]) -> None:
-    """loraflow.model.promoted or .not-promoted for a promotion decision (models.promotion);
+    """loraflow.model.promoted or .not-promoted for a promotion decision (registry.promotion);
     nothing for a version that already was the champion (nothing changed)."""
     if decision.promote and not decision.moves_champion:
         return

@@ -10,9 +10,9 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
-from models.chat import PROMPT_FORMAT_FILE
-from models.config import ExportConfig
-from models.merge import export_files
+from models.config.run import ExportConfig
+from models.data.chat import PROMPT_FORMAT_FILE
+from models.export.merge import export_files
 from tasks.lib import s3
 from tasks.lineage import LINEAGE_TAGS
 from tasks.registry import VersionRef
@@ -21,7 +21,7 @@ from tasks.tracking import client
 
 
 def _merged_files(version: VersionRef, out_dir: str, export: ExportConfig) -> Iterator[Path]:
-    """The merged model's files as each is written (models.merge.export_files), then the
+    """The merged model's files as each is written (models.export.merge.export_files), then the
     adapter's recorded prompt format."""
     yield from export_files(
         base_model=version.base_model,

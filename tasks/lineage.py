@@ -1,7 +1,7 @@
 """Lineage of a run: code version, base model hash, package versions.
 
 The numeric environment (`env.*`) is not collected here: training takes it where it runs
-(models.train.TrainResult.environment), which for a dispatched training is another machine.
+(models.training.train.TrainResult.environment), which for a dispatched training is another machine.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 from prefect import task
 
-from models.config import LoraflowConfig
+from models.base_model.paths import canonical_base, is_local
+from models.config.run import LoraflowConfig
 from models.hashing import FileHashes, dvc_dir_md5, weights_sha256
-from models.paths import canonical_base, is_local
 from tasks.data import DvcError, dvc_file_of, find_dvc_repo, read_dvc_md5
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "prefect", "dvc", "loraflow")

@@ -18,10 +18,10 @@ from __future__ import annotations
 from prefect import task
 
 from models.checks import check_inputs as run_checks
-from models.config import ConfigError
-from models.data import SplitReport
-from models.promotion import METRIC_DIRECTIONS, recorded_key
-from models.specs import CheckSpec
+from models.config.run import ConfigError
+from models.config.specs import CheckSpec
+from models.data.splits import SplitReport
+from models.registry.promotion import METRIC_DIRECTIONS, recorded_key
 from tasks.lib import s3
 from tasks.registry import (
     CHALLENGER,

@@ -1,6 +1,6 @@
 """Promotion I/O: read the champion under the lock, move alias `champion`, record the decision.
 
-The decision itself is models.promotion.decide_promotion; nothing here decides.
+The decision itself is models.registry.promotion.decide_promotion; nothing here decides.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from models.promotion import Decision, Figures, Gate, decide_promotion
+from models.registry.promotion import Decision, Figures, Gate, decide_promotion
 from tasks.events import announce_decision
 from tasks.lib.promotion_lock import promotion_lock
 from tasks.registry import (
@@ -32,8 +32,8 @@ def promote(
     champion: Figures | None,
     force: bool = False,
 ) -> Decision:
-    """Move `champion` to `version` only if models.promotion.decide_promotion says so; record
-    the decision on the version.
+    """Move `champion` to `version` only if models.registry.promotion.decide_promotion says
+    so; record the decision on the version.
 
     challenger: the version's figures (metric or metric/slice -> value). champion_version/
     champion: the champion the caller compared against (read before its evaluation) and its

@@ -15,11 +15,11 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 import models
-from models.chat import load_prompt_format
-from models.config import check_model_name
+from models.config.run import check_model_name
+from models.data.chat import load_prompt_format
 from models.errors import LoraflowError
-from models.promotion import changed_inputs
-from models.summary import headline_metrics, model_description, version_description
+from models.registry.promotion import changed_inputs
+from models.registry.summary import headline_metrics, model_description, version_description
 from tasks.registry_read import (  # noqa: F401 (VersionRef, record_unchanged: re-exported)
     CHALLENGER,
     CHAMPION,
@@ -275,7 +275,7 @@ def register_adapter(
 
 def describe_version(mlf, model_name: str, version: str) -> dict[str, float]:
     """Write the version's description from its tags and its run's evaluation figures (see
-    models.summary); returns the adapter's figures, {metric: value}."""
+    models.registry.summary); returns the adapter's figures, {metric: value}."""
     mv = mlf.get_model_version(model_name, version)
     metrics = mlf.get_run(mv.run_id).data.metrics if mv.run_id else {}
     text = version_description(dict(mv.tags), dict(metrics))

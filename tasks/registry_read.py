@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
 
-from models.promotion import LINEAGE_KEYS, recorded_key
+from models.registry.promotion import LINEAGE_KEYS, recorded_key
 from tasks.events import announce_skip
 from tasks.runtime import logger
 from tasks.tracking_store import tracking_uri

@@ -7,7 +7,7 @@ import logging
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from models.config import LoraflowConfig
+from models.config.run import LoraflowConfig
 from models.errors import LoraflowError
 
 # Seconds before each retry of an I/O task. Each MLflow request is already retried by MLflow

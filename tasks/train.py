@@ -1,4 +1,4 @@
-"""The training task: one call to models.train, with the loss curve relayed to MLflow."""
+"""The training task: one call to models.training.train, with the loss curve relayed to MLflow."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prefect import task
 
-from models.distributed import train_adapter_distributed
+from models.config.specs import TrainSpec
 from models.errors import LoraflowError
 from models.hashing import file_sha256
-from models.resources import explain_resource_errors
-from models.specs import TrainSpec
-from models.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
+from models.training.distributed import train_adapter_distributed
+from models.training.resources import explain_resource_errors
+from models.training.train import ADAPTER_WEIGHTS, TrainResult, train_adapter
 from tasks.dashboard import TrainingProgress, start_progress
 from tasks.lib import checkpoint_store as checkpoints
 from tasks.runtime import IO_RETRIES, logger

@@ -91,8 +91,8 @@ def test_step_clock_times_the_trainings_it_is_given_and_patches_nothing(
 
     from bench.clock import StepClock
     from bench.plain import train_plain
-    from models.train import train_adapter
-    from tests.models.test_train import tiny_spec
+    from models.training.train import train_adapter
+    from tests.models.training.test_train import tiny_spec
 
     training_step = Trainer.training_step
     clock = StepClock()

@@ -43,7 +43,7 @@ class AdapterMethod:
     callbacks: Trainer callbacks the method needs during training.
     before_save: adjusts the adapter before it is saved so that the saved adapter on the
         unmodified base reproduces the trained model.
-    layer_kinds: the layer kinds (models.loading.kinds_of) the method can adapt; the check
+    layer_kinds: the layer kinds (base_model.loading.kinds_of) the method can adapt; the check
         refuses target_modules naming any other kind.
     saved_bytes_per_token: bytes the adapters keep for the backward pass per token, on top of
         the frozen base's own activations (the plan's memory estimate); default: PEFT's LoRA

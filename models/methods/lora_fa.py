@@ -2,7 +2,7 @@
 
 With A frozen the backward pass needs only A's r-dim output and the dropout's keep mask, not
 the layer input: every adapted layer runs its adapter path through
-models.frozen_a, which saves exactly those (the mask as bits), at any dropout. The
+models.training.frozen_a, which saves exactly those (the mask as bits), at any dropout. The
 adapter is a standard PEFT LoRA adapter (A saved as initialised), merged and loaded as one.
 """
 
@@ -12,7 +12,7 @@ from models.methods.base import AdapterMethod, AdapterSpec, build_lora, lora_lay
 def build(model, spec: AdapterSpec):
     """Wrap `model` with LoRA, freeze every lora_A so only the B matrices train, and route the
     adapter path through the frozen-A autograd function."""
-    from models.frozen_a import install
+    from models.training.frozen_a import install
 
     peft_model = build_lora(model, spec)
     for name, param in peft_model.named_parameters():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from models.checkpoints import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
+from models.training.checkpoints import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
 from tasks.lib import s3 as s3io
 from tasks.runtime import logger
 

@@ -59,8 +59,8 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     of messages, an alpaca adapter strings and {"instruction", "input"} requests."""
 
     def load_context(self, context):
-        from models.chat import load_prompt_format
-        from models.serving import load_adapted
+        from models.data.chat import load_prompt_format
+        from models.evaluation.serving import load_adapted
 
         config = context.model_config or {}
         self.max_new_tokens = int(config.get("max_new_tokens", 32))
@@ -70,7 +70,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.format = load_prompt_format(context.artifacts["adapter"])
 
     def predict(self, context, model_input, params=None):
-        from models.serving import generate
+        from models.evaluation.serving import generate
 
         params = params or {}
         return generate(

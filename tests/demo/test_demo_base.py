@@ -9,7 +9,7 @@ import subprocess
 
 from bench.assets import DEMO_BASE
 from flows.cli import main
-from models.config_file import load_config
+from models.config.file import load_config
 from models.hashing import weights_sha256
 from tests.conftest import REPO
 

@@ -56,8 +56,8 @@ def test_the_template_renders_answers_as_the_tokens_of_the_question(chat_dir):
     every conversation fits configs/demo-chat.yaml's max_seq_len."""
     from transformers import AutoTokenizer
 
-    from models.config_file import load_config
-    from models.data import read_split, tokenize
+    from models.config.file import load_config
+    from models.data.splits import read_split, tokenize
 
     config = load_config(REPO / "configs" / "demo-chat.yaml", [f"data.path={chat_dir}"])
     assert (REPO / config.data.chat_template).resolve() == CHAT_TEMPLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import config_from_dict
+from models.config.run import config_from_dict
 from tests.architectures import NAMES
 
 
@@ -30,7 +30,7 @@ def test_run_registers_a_version_that_predicts_through_pyfunc(
     import torch
 
     from flows.finetune import finetune
-    from models.serving import load_adapted
+    from models.evaluation.serving import load_adapted
 
     cfg = config(arch_bases[name], name)
     result = finetune(cfg)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.config import ConfigError, config_from_dict
+from models.config.run import ConfigError, config_from_dict
 from tasks.tracking import client
 
 

@@ -6,13 +6,13 @@ import mlflow
 import yaml
 
 from demo.chat import build_demo_chat_data
-from models.config_file import load_config
+from models.config.file import load_config
 from tests.conftest import REPO
 
 
 def test_the_chat_demo_registers_a_champion_that_answers_in_chat_form(project, prefect_harness):
     from flows.finetune import finetune
-    from models.serving import generate, load_adapted
+    from models.evaluation.serving import generate, load_adapted
 
     (project / "demo").symlink_to(REPO / "demo")  # the config's ./demo/base and template
     build_demo_chat_data(project / "data-chat", n_train=64, n_eval=8)

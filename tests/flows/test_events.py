@@ -107,7 +107,7 @@ def test_a_failed_run_emits_an_event_naming_the_model(project, prefect_harness):
     from prefect.events.filters import EventFilter, EventNameFilter
 
     from flows.finetune import finetune
-    from models.config import config_from_dict
+    from models.config.run import config_from_dict
 
     config = config_from_dict(
         {

@@ -6,7 +6,7 @@ import boto3
 import pytest
 import torch
 
-from models.config import ExportConfig
+from models.config.run import ExportConfig
 from tasks.lib import s3
 from tests.tasks.test_registry import trained_adapter
 

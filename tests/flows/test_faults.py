@@ -200,7 +200,7 @@ def test_io_tasks_wait_out_an_outage_and_fail_clearly_when_it_lasts(
 
 
 def tiny_run(tiny_base, model_name: str, **sections):
-    from models.config import config_from_dict
+    from models.config.run import config_from_dict
 
     return config_from_dict(
         {

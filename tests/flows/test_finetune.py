@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from models.config import config_from_dict
+from models.config.run import config_from_dict
 from tasks.tracking import client
 
 REQUIRED_TAGS = {
@@ -216,7 +216,7 @@ def test_a_chat_run_registers_a_version_that_answers_a_conversation(
     import pandas as pd
 
     from flows.finetune import finetune
-    from models.serving import generate, load_adapted
+    from models.evaluation.serving import generate, load_adapted
 
     for split in ("train", "eval"):
         path = project / "data" / f"{split}.jsonl"

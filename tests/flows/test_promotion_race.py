@@ -24,7 +24,7 @@ from tests.conftest import REPO
 RACER = """
 import json, os, sys, time
 from pathlib import Path
-from models.promotion import Gate
+from models.registry.promotion import Gate
 from tasks.promotion import promote
 
 me, workdir = sys.argv[1], Path(sys.argv[2])

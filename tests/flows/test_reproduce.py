@@ -77,7 +77,7 @@ def test_reproduce_tells_identical_equivalent_and_different_apart(
     here at the native level it is equivalent; with a recorded metric tampered, different."""
     from flows.cli import EQUIVALENT_ONLY, NOT_REPRODUCED, REPRODUCED, print_reproduction
     from flows.reproduce import Reproduction, reproduce
-    from models.reproduction import METRIC_TOLERANCES
+    from models.registry.reproduction import METRIC_TOLERANCES
     from tasks.tracking import client
 
     config_file = tmp_path / "run.yaml"

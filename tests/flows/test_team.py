@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from bench.team_stack import BIN, PIPELINE, READER, NoPostgres, TeamStack, cli, postgres
-from models.checkpoints import CHECKPOINT_DONE
+from models.training.checkpoints import CHECKPOINT_DONE
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -156,8 +156,8 @@ def kill_after_first_checkpoint(team, name: str, params: dict) -> dict:
 
 def uninterrupted_adapter_sha256(team, config: dict) -> str:
     """The adapter of the same training run straight through in this process, no checkpoints."""
-    from models.config import config_from_dict
-    from models.train import train_adapter
+    from models.config.run import config_from_dict
+    from models.training.train import train_adapter
 
     run_config = config_from_dict(config)
     run_config = run_config.with_data_dir(str(team["project"] / run_config.data.path))

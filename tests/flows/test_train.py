@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from models.config import config_from_dict
-from models.hardware import numeric_environment
+from models.config.run import config_from_dict
 from models.hashing import file_sha256
+from models.training.hardware import numeric_environment
 
 
 def tiny_config(tiny_base, **training):
@@ -104,7 +104,7 @@ def test_checkpoints_of_a_dispatched_training_are_written_then_cleared(
     project, tiny_base, prefect_harness, tmp_path, monkeypatch
 ):
     from flows.train import train_remote
-    from models.checkpoints import checkpoint_step
+    from models.training.checkpoints import checkpoint_step
     from tasks.lib import checkpoint_store
 
     dataset = pushed_version(project, tmp_path / "data")
@@ -133,7 +133,7 @@ def test_a_dispatched_training_evaluates_where_it_trained(
     a team setup) and the report comes back on the MLflow run, the figures an evaluation of the
     same adapter and data here gives."""
     from flows.train import train_remote
-    from models.evaluate import evaluate_candidates
+    from models.evaluation.evaluate import evaluate_candidates
     from tasks.evaluate import fetch_evaluation
     from tasks.train import fetch_trained_adapter
 

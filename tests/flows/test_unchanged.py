@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from models.config_file import load_config
+from models.config.file import load_config
 from tasks.tracking import client
 from tests.conftest import on_session_api
 

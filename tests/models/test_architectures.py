@@ -11,13 +11,13 @@ import dataclasses
 import pytest
 import torch
 
-from models.loading import load_base
-from models.merge import merge_adapter
+from models.base_model.loading import load_base
+from models.export.merge import merge_adapter
 from models.methods import AdapterSpec, get_method
-from models.plan import plan_run
-from models.train import count_params, train_adapter
+from models.training.plan import plan_run
+from models.training.train import count_params, train_adapter
 from tests.architectures import NAMES
-from tests.models.test_train import tiny_spec
+from tests.models.training.test_train import tiny_spec
 
 ALL_LINEAR = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear", seed=0)
 
@@ -68,7 +68,7 @@ def test_train_merge_and_export_load_in_plain_transformers(arch_bases, tiny_data
 
 
 # Absolute learned positions and fused qkv with rotary: the two shapes furthest from Llama's
-# (tests/models/test_packing.py trains the Llama-shaped demo base packed).
+# (tests/models/data/test_packing.py trains the Llama-shaped demo base packed).
 @pytest.mark.parametrize("name", ["gpt2", "phi3"])
 def test_packed_training_equals_padded(arch_bases, tiny_data, tmp_path, name):
     """Where the check lets packing through, a packed step has the padded step's loss."""

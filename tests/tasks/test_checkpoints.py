@@ -3,7 +3,7 @@ directory (another worker), clean-up."""
 
 import boto3
 
-from models.checkpoints import CHECKPOINT_DONE
+from models.training.checkpoints import CHECKPOINT_DONE
 from tasks.lib import checkpoint_store as checkpoints
 
 

@@ -1,8 +1,8 @@
 """The export task: the merged model renders prompts as training did (template and format)."""
 
-from models.chat import CHATML, PROMPT_FORMAT_FILE, load_prompt_format, prepare_tokenizer
-from models.config import ExportConfig
-from models.specs import DataSpec
+from models.config.run import ExportConfig
+from models.config.specs import DataSpec
+from models.data.chat import CHATML, PROMPT_FORMAT_FILE, load_prompt_format, prepare_tokenizer
 from tasks.export import merge
 from tasks.registry import VersionRef
 from tests.tasks.test_registry import trained_adapter

@@ -111,7 +111,7 @@ def test_file_hashes_are_remembered_by_size_and_mtime(tmp_path):
 def test_current_inputs_are_what_a_run_records(project, tiny_base):
     """Data md5 as `dvc add` records it (the real dvc CLI), config and base hashes as the flow's
     lineage has them; None while the data is not versioned as it stands."""
-    from models.config import config_from_dict
+    from models.config.run import config_from_dict
     from tasks.data import version_data
     from tasks.lineage import current_inputs, run_tags
 

@@ -6,9 +6,9 @@ import mlflow
 import pytest
 import torch
 
-from models.loading import load_base
+from models.base_model.loading import load_base
 from models.methods import AdapterSpec, get_method
-from models.promotion import Gate
+from models.registry.promotion import Gate
 from tasks.promotion import promote
 from tasks.registry import fetch_champion, register_adapter
 from tasks.tracking import client, open_run
@@ -85,9 +85,9 @@ def test_a_chat_adapter_is_served_from_a_string_or_a_list_of_messages(
 ):
     """Rendered through the registered pyfunc as training rendered it: the template and the
     format travel in the adapter folder."""
-    from models.chat import prepare_tokenizer, save_prompt_format
-    from models.serving import generate, load_adapted
-    from models.specs import DataSpec
+    from models.config.specs import DataSpec
+    from models.data.chat import prepare_tokenizer, save_prompt_format
+    from models.evaluation.serving import generate, load_adapted
 
     adapter = project / "chat-adapter"
     trained_adapter(tiny_base, adapter)
@@ -125,10 +125,10 @@ def test_an_alpaca_adapter_is_served_from_instruction_and_input(
     from the prompt training rendered (evaluation's path: the record's rendered prompt)."""
     import pandas as pd
 
-    from models.chat import save_prompt_format
-    from models.formats import alpaca_prompt
-    from models.serving import generate, load_adapted
-    from models.specs import DataSpec
+    from models.config.specs import DataSpec
+    from models.data.chat import save_prompt_format
+    from models.data.formats import alpaca_prompt
+    from models.evaluation.serving import generate, load_adapted
 
     adapter = project / "alpaca-adapter"
     trained_adapter(tiny_base, adapter)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from models.config import config_from_dict
-from models.resources import ResourceError
+from models.config.run import config_from_dict
+from models.training.resources import ResourceError
 from tasks.train import train
 
 

@@ -62,6 +62,9 @@ class CheckSpec:
     support (checked on the base itself, models.base_model.probes).
     metrics, slice_field: evaluation.metrics (custom ones imported and tried on the eval split)
     and the eval field every eval record must have.
+    chunked_loss, kernels, compile: the training settings refused where they cannot run or are
+    not exact (chunked_loss "on" on a base that post-processes its logits; liger without the
+    package or for an architecture it does not patch; liger and compile without CUDA).
     """
 
     base_model: str
@@ -73,6 +76,9 @@ class CheckSpec:
     gradient_checkpointing: bool = False
     metrics: list[str] = dataclasses.field(default_factory=list)
     slice_field: str | None = None
+    chunked_loss: str = "auto"
+    kernels: str = "none"
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,6 +104,12 @@ class TrainSpec:
         checkpoint directory.
     deterministic: PyTorch's deterministic mode while training (models.training.train.
         deterministic_algorithms); slower on CUDA, no effect on CPU results.
+    chunked_loss: "auto" | "on" | "off": the loss one chunk of logits at a time
+        (models.base_model.chunked_loss; models.training.loss decides).
+    kernels: "none" | "liger": Liger Kernel through the Trainer (models.training.kernels).
+    batch_tokens: batches sized by a token budget instead of batch_size rows
+        (models.data.token_batches).
+    compile: torch.compile the decoder (CUDA only).
     """
 
     base_model: str
@@ -121,6 +133,10 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     save_steps: int = 0
     deterministic: bool = False
+    chunked_loss: str = "auto"
+    kernels: str = "none"
+    batch_tokens: int | None = None
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,6 +159,7 @@ class EvalSpec:
     Examples over data.max_seq_len are always truncated here (data.too_long is for training).
     metrics: evaluation.metrics specs (built-in names or module:function) scored on the answers.
     slice_field: eval record field by which every figure is also reported per slice.
+    chunked_loss: training.chunked_loss, for the eval loss (auto: where it is exact).
     """
 
     data: DataSpec
@@ -153,6 +170,7 @@ class EvalSpec:
     device: str = "cpu"
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["exact_match"])
     slice_field: str | None = None
+    chunked_loss: str = "auto"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -46,7 +46,7 @@ CHANGED = {
     "training.weight_decay": 0.1,
     "training.lr_scheduler": "cosine",
     "training.logging_steps": 5,
-    "training.device": "cpu",
+    "training.device": "cuda",  # where training.kernels: liger and training.compile can run
     "training.dtype": "float32",
     "training.output_dir": "elsewhere/runs",
     "training.deployment": "train-adapter/train",
@@ -57,6 +57,10 @@ CHANGED = {
     "training.save_steps": 3,
     "training.checkpoint_store": "s3://bucket/checkpoints",
     "training.deterministic": True,
+    "training.chunked_loss": "off",
+    "training.kernels": "liger",
+    "training.batch_tokens": 512,
+    "training.compile": True,
     "evaluation.batch_size": 4,
     "evaluation.max_new_tokens": 5,
     "evaluation.max_examples": 9,
@@ -76,6 +80,9 @@ USED_BY = {
         "adapter.target_modules",
         "training.packing",
         "training.gradient_checkpointing",
+        "training.chunked_loss",
+        "training.kernels",
+        "training.compile",
         "evaluation.metrics",
         "evaluation.slice_field",
     },
@@ -90,6 +97,7 @@ USED_BY = {
         *DATA,
         *(key for key in CHANGED if key.startswith("evaluation.")),
         "training.device",  # evaluation runs where training did
+        "training.chunked_loss",  # and computes its loss the same way
     },
 }
 

@@ -11,6 +11,9 @@ all of them. Only labelled positions (label != -100 after the shift) reach the h
 the others is 0 in the model's own loss too, so assistant-only labels and packing cost no head
 compute for prompt and pad tokens.
 
+`auto` uses it where a full batch's logits are more than one chunk (`pays_off`); below that it
+would save nothing.
+
 The loss is the model's own (transformers' ForCausalLMLoss: fp32 cross-entropy, labels shifted
 by one, summed and divided by the label count or the Trainer's `num_items_in_batch`) only where
 the model's logits are exactly `head(decoder(...).last_hidden_state)`. Some architectures
@@ -96,6 +99,22 @@ def refusal(model: torch.nn.Module) -> str | None:
 def chunk_tokens(vocab_size: int) -> int:
     """Tokens per chunk: CHUNK_BYTES of fp32 logits."""
     return max(1, CHUNK_BYTES // (4 * vocab_size))
+
+
+def pays_off(model: torch.nn.Module, batch_tokens: int) -> bool:
+    """Whether a full batch's logits are more than one chunk: below that the chunked path holds
+    the same logits and only changes the order of the float sums (and so the adapter's bits:
+    `auto` keeps the plain path there, and runs recorded before this option reproduce
+    bit for bit)."""
+    return batch_tokens > chunk_tokens(_config_of(model).vocab_size)
+
+
+def wanted(setting: str, model: torch.nn.Module, batch_tokens: int) -> bool:
+    """training.chunked_loss decided for this model and batch size: on, off, or (auto) where it
+    pays off and is the model's own loss."""
+    if setting != "auto":
+        return setting == "on"
+    return pays_off(model, batch_tokens) and refusal(model) is None
 
 
 def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,9 +95,10 @@ class TrainingConfig(_Section):
         description="Compute the loss (training and evaluation) one chunk of tokens' logits at a "
         "time instead of holding batch x sequence x vocabulary logits and their gradient: same "
         "loss and gradients, far less memory with large vocabularies (docs/performance.md). "
-        "auto: on where it is the model's own loss (not for bases that post-process logits, "
-        "e.g. final_logit_softcapping, logit_scale, logits_scaling; not with num_processes > 1 "
-        "or kernels: liger); on: refused at the checks where it is not exact; off: never.",
+        "auto: on where a batch's logits exceed one 256 MiB chunk and it is the model's own loss "
+        "(not for bases that post-process logits, e.g. final_logit_softcapping, logit_scale, "
+        "logits_scaling; not with num_processes > 1 or kernels: liger); on: always, refused at "
+        "the checks where it is not exact; off: never.",
     )
     kernels: Literal["none", "liger"] = Field(
         "none",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models.base_model.chunked_loss import refusal, token_losses
+from models.base_model.chunked_loss import token_losses, wanted
 from models.base_model.loading import load_base, resolve_device
 from models.config.specs import EvalSpec
 from models.data.chat import prepare_tokenizer
@@ -95,7 +95,7 @@ def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
     features = tokenize(
         examples, tokenizer, data.max_seq_len, "truncate", train_on=data.train_on
     ).features
-    chunked = spec.chunked_loss == "on" or (spec.chunked_loss == "auto" and refusal(model) is None)
+    chunked = wanted(spec.chunked_loss, model, spec.batch_size * data.max_seq_len)
     losses = completion_losses(model, tokenizer, features, spec.batch_size, chunked)
     references = [e.completion.strip() for e in examples]
     predictions = None

@@ -5,20 +5,25 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from models.base_model.chunked_loss import causal_lm_loss, refusal
+from models.base_model.chunked_loss import causal_lm_loss, wanted
 
 
 def use_chunked_loss(
-    setting: str, model: torch.nn.Module, world_size: int = 1, kernels: str = "none"
+    setting: str,
+    model: torch.nn.Module,
+    batch_tokens: int,
+    world_size: int = 1,
+    kernels: str = "none",
 ) -> bool:
-    """auto: on where it is the model's own loss (models.base_model.chunked_loss.refusal finds
-    none) in a single process without Liger; on: always (the checks refused a base where it is
+    """auto: on where a full batch (batch_tokens) holds more than one chunk of logits and the
+    chunked loss is the model's own (models.base_model.chunked_loss.pays_off, refusal), in a
+    single process without Liger; on: always (the checks refused a base where it is
     not exact, the config refuses it with num_processes > 1 or kernels: liger); off: never.
     Data-parallel training keeps the model's own forward (DDP synchronises the gradients of what
     runs through its wrapper's forward), and Liger fuses the head and the loss itself."""
     if setting == "off" or world_size > 1 or kernels != "none":
         return False
-    return setting == "on" or refusal(model) is None
+    return wanted(setting, model, batch_tokens)
 
 
 class ChunkedLossTrainer(Trainer):

@@ -174,7 +174,8 @@ def train_adapter(
     args = _training_arguments(spec, Path(output_dir), checkpoints, device, torch_dtype, world_size)
     optimizers = _optimizers(method, model, spec)
     method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
-    chunked = use_chunked_loss(spec.chunked_loss, model, world_size, spec.kernels)
+    batch_tokens = spec.batch_tokens or spec.batch_size * spec.data.max_seq_len
+    chunked = use_chunked_loss(spec.chunked_loss, model, batch_tokens, world_size, spec.kernels)
     if spec.compile and device == "cuda":
         causal_lm_parts(model)[0].compile()  # the decoder; the loss path calls it either way
     trainer = (ChunkedLossTrainer if chunked else Trainer)(

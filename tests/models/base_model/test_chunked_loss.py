@@ -112,12 +112,16 @@ def test_a_base_that_softcaps_its_logits_is_named_and_auto_leaves_it_off():
     assert gemma2.config.final_logit_softcapping
     reason = refusal(gemma2)
     assert reason is not None and "final_logit_softcapping=" in reason
-    assert use_chunked_loss("auto", gemma2) is False
-    assert use_chunked_loss("auto", tiny("llama")) is True
-    assert use_chunked_loss("off", tiny("llama")) is False
+    big = chunked_loss.chunk_tokens(VOCAB) + 1  # a batch of more than one chunk
+    assert use_chunked_loss("auto", gemma2, big) is False
+    assert use_chunked_loss("auto", tiny("llama"), big) is True
+    assert use_chunked_loss("on", tiny("llama"), 1) is True
+    assert use_chunked_loss("off", tiny("llama"), big) is False
+    # Where one chunk holds a whole batch's logits, auto keeps the plain path (same memory).
+    assert use_chunked_loss("auto", tiny("llama"), big - 1) is False
     # Data-parallel training and Liger keep the model's own forward.
-    assert use_chunked_loss("auto", tiny("llama"), world_size=2) is False
-    assert use_chunked_loss("auto", tiny("llama"), kernels="liger") is False
+    assert use_chunked_loss("auto", tiny("llama"), big, world_size=2) is False
+    assert use_chunked_loss("auto", tiny("llama"), big, kernels="liger") is False
 
 
 @pytest.mark.parametrize(

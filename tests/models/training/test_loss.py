@@ -47,12 +47,18 @@ def test_training_with_the_chunked_loss_equals_the_plain_trainer(
 
 
 def test_auto_trains_chunked_where_exact_and_plain_where_the_base_softcaps(
-    arch_bases, tiny_data, tmp_path
+    arch_bases, tiny_data, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 64 * 4 * 800)  # batches > one chunk
     adapter = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj"], seed=1)
     llama = train(arch_bases["llama"], tiny_data, tmp_path / "l", spec=adapter, steps=1)
     gemma2 = train(arch_bases["gemma2"], tiny_data, tmp_path / "g", spec=adapter, steps=1)
     assert llama.chunked_loss is True and gemma2.chunked_loss is False
+    monkeypatch.undo()  # 256 MiB chunks: the tiny vocabulary's batch fits in one
+    assert (
+        train(arch_bases["llama"], tiny_data, tmp_path / "s", spec=adapter, steps=1).chunked_loss
+        is False
+    )
 
 
 def test_evaluation_loss_chunked_equals_plain(tiny_base, tiny_data, monkeypatch):

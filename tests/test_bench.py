@@ -138,3 +138,23 @@ def test_gpu_check_lever_rows_on_cpu(tmp_path):
         assert row.status == "ok" and row.tokens_per_second > 0
         assert row.note.endswith(f"{base_loss} vs {base_loss.split()[-1]}"), row.note
     assert rows["lever batch_tokens 2x"].status == "ok"
+
+
+def test_gpu_wheels_carry_what_a_worker_imports_and_the_machine_lacks():
+    from bench.gpu_wheels import ROOT, to_carry
+
+    carried = to_carry(ROOT / "requirements.lock", ROOT / "requirements-gpu.txt")
+    # The pipeline's orchestration, tracking client and data versioning, at the lock's pins.
+    for name in ("prefect", "mlflow-skinny", "sqlalchemy", "alembic", "dvc", "pydantic"):
+        assert name in carried, name
+    assert carried["liger-kernel"] == "0.8.5"  # the gpu extra
+    assert "transformers" in carried  # the machine's 5.17 is too old for loraflow
+    # Not the tracking server and web UI, the test tools, or what the machine has.
+    for name in ("mlflow", "psycopg2-binary", "pytest", "moto", "ruff", "torch", "numpy"):
+        assert name not in carried, name
+    lock = (ROOT / "requirements.lock").read_text()
+    assert all(
+        f"\n{name}=={version}\n" in f"\n{lock}"
+        for name, version in carried.items()
+        if name != "liger-kernel"
+    )

@@ -1,4 +1,4 @@
-"""Figure 11: `training.chunked_loss` off vs on with a 128k vocabulary: peak training memory,
+"""Figure 12: `training.chunked_loss` off vs on with a 128k vocabulary: peak training memory,
 speed and loss.
 
 A narrow Llama-shaped model (hidden 256, 2 layers, random weights) with Llama 3's vocabulary of
@@ -101,7 +101,7 @@ def _figure(off: dict, on: dict) -> Figure:
     params = off["total_params"] / 1e6
     logits = BATCH * SEQ_LEN * VOCAB * 4 / MiB
     return Figure(
-        number=11,
+        number=12,
         name=f"chunked loss on vs off, 128k vocabulary: peak training memory ({params:.0f}M model)",
         measured=(
             f"peak {peak:.2f}x ({on['peak_bytes'] / MiB:,.0f} vs {off['peak_bytes'] / MiB:,.0f} "

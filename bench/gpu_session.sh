@@ -28,13 +28,13 @@ timeout 330 python3 -m bench.gpu_check --json "$OUT/gpu_check.json" 2>&1 | tee "
 # The pipeline row: a scratch project, as tests/conftest.py's init_project builds one.
 P=/tmp/pipeline && rm -rf $P && mkdir -p $P && cp -r configs demo $P/ && cd $P || exit 1
 git init -q && git config user.email gpu@example.com && git config user.name gpu
-python3 -m flows.entry demo-assets 2>&1 | tail -3
+python3 -m flows.cli demo-assets 2>&1 | tail -3
 python3 -m dvc init -q && python3 -m dvc config core.analytics false
 python3 -m dvc remote add -d local .loraflow/dvc-remote
 printf '/data\n.loraflow/\nmlflow.db\nmlartifacts/\n' > .gitignore
 git add -A && git commit -q -m init
 sed -i 's/max_steps: 3000/max_steps: 300/' configs/demo_gpu.yaml
-timeout 200 python3 -m flows.entry run configs/demo_gpu.yaml 2>&1 | tee "$OUT/pipeline.log"
+timeout 200 python3 -m flows.cli run configs/demo_gpu.yaml 2>&1 | tee "$OUT/pipeline.log"
 python3 - <<'PY' 2>&1 | tee -a "$OUT/pipeline.log"
 import mlflow
 mlflow.set_tracking_uri("sqlite:///mlflow.db")

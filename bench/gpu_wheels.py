@@ -17,7 +17,7 @@ carried as `.whl/site.tar.xz` (xz compresses Python source about 1.6x better tha
 zip). On the machine:
 
     mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site
-    PYTHONPATH=/tmp/site:. python3 -m flows.entry run configs/demo_gpu.yaml
+    PYTHONPATH=/tmp/site:. python3 -m flows.cli run configs/demo_gpu.yaml
 """
 
 from __future__ import annotations

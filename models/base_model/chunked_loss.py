@@ -62,6 +62,16 @@ def _config_of(model: torch.nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def config_refusal(config) -> str | None:
+    """The post-processing attributes set in a model's (text) config, as a reason, or None."""
+    set_attrs = [
+        f"{name}={getattr(config, name)}" for name in POST_PROCESSING if getattr(config, name, None)
+    ]
+    if set_attrs:
+        return f"it post-processes its logits or loss ({', '.join(set_attrs)})"
+    return None
+
+
 def refusal(model: torch.nn.Module) -> str | None:
     """Why the chunked loss would not be the model's own loss on this model, or None when it is.
 
@@ -69,11 +79,9 @@ def refusal(model: torch.nn.Module) -> str | None:
     through decoder + head (eval mode, no grad) and compares the logits, which must be equal.
     """
     config = _config_of(model)
-    set_attrs = [
-        f"{name}={getattr(config, name)}" for name in POST_PROCESSING if getattr(config, name, None)
-    ]
-    if set_attrs:
-        return f"it post-processes its logits or loss ({', '.join(set_attrs)})"
+    reason = config_refusal(config)
+    if reason is not None:
+        return reason
     try:
         decoder, head = causal_lm_parts(model)
     except (AttributeError, NotImplementedError, ValueError) as e:

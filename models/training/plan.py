@@ -46,6 +46,7 @@ def activation_bytes(
     dtype_bytes: int,
     checkpointing: bool = False,
     adapter_bytes_per_token: int = 0,
+    logit_tokens: int | None = None,
 ) -> int:
     """Activations kept for the backward pass of a decoder-only transformer, per step.
 
@@ -56,7 +57,8 @@ def activation_bytes(
     adapters sit inside them; what the adapters themselves keep, where the methods differ, is
     adapter_bytes_per_token (all layers; AdapterMethod.saved_bytes_per_token). With gradient
     checkpointing every layer keeps only its input, and one layer at a time holds its full
-    activations while it is recomputed.
+    activations while it is recomputed. logit_tokens: the tokens whose logits are alive at
+    once (one chunk with training.chunked_loss; default all of them).
     """
     hidden = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * hidden)
@@ -64,11 +66,26 @@ def activation_bytes(
     layers = config.num_hidden_layers
     tokens = batch_size * seq_len
     per_layer = tokens * (10 * hidden + 3 * inter + heads * seq_len) * dtype_bytes
-    logits = tokens * config.vocab_size * 4 * 2
+    logits = (tokens if logit_tokens is None else min(tokens, logit_tokens)) * config.vocab_size * 8
     adapters = tokens * adapter_bytes_per_token
     if checkpointing:
         return layers * tokens * hidden * dtype_bytes + per_layer + adapters // layers + logits
     return layers * per_layer + adapters + logits
+
+
+def _chunk_of_logits(spec: TrainSpec, config, tokens: int) -> int | None:
+    """Tokens per chunk where training will take the chunked loss, else None (all logits).
+    On the meta device the plan reads the config only; training also runs the model
+    (models.base_model.chunked_loss.refusal)."""
+    from models.base_model.chunked_loss import chunk_tokens, config_refusal
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    step = chunk_tokens(text.vocab_size)
+    if spec.chunked_loss == "off" or spec.num_processes > 1 or spec.kernels != "none":
+        return None
+    if spec.chunked_loss == "on" or (tokens > step and config_refusal(text) is None):
+        return step
+    return None
 
 
 def plan_run(spec: TrainSpec) -> Plan:
@@ -114,6 +131,7 @@ def plan_run(spec: TrainSpec) -> Plan:
         width,
         spec.gradient_checkpointing,
         saved_per_token(model, spec.adapter, width),
+        logit_tokens=_chunk_of_logits(spec, config, batch_size * seq_len),
     )
     export_peak = export_peak_bytes(
         largest_base_file(spec.base_model, fallback=base_bytes),

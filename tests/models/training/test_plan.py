@@ -168,3 +168,28 @@ def test_adapter_activations_match_what_autograd_saves(tiny_base):
     for got in (planned, measured):
         mask_bits = got["lora_fa", 0.1] - got["lora_fa", 0.0]
         assert mask_bits == tokens * config.num_hidden_layers * (6 * hidden + inter) // 8
+
+
+def test_the_plan_counts_one_chunk_of_logits_where_training_chunks_the_loss(
+    arch_bases, tiny_data, monkeypatch
+):
+    import dataclasses
+
+    from models.base_model import chunked_loss
+    from tests.models.training.test_train import tiny_spec
+
+    vocab = json.loads((arch_bases["llama"] / "config.json").read_text())["vocab_size"]
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 16 * 4 * vocab)  # 16 tokens per chunk
+    spec = tiny_spec(arch_bases["llama"], tiny_data)  # batch 8 x 64 tokens
+    tokens = 8 * 64
+
+    def estimate(base: str = "llama", **fields) -> int:
+        plan = plan_run(dataclasses.replace(spec, base_model=str(arch_bases[base]), **fields))
+        return plan.est_peak_memory_bytes
+
+    plain = estimate(chunked_loss="off")
+    assert plain - estimate(chunked_loss="auto") == (tokens - 16) * vocab * 8
+    assert estimate(chunked_loss="on") == estimate(chunked_loss="auto")
+    assert estimate(chunked_loss="auto", num_processes=2) == plain  # DDP: the plain path
+    # Gemma 2 softcaps its logits: auto keeps every logit there.
+    assert estimate("gemma2", chunked_loss="auto") == estimate("gemma2", chunked_loss="off")

@@ -161,3 +161,20 @@ def test_chunked_loss_on_is_refused_at_the_checks_in_one_line(arch_bases):
     assert "Gemma2ForCausalLM" in message and "final_logit_softcapping=30.0" in message
     assert message.endswith("set training.chunked_loss: auto or off")
     check_chunked_loss(str(arch_bases["llama"]))  # exact there: no error
+
+
+def test_with_gradient_checkpointing_the_loss_and_gradients_stay_the_models_own(monkeypatch):
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 7 * 4 * VOCAB)
+    model = adapted(tiny("llama"))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    inputs = batch(packing=False)
+    own = model(**inputs).loss
+    own.backward()
+    expected = grads(model)
+    loss = causal_lm_loss(model, inputs)
+    loss.backward()
+    got = grads(model)
+    assert abs(loss.item() - own.item()) <= REL * abs(own.item())
+    for n, g in expected.items():
+        assert (got[n] - g).abs().max() <= REL * g.abs().max(), n

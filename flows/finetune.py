@@ -11,9 +11,12 @@ from pydantic import Field
 from flows.export import export_model
 from flows.summary import RunSummary, run_name, skipped_summary
 from models.base_model.paths import canonical_base
+from models.config.file import run_config
 from models.config.run import LoraflowConfig, RegistryConfig
+from models.errors import LoraflowError
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
+from tasks.data_source import fetch_source
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
@@ -21,7 +24,7 @@ from tasks.lineage import collect_lineage, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.promotion import promote
 from tasks.registry import fetch_champion, register_adapter, unchanged_champion
-from tasks.runtime import adapter_kept, config_parameter
+from tasks.runtime import adapter_kept, config_of, config_parameter
 from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
@@ -51,11 +54,17 @@ def _fail_open_run(flow, run, state) -> None:
     if run_id:
         fail_run(run_id)
     if not state.is_cancelled():
-        announce_failure(_model_name(run.parameters.get("config")), run_id, state)
+        announce_failure(_model_name(run.parameters), run_id, state)
 
 
-def _model_name(config) -> str:
+def _model_name(parameters: dict) -> str:
     """registry.model_name of a run's config parameter, as given (it may be what was invalid)."""
+    config = parameters.get("config")
+    if config is None and parameters.get("config_file"):
+        try:
+            config = config_of(parameters)
+        except LoraflowError:
+            config = None  # the config file itself is what failed
     if isinstance(config, LoraflowConfig):
         return config.registry.model_name
     registry = config.get("registry") if isinstance(config, dict) else None
@@ -72,16 +81,27 @@ def _model_name(config) -> str:
     on_cancellation=[_fail_open_run],
 )
 def finetune(
-    config: LoraflowConfig,
+    config: LoraflowConfig | None = None,
     skip_if_unchanged: bool = Field(
         False,
         description="Train nothing when data md5, config sha256 and base model sha256 all equal "
         "the champion's (scheduled retraining)",
     ),
+    config_file: str | None = Field(
+        None,
+        description="Instead of config: a run config in the repository (e.g. configs/demo.yaml), "
+        "read where the run runs",
+    ),
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="dotted.key=value changes to the config (as `loraflow run --set`), e.g. "
+        "data.source=s3://bucket/prefix",
+    ),
 ) -> RunSummary:
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
+      0. fetch data (data.source only): data.path becomes an exact copy of the source
       1. check inputs and services: data splits valid, base model safe to load, target
          modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
@@ -97,8 +117,15 @@ def finetune(
     With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
     """
     logger = get_run_logger()
+    config = run_config(config, config_file, overrides)
     registry = config.registry
     base_model = canonical_base(config.base_model)
+
+    # Data from where it lands (data.source): data.path becomes an exact copy first, so the
+    # checks read, and stage 2 versions and pushes, exactly the bytes whose ETags are recorded.
+    source = None
+    if config.data.source:
+        source = fetch_source(source=config.data.source, data_dir=config.data.path)
 
     # The checks see the base model as the config names it: their messages quote it.
     splits = check_inputs(config.check_spec(config.base_model))
@@ -113,6 +140,8 @@ def finetune(
     _rename_flow_run(flow_run_name)
 
     tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
+    if source is not None:
+        tags.update(source.tags())  # the source and each object read, beside data_md5
     if skip_if_unchanged:
         same = unchanged_champion(model_name=registry.model_name, tags=tags)
         if same is not None:

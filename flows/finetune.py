@@ -92,8 +92,8 @@ def finetune(
         description="Instead of config: a run config in the repository (e.g. configs/demo.yaml), "
         "read where the run runs",
     ),
-    overrides: list[str] = Field(
-        default_factory=list,
+    overrides: tuple[str, ...] = Field(
+        (),
         description="dotted.key=value changes to the config (as `loraflow run --set`), e.g. "
         "data.source=s3://bucket/prefix",
     ),
@@ -117,7 +117,7 @@ def finetune(
     With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
     """
     logger = get_run_logger()
-    config = run_config(config, config_file, overrides)
+    config = run_config(config, config_file, list(overrides))
     registry = config.registry
     base_model = canonical_base(config.base_model)
 

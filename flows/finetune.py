@@ -16,7 +16,7 @@ from models.config.run import LoraflowConfig, RegistryConfig
 from models.errors import LoraflowError
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
-from tasks.data_source import fetch_source
+from tasks.data_source import fetch_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
@@ -123,9 +123,9 @@ def finetune(
 
     # Data from where it lands (data.source): data.path becomes an exact copy first, so the
     # checks read, and stage 2 versions and pushes, exactly the bytes whose ETags are recorded.
-    source = None
-    if config.data.source:
-        source = fetch_source(source=config.data.source, data_dir=config.data.path)
+    source = fetch_data(
+        source=config.data.source, data_dir=config.data.path, remote=config.data.dvc_remote
+    )
 
     # The checks see the base model as the config names it: their messages quote it.
     splits = check_inputs(config.check_spec(config.base_model))

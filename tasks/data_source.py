@@ -210,10 +210,17 @@ def read_source(source: str, data_dir: str) -> SourceRead:
     return read
 
 
-@task(name="fetch-data-source", **IO_RETRIES)
-def fetch_source(*, source: str, data_dir: str) -> SourceRead:
-    """data.source copied into data.path (files not in the source removed), before the checks
-    read it and DVC versions it; returns what was read (names, ETags / version ids)."""
+@task(name="fetch-data", **IO_RETRIES)
+def fetch_data(
+    *, source: str | None, data_dir: str, remote: str | None = None
+) -> SourceRead | None:
+    """The data a run reads, in data.path before the checks read it and DVC versions it:
+    data.source copied there (files not in the source removed; returns what was read: names,
+    ETags / version ids); without a source, a data.path missing from this directory (a fresh
+    clone) is pulled from the DVC remote at the version its .dvc file records; else as it is."""
+    if not source:
+        pull_missing(data_dir, remote)
+        return None
     read = read_source(source, data_dir)
     total = sum(o.size for o in read.objects)
     logger().info(
@@ -221,8 +228,24 @@ def fetch_source(*, source: str, data_dir: str) -> SourceRead:
         source,
         len(read.objects),
         total,
-        data_dir,
+        Path(data_dir).resolve(),
         ", ".join(o.describe() for o in read.objects[:5])
         + (", ..." if len(read.objects) > 5 else ""),
     )
     return read
+
+
+def pull_missing(data_dir: str, remote: str | None) -> None:
+    """`dvc pull` data.path at the version its committed .dvc file records, when it is missing
+    here (a run in a fresh clone); nothing when it exists or nothing records it."""
+    from tasks.data import dvc_file_of, find_dvc_repo, run_dvc
+
+    data = Path(data_dir).resolve()
+    dvc_file = dvc_file_of(data)
+    if data.exists() or not dvc_file.is_file():
+        return
+    repo = find_dvc_repo(data.parent)
+    run_dvc(
+        repo, "pull", dvc_file.relative_to(repo).as_posix(), *(["-r", remote] if remote else [])
+    )
+    logger().info("%s missing here: pulled from the DVC remote (%s)", data, dvc_file.name)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 
 import boto3
 import pytest
 
-from tasks.data_source import DataSourceError, SourceObject, SourceRead, fetch_source
+from tasks.data_source import DataSourceError, SourceObject, SourceRead, fetch_data
 from tests.conftest import free_port
 
 
@@ -36,7 +37,7 @@ def test_an_s3_prefix_becomes_an_exact_copy_with_each_etag_recorded(bucket, tmp_
     data.mkdir()
     (data / "stale.jsonl").write_text("from an earlier run\n")
 
-    read = fetch_source.fn(source=f"s3://{name}/demo", data_dir=str(data))
+    read = fetch_data.fn(source=f"s3://{name}/demo", data_dir=str(data))
 
     files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())
     assert files == ["eval.jsonl", "more/extra.jsonl", "train.jsonl"]
@@ -59,7 +60,7 @@ def test_a_versioned_bucket_records_the_version_read(bucket, tmp_path):
     s3.put_object(Bucket=name, Key="train.jsonl", Body=b"old\n")
     latest = s3.put_object(Bucket=name, Key="train.jsonl", Body=b"new\n")["VersionId"]
 
-    read = fetch_source.fn(source=f"s3://{name}", data_dir=str(tmp_path / "data"))
+    read = fetch_data.fn(source=f"s3://{name}", data_dir=str(tmp_path / "data"))
 
     [obj] = read.objects
     assert (obj.name, obj.etag, obj.version_id) == ("train.jsonl", md5(b"new\n"), latest)
@@ -70,9 +71,9 @@ def test_a_versioned_bucket_records_the_version_read(bucket, tmp_path):
 def test_a_rewritten_object_changes_what_is_recorded(bucket, tmp_path):
     s3, name = bucket
     s3.put_object(Bucket=name, Key="p/train.jsonl", Body=b"one\n")
-    first = fetch_source.fn(source=f"s3://{name}/p", data_dir=str(tmp_path / "data"))
+    first = fetch_data.fn(source=f"s3://{name}/p", data_dir=str(tmp_path / "data"))
     s3.put_object(Bucket=name, Key="p/train.jsonl", Body=b"two\n")
-    second = fetch_source.fn(source=f"s3://{name}/p", data_dir=str(tmp_path / "data"))
+    second = fetch_data.fn(source=f"s3://{name}/p", data_dir=str(tmp_path / "data"))
     assert first.objects[0].etag != second.objects[0].etag
     assert first.tags()["data_source.sha256"] != second.tags()["data_source.sha256"]
     assert (tmp_path / "data" / "train.jsonl").read_bytes() == b"two\n"
@@ -84,7 +85,7 @@ def test_an_empty_prefix_fails_in_one_line_and_keeps_the_data(bucket, tmp_path):
     data.mkdir()
     (data / "train.jsonl").write_text("kept\n")
     with pytest.raises(DataSourceError) as error:
-        fetch_source.fn(source=f"s3://{name}/nothing-here", data_dir=str(data))
+        fetch_data.fn(source=f"s3://{name}/nothing-here", data_dir=str(data))
     assert str(error.value) == (
         f"data.source s3://{name}/nothing-here: empty (no objects under the prefix)"
     )
@@ -96,7 +97,7 @@ def test_a_missing_bucket_and_an_unreachable_endpoint_fail_in_one_line(
     s3_env, tmp_path, monkeypatch
 ):
     with pytest.raises(DataSourceError) as error:
-        fetch_source.fn(source="s3://no-such-bucket-here/p", data_dir=str(tmp_path / "d"))
+        fetch_data.fn(source="s3://no-such-bucket-here/p", data_dir=str(tmp_path / "d"))
     assert str(error.value) == (
         f"data.source s3://no-such-bucket-here/p: bucket does not exist at {s3_env}"
     )
@@ -104,7 +105,7 @@ def test_a_missing_bucket_and_an_unreachable_endpoint_fail_in_one_line(
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(DataSourceError) as error:
-        fetch_source.fn(source="s3://b/p", data_dir=str(tmp_path / "d"))
+        fetch_data.fn(source="s3://b/p", data_dir=str(tmp_path / "d"))
     assert str(error.value) == f"data.source s3://b/p: cannot reach the S3 endpoint at {closed}"
     assert "\n" not in str(error.value) and not error.value.retryable
 
@@ -116,7 +117,7 @@ def test_a_directory_source_is_copied_with_each_files_md5(tmp_path):
     (source / "sub" / "eval.jsonl").write_bytes(b"e\n")
     data = tmp_path / "project" / "data"
 
-    read = fetch_source.fn(source=source.as_uri(), data_dir=str(data))
+    read = fetch_data.fn(source=source.as_uri(), data_dir=str(data))
 
     assert (data / "sub" / "eval.jsonl").read_bytes() == b"e\n"
     assert [(o.name, o.etag, o.size) for o in read.objects] == [
@@ -124,10 +125,10 @@ def test_a_directory_source_is_copied_with_each_files_md5(tmp_path):
         ("train.jsonl", md5(b"t\n"), 2),
     ]
     with pytest.raises(DataSourceError, match=r"^data.source .*/nowhere: no such directory$"):
-        fetch_source.fn(source=str(tmp_path / "nowhere"), data_dir=str(data))
+        fetch_data.fn(source=str(tmp_path / "nowhere"), data_dir=str(data))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataSourceError, match=r"^data.source .*/empty: empty \(no files"):
-        fetch_source.fn(source=str(tmp_path / "empty"), data_dir=str(data))
+        fetch_data.fn(source=str(tmp_path / "empty"), data_dir=str(data))
     assert (data / "train.jsonl").is_file()  # a failed read leaves the last copy in place
 
 
@@ -137,3 +138,23 @@ def test_a_long_listing_is_cut_in_the_tag_and_counted():
     assert len(tags["data_source.objects"]) < 4100
     assert tags["data_source.objects"].endswith("(500 objects in all, see data_source.sha256)")
     assert tags["data_source.count"] == "500" and len(tags["data_source.sha256"]) == 64
+
+
+def test_without_a_source_a_missing_data_dir_is_pulled_at_its_recorded_version(project):
+    """A run in a fresh clone (data.dvc committed, data/ not): the data comes from the DVC
+    remote at the md5 data.dvc records; an existing data/ is left as it is."""
+    from tasks.data import push_data, version_data
+
+    dataset = version_data.fn(data_dir="data")
+    push_data.fn(dataset=dataset)
+    train = (project / "data" / "train.jsonl").read_bytes()
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache")  # a clone has no cache either
+
+    assert fetch_data.fn(source=None, data_dir="data") is None
+    assert (project / "data" / "train.jsonl").read_bytes() == train
+    assert version_data.fn(data_dir="data").md5 == dataset.md5
+
+    (project / "data" / "train.jsonl").write_text("edited here\n")
+    fetch_data.fn(source=None, data_dir="data")
+    assert (project / "data" / "train.jsonl").read_text() == "edited here\n"

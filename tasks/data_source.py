@@ -5,9 +5,10 @@ data of its own: each run makes `data.path` an exact copy of `data.source` (file
 removed here) and the version-data stage then versions and pushes it with DVC as for any data.
 What was read is recorded per object, so a run's lineage says which bytes it trained on:
 
-  - s3://bucket/prefix: every object under the prefix, its ETag and (in a versioned bucket) its
-    version id, read with If-Match / VersionId so the bytes are the ones listed; a single-part
-    object's bytes are checked against its ETag (their md5);
+  - s3://bucket/prefix: every object under the prefix, its ETag and (in a versioned bucket) the
+    version id of the bytes read, read with If-Match so they are the ones listed; a single-part
+    object's bytes are checked against its ETag (their md5). Needs s3:ListBucket and
+    s3:GetObject only;
   - a directory (a path or file:// URL, e.g. a shared mount): every file and its md5.
 
 The copy, not `dvc import-url`: `dvc add` of the copy gives the same data md5 as the same files
@@ -50,7 +51,7 @@ class SourceObject:
 
     name: str
     size: int
-    etag: str  # S3 ETag; for a directory source, the file's md5
+    etag: str  # S3 ETag (unquoted); for a directory source, the file's md5
     version_id: str = ""
 
     def describe(self) -> str:
@@ -131,36 +132,23 @@ def copy_directory(source: str, dest: Path) -> SourceRead:
 
 
 def _list_s3(s3, bucket: str, prefix: str, source: str) -> list[SourceObject]:
-    """Every object under the prefix (version ids where the bucket keeps them)."""
+    """Every object under the prefix, by name (ListBucket is the only permission it needs)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from tasks.lib.s3 import describe
 
     base = f"{prefix}/" if prefix else ""
-    objects = []
     try:
-        versioned = s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
-        if versioned:
-            pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=base)
-            rows = [v for page in pages for v in page.get("Versions", []) if v["IsLatest"]]
-        else:
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
-            rows = [o for page in pages for o in page.get("Contents", [])]
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+        rows = [o for page in pages for o in page.get("Contents", [])]
     except (ClientError, BotoCoreError) as e:
         error = describe(e, f"data.source {source}", s3.meta.endpoint_url)
         raise _final(str(error)) from None
-    for row in rows:
-        name = row["Key"][len(base) :]
-        if not name or name.endswith("/"):  # "folder" markers hold no data
-            continue
-        objects.append(
-            SourceObject(
-                name=name,
-                size=int(row["Size"]),
-                etag=row["ETag"].strip('"'),
-                version_id=row.get("VersionId", "") if versioned else "",
-            )
-        )
+    objects = [
+        SourceObject(name=row["Key"][len(base) :], size=int(row["Size"]), etag=row["ETag"])
+        for row in rows
+        if row["Key"] != base and not row["Key"].endswith("/")  # "folder" markers: no data
+    ]
     return sorted(objects, key=lambda o: o.name)
 
 
@@ -172,20 +160,23 @@ def copy_s3_prefix(source: str, dest: Path) -> SourceRead:
 
     location = s3lib.parse_s3_uri(source)
     s3 = s3lib.client()
-    objects = _list_s3(s3, location.bucket, location.prefix, source)
-    if not objects:
+    listed = _list_s3(s3, location.bucket, location.prefix, source)
+    if not listed:
         raise _final(f"data.source {source}: empty (no objects under the prefix)")
     incoming = _staging(dest)
-    for obj in objects:
+    objects = []
+    for obj in listed:
         target = incoming / obj.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        # The bytes listed, not whatever the key holds a moment later.
-        pin = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": f'"{obj.etag}"'}
         where = f"data.source {location.uri(obj.name)}"
         try:
-            body = s3.get_object(Bucket=location.bucket, Key=location.key(obj.name), **pin)["Body"]
+            # If-Match: the bytes listed, not whatever the key holds a moment later; a versioned
+            # bucket says which version they are.
+            got = s3.get_object(
+                Bucket=location.bucket, Key=location.key(obj.name), IfMatch=obj.etag
+            )
             with target.open("wb") as out:
-                shutil.copyfileobj(body, out, 1 << 20)
+                shutil.copyfileobj(got["Body"], out, 1 << 20)
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "412"):
@@ -193,8 +184,11 @@ def copy_s3_prefix(source: str, dest: Path) -> SourceRead:
             raise s3lib.describe(e, where, s3.meta.endpoint_url) from None
         except BotoCoreError as e:
             raise s3lib.describe(e, where, s3.meta.endpoint_url) from None
-        if "-" not in obj.etag and file_digest(target, "md5") != obj.etag:
-            raise DataSourceError(f"{where}: bytes read do not match its ETag {obj.etag}")
+        etag = obj.etag.strip('"')
+        if "-" not in etag and file_digest(target, "md5") != etag:
+            raise DataSourceError(f"{where}: bytes read do not match its ETag {etag}")
+        version = got.get("VersionId") or ""
+        objects.append(SourceObject(obj.name, obj.size, etag, "" if version == "null" else version))
     _replace_dir(incoming, dest)
     return SourceRead(source=source, objects=tuple(objects))
 

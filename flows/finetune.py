@@ -89,12 +89,12 @@ def finetune(
     ),
     config_file: str | None = Field(
         None,
-        description="Instead of config: a run config in the repository (e.g. configs/demo.yaml), "
+        description="Without config: a run config in the repository (e.g. configs/demo.yaml), "
         "read where the run runs",
     ),
     overrides: tuple[str, ...] = Field(
         (),
-        description="dotted.key=value changes to the config (as `loraflow run --set`), e.g. "
+        description="dotted.key=value changes to config_file (as `loraflow run --set`), e.g. "
         "data.source=s3://bucket/prefix",
     ),
 ) -> RunSummary:
@@ -117,6 +117,8 @@ def finetune(
     With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
     """
     logger = get_run_logger()
+    if config is not None and config_file:
+        logger.info("config given: config_file %s and its overrides not used", config_file)
     config = run_config(config, config_file, list(overrides))
     registry = config.registry
     base_model = canonical_base(config.base_model)

@@ -56,21 +56,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Loraflo
 def run_config(
     config: LoraflowConfig | None, config_file: str | None, overrides: list[str] | None = None
 ) -> LoraflowConfig:
-    """A flow's run config from its parameters: `config` as given, or `config_file` (a config in
-    the repository, e.g. configs/demo.yaml, read where the run runs), with `overrides`
-    (`dotted.key=value`, as `--set`) applied to either."""
-    if config_file:
-        if config is not None:
-            raise ConfigError("give either config or config_file, not both")
-        path = Path(config_file)
-        if path.is_absolute() or ".." in path.parts:
-            raise ConfigError(
-                f"config_file: must be a path in the repository, e.g. configs/demo.yaml "
-                f"(got {config_file!r})"
-            )
-        return load_config(path, overrides)
-    if config is None:
-        raise ConfigError("no config: give config, or config_file (e.g. configs/demo.yaml)")
-    if not overrides:
+    """A flow's run config from its parameters: `config` when given (a whole config, e.g. a
+    custom run's; config_file and overrides, a deployment's defaults, then do not apply), else
+    `config_file` (a config in the repository, e.g. configs/demo.yaml, read where the run runs)
+    with `overrides` (`dotted.key=value`, as `--set`)."""
+    if config is not None:
         return config
-    return config_from_dict(apply_overrides(config.model_dump(mode="json"), overrides))
+    if not config_file:
+        raise ConfigError("no config: give config, or config_file (e.g. configs/demo.yaml)")
+    path = Path(config_file)
+    if path.is_absolute() or ".." in path.parts:
+        raise ConfigError(
+            f"config_file: must be a path in the repository, e.g. configs/demo.yaml "
+            f"(got {config_file!r})"
+        )
+    return load_config(path, overrides)

@@ -115,6 +115,8 @@ def copy_directory(source: str, dest: Path) -> SourceRead:
     root = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source)
     if not root.is_dir():
         raise _final(f"data.source {source}: no such directory")
+    if root.resolve() in (dest, *dest.parents) or dest in root.resolve().parents:
+        raise _final(f"data.source {source}: must not contain, or lie inside, data.path ({dest})")
     files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
         raise _final(f"data.source {source}: empty (no files to train on)")

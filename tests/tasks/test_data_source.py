@@ -130,6 +130,9 @@ def test_a_directory_source_is_copied_with_each_files_md5(tmp_path):
     with pytest.raises(DataSourceError, match=r"^data.source .*/empty: empty \(no files"):
         fetch_data.fn(source=str(tmp_path / "empty"), data_dir=str(data))
     assert (data / "train.jsonl").is_file()  # a failed read leaves the last copy in place
+    for inside in (tmp_path / "project", data / "sub"):
+        with pytest.raises(DataSourceError, match=r"must not contain, or lie inside, data.path"):
+            fetch_data.fn(source=str(inside), data_dir=str(data))
 
 
 def test_a_long_listing_is_cut_in_the_tag_and_counted():

@@ -101,7 +101,8 @@ def finetune(
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
-      0. fetch data (data.source only): data.path becomes an exact copy of the source
+      0. fetch data: data.path becomes an exact copy of data.source; without a source, a
+         data.path missing here (a fresh clone) is pulled from the DVC remote
       1. check inputs and services: data splits valid, base model safe to load, target
          modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
@@ -123,8 +124,8 @@ def finetune(
     registry = config.registry
     base_model = canonical_base(config.base_model)
 
-    # Data from where it lands (data.source): data.path becomes an exact copy first, so the
-    # checks read, and stage 2 versions and pushes, exactly the bytes whose ETags are recorded.
+    # Data from where it lands (data.source) or the DVC remote, before the checks read it: they,
+    # and stage 2's version and push, see exactly the bytes whose ETags are recorded.
     source = fetch_data(
         source=config.data.source, data_dir=config.data.path, remote=config.data.dvc_remote
     )

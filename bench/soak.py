@@ -63,7 +63,7 @@ def build_project(root: Path, n: int) -> tuple[Path, Path]:
     run([*dvc, "config", "core.analytics", "false"], project)
     run([*dvc, "remote", "add", "-d", "local", str(root / "dvc-remote")], project)
     # Each run copies its source into its own data-<i>/ (runs share this checkout) and versions it.
-    (project / ".gitignore").write_text(".loraflow/\n/data-*\n")
+    (project / ".gitignore").write_text(".loraflow/\n/data-*/\n")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "soak"], project)
     return project, base

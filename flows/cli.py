@@ -113,9 +113,9 @@ def cmd_plan(args) -> int:
 def cmd_demo_assets(args) -> int:
     from demo import build_demo_data
     from demo.chat import build_demo_chat_data
+    from tasks.data import cache_version
 
-    # Two directories, two DVC versions (data.dvc, data-chat.dvc): building the chat data
-    # leaves `make run`'s data version untouched.
+    # Two directories, two DVC versions (data.dvc, data-chat.dvc), each cached when built.
     for label, build, data_dir in (
         ("demo data", build_demo_data, Path(args.data_dir)),
         ("demo chat data", build_demo_chat_data, Path(args.chat_dir)),
@@ -123,6 +123,7 @@ def cmd_demo_assets(args) -> int:
         if args.force or not (data_dir / "train.jsonl").is_file():
             counts = build(data_dir)
             print(f"{label}: {counts} examples in {data_dir}")
+            cache_version(data_dir)
         else:
             print(f"{label}: {data_dir} exists, kept")
     if args.model_dir is None:

@@ -35,9 +35,9 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The longest module (a whole team stack) goes first, so that with two workers it runs beside
+# The longest modules (whole team stacks) go first, so that with two workers they run beside
 # the rest instead of after it.
-_FIRST = ("tests/flows/test_team.py",)
+_FIRST = ("tests/flows/test_team.py", "tests/flows/test_nightly.py")
 
 
 def pytest_collection_modifyitems(config, items):

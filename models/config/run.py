@@ -231,7 +231,7 @@ class LoraflowConfig(_Section):
         return str(Path(self.training.output_dir) / run_id / "adapter")
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(**self.data.model_dump(exclude={"dvc_remote"}))
+        return DataSpec(**self.data.model_dump(exclude={"dvc_remote", "source"}))
 
     def check_spec(self, base_model: str) -> CheckSpec:
         """For the input checks; `base_model` as resolved (base_model.paths.canonical_base)."""

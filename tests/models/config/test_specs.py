@@ -30,6 +30,7 @@ CHANGED = {
     "data.chat_template": "chatml",
     "data.train_on": "last",
     "data.dvc_remote": "backup",
+    "data.source": "s3://incoming/chat",
     "adapter.method": "dora",
     "adapter.r": 3,
     "adapter.alpha": 5.0,
@@ -70,7 +71,13 @@ CHANGED = {
 SECTIONS = ("data", "adapter", "training", "evaluation")
 DATA = {f"data.{name}" for name in DataSpec.__dataclass_fields__}
 # Where a run's results go, or which machine trains: run-only arguments, in no spec.
-RUN_ONLY = {"base_model", "data.dvc_remote", "training.output_dir", "training.deployment"}
+RUN_ONLY = {
+    "base_model",
+    "data.dvc_remote",
+    "data.source",
+    "training.output_dir",
+    "training.deployment",
+}
 RUN_ONLY |= {"training.checkpoint_store"}
 USED_BY = {
     "check": {

@@ -89,6 +89,10 @@ class TrainSpec:
     The defaults serve calls without a config (tests, benchmarks); a config sets every field.
     num_processes > 1: data-parallel under torchrun (models.training.distributed); batch_size is per
         process.
+    sharding: none (DDP, every process holds the whole model) or fsdp (FSDP2, parameters,
+        gradients and optimizer state sharded across processes; models.training.sharding).
+    num_nodes, rendezvous: machines of one run, each starting num_processes processes, and the
+        host:port where their launchers meet (torchrun's c10d rendezvous).
     packing: each batch is packed padding-free into rows of <= data.max_seq_len tokens
         (models.data.packing) instead of padded rows.
     cpu_threads: torch threads while training on CPU (None: torch's default, one per core).
@@ -116,6 +120,9 @@ class TrainSpec:
     dtype: str = "auto"
     trust_remote_code: bool = False
     num_processes: int = 1
+    sharding: str = "none"
+    num_nodes: int = 1
+    rendezvous: str = ""
     packing: bool = False
     cpu_threads: int | None = None
     gradient_checkpointing: bool = False

@@ -22,11 +22,25 @@ from models.errors import LoraflowError
 from models.evaluation.metrics import direction
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.registry.promotion import Gate, Guard
+from models.training.sharding import shard_refusal
 
 # MLflow registered-model names: keep to a portable subset (no path separators, no `..`).
+_ENDPOINT = re.compile(r"^[A-Za-z0-9_.\[\]:-]+:[0-9]{1,5}$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Literal fields whose bad value reads best as "unknown <noun>"; the others say "unknown value".
 _NOUNS = {"method": "method"}
+
+
+def check_parallel(training: TrainingConfig, method: str) -> None:
+    """Sharding and nodes that this method and process count can run (one-line errors)."""
+    refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
+    if refusal:
+        raise ValueError(refusal)
+    if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
+        raise ValueError(
+            f"training.rendezvous must be host:port when num_nodes > 1 (got "
+            f"{training.rendezvous!r}): where the nodes' launchers meet"
+        )
 
 
 def check_model_name(name: str) -> str:
@@ -132,6 +146,26 @@ class TrainingConfig(_Section):
         "GPU with NCCL, gloo on CPU); batch_size stays per process, so the global batch is "
         "num_processes x batch_size x grad_accum_steps. Rank 0 logs and saves; the pipeline "
         "registers once.",
+    )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="none: every process holds the whole base (DDP). fsdp: the frozen base is "
+        "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
+        "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
+        "process; the adapter stays whole on every process. One process in all trains "
+        "unsharded. Not for delta_lora, dora or qlora (the config check says why).",
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="Machines training together, each running num_processes processes and "
+        "the same train task (torchrun c10d rendezvous at `rendezvous`); the global rank 0 "
+        "logs, saves and publishes the adapter.",
+    )
+    rendezvous: str = Field(
+        "",
+        description="host:port where the nodes' launchers meet when num_nodes > 1 (any node "
+        "the others reach, e.g. the first pod's DNS name); empty with num_nodes 1.",
     )
     packing: bool = Field(
         False,
@@ -274,6 +308,11 @@ class LoraflowConfig(_Section):
     def _export_target(self) -> LoraflowConfig:
         if self.export.enabled and not (self.export.to or "").startswith("s3://"):
             raise ValueError("export.to must be an s3:// URI when export.enabled is true")
+        return self
+
+    @model_validator(mode="after")
+    def _sharding(self) -> LoraflowConfig:
+        check_parallel(self.training, self.adapter.method)
         return self
 
     @model_validator(mode="after")

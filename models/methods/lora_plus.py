@@ -26,6 +26,4 @@ METHOD = AdapterMethod(
     build=build_lora,
     check=check,
     param_groups=param_groups,
-    cannot_shard="lora_plus trains with its own optimizer (B at ratio x the learning rate), and "
-    "the Trainer takes no optimizer of the caller's under FSDP",
 )

@@ -25,9 +25,10 @@ memory holds one full copy of the base while it saves.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SHARDINGS = ("none", "fsdp")
 

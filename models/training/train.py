@@ -214,7 +214,9 @@ def train_adapter(
     )
     state_dict = gathered_state_dict(model)  # sharded: every rank takes part; else None
     if save:
-        _save(result, model, tokenizer, method, spec, Path(output_dir), extra_files or {}, state_dict)
+        _save(
+            result, model, tokenizer, method, spec, Path(output_dir), extra_files or {}, state_dict
+        )
     return result
 
 

@@ -248,15 +248,12 @@ def cmd_export(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
-    from models.training.plan import fits_verdict, fsdp_ranks_needed, parse_memory, plan_run
+    from models.training.plan import card_fit, plan_run, sharding_notes
 
     config = load_config(args.config, args.overrides)
     plan = plan_run(config.train_spec(config.base_model))
-    card = parse_memory(args.gpu_memory) if args.gpu_memory else None
-    needed = fsdp_ranks_needed(plan, card) if card else None
     if args.json:
-        extra = {"gpu_memory_bytes": card, "fsdp_ranks_needed": needed} if card else {}
-        print(json.dumps({**plan.to_dict(), **extra}, sort_keys=True))
+        print(json.dumps({**plan.to_dict(), **card_fit(plan, args.gpu_memory)}, sort_keys=True))
         return 0
     gib = 1024**3
     print(f"method            {plan.method}")
@@ -271,16 +268,8 @@ def cmd_plan(args) -> int:
     )
     print(
         f"est. export peak {plan.est_export_peak_bytes / gib:.2f} GiB (merge-and-export: one "
-        "base shard, the adapter, one layer's fp32 copies)"
+        "base shard, the adapter, one layer's fp32 copies)" + sharding_notes(plan, args.gpu_memory)
     )
-    if plan.sharding == "fsdp":
-        print(
-            f"per rank          {plan.ranks} ranks, fsdp: weights "
-            f"{plan.base_weight_bytes_per_rank / gib:.2f} GiB + gathered layers "
-            f"{plan.gathered_bytes / gib:.2f} GiB (in the peak above)"
-        )
-    if card:
-        print(f"on a {card / gib:.1f} GiB card  {fits_verdict(needed)}")
     return 0
 
 
@@ -372,9 +361,7 @@ def parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
-    plan.add_argument(
-        "--gpu-memory", help="memory of one card, e.g. 80GiB: says whether the run needs sharding"
-    )
+    plan.add_argument("--gpu-memory", help="one card's memory, e.g. 80GiB: is sharding needed")
     plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser(
         "demo-assets", help="build the demo data, plain and chat (the base model is shipped)"

@@ -186,6 +186,30 @@ def fsdp_ranks_needed(plan: Plan, gpu_memory_bytes: int) -> int | None:
     return max(2, -(-plan.base_weight_bytes // room))
 
 
+def card_fit(plan: Plan, gpu_memory: str | None) -> dict:
+    """{} without a card; else its bytes and fsdp_ranks_needed (`loraflow plan --gpu-memory`)."""
+    if not gpu_memory:
+        return {}
+    card = parse_memory(gpu_memory)
+    return {"gpu_memory_bytes": card, "fsdp_ranks_needed": fsdp_ranks_needed(plan, card)}
+
+
+def sharding_notes(plan: Plan, gpu_memory: str | None) -> str:
+    """The plan's lines on sharding and on the card (each after a newline; "" for none)."""
+    gib, lines = 1024**3, []
+    if plan.sharding == "fsdp":
+        lines.append(
+            f"per rank          {plan.ranks} ranks, fsdp: weights "
+            f"{plan.base_weight_bytes_per_rank / gib:.2f} GiB + gathered layers "
+            f"{plan.gathered_bytes / gib:.2f} GiB (in the peak above)"
+        )
+    fit = card_fit(plan, gpu_memory)
+    if fit:
+        card = fit["gpu_memory_bytes"] / gib
+        lines.append(f"on a {card:.1f} GiB card  {fits_verdict(fit['fsdp_ranks_needed'])}")
+    return "".join("\n" + line for line in lines)
+
+
 def fits_verdict(ranks: int | None) -> str:
     """What fsdp_ranks_needed's answer means for the run, in words."""
     if ranks == 1:

@@ -216,6 +216,7 @@ def test_plan_reports_per_rank_memory_and_whether_a_card_needs_sharding(
     from flows.cli import main
 
     sharded = {"sharding": "fsdp", "num_processes": 2, "num_nodes": 2, "rendezvous": "n0:29400"}
+    sharded["save_steps"] = 0
     cfg = write_config(tmp_path, tiny_base, training=sharded)
     assert main(["plan", str(cfg), "--gpu-memory", "1GiB"]) == 0
     text = capsys.readouterr().out

@@ -60,7 +60,8 @@ class TrainingConfig(_Section):
         "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
         "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
         "process; the adapter stays whole on every process. One process in all trains "
-        "unsharded. Not for delta_lora, dora or qlora (the config check says why).",
+        "unsharded. Not for delta_lora, dora or qlora (the config check says why); no "
+        "checkpoints (save_steps: 0): transformers does not resume a base sharded at load.",
     )
     num_nodes: int = Field(
         1,
@@ -128,6 +129,11 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
     refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
     if refusal:
         raise ValueError(refusal)
+    if training.sharding == "fsdp" and training.save_steps > 0:
+        raise ValueError(
+            "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base "
+            f"sharded as it loads): set training.save_steps: 0 (got {training.save_steps})"
+        )
     if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
         raise ValueError(
             f"training.rendezvous must be host:port when num_nodes > 1 (got "

@@ -125,6 +125,11 @@ BAD = [
         "training.sharding fsdp cannot train adapter.method dora",
     ),
     (
+        {"base_model": "m", "training": {"sharding": "fsdp", "num_processes": 2}},
+        "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base sharded "
+        "as it loads): set training.save_steps: 0 (got 500)",
+    ),
+    (
         {"base_model": "m", "training": {"num_nodes": 2}},
         "training.rendezvous must be host:port when num_nodes > 1 (got '')",
     ),

@@ -57,7 +57,7 @@ CHANGED = {
     "training.packing": True,
     "training.cpu_threads": 1,
     "training.gradient_checkpointing": True,
-    "training.save_steps": 3,
+    "training.save_steps": 0,
     "training.checkpoint_store": "s3://bucket/checkpoints",
     "training.deterministic": True,
     "evaluation.batch_size": 4,
@@ -129,7 +129,7 @@ def test_every_setting_of_the_stage_sections_is_listed():
 
 
 # Settings valid only with another one (used by the same stages).
-NEEDS = {"training.num_nodes": "training.rendezvous"}
+NEEDS = {"training.num_nodes": "training.rendezvous", "training.sharding": "training.save_steps"}
 
 
 @pytest.mark.parametrize("key", sorted(CHANGED))

@@ -18,6 +18,7 @@ from models.data.splits import SplitReport, read_split, tokenize, validate_datas
 from models.evaluation.evaluate import slices_of
 from models.evaluation.metrics import check_custom
 from models.methods import get_method
+from models.training.sharding import wrap_refusal
 
 
 def cuda_available() -> bool:
@@ -53,6 +54,8 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     )
     if spec.gradient_checkpointing:
         check_gradient_checkpointing(skeleton, spec.base_model)
+    if spec.sharding == "fsdp" and (refusal := wrap_refusal(skeleton, spec.base_model)):
+        raise ModelError(refusal)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
     prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
     for report in reports:

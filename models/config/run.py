@@ -248,6 +248,7 @@ class LoraflowConfig(_Section):
             trust_remote_code=self.base_model_trust_remote_code,
             packing=self.training.packing,
             gradient_checkpointing=self.training.gradient_checkpointing,
+            sharding=self.training.sharding,
             metrics=self.evaluation.metrics,
             slice_field=self.evaluation.slice_field,
         )

@@ -60,6 +60,8 @@ class CheckSpec:
 
     packing, gradient_checkpointing: the training settings the base model's own code must
     support (checked on the base itself, models.base_model.probes).
+    sharding: with fsdp, the base's FSDP plan must name its decoder layers
+    (models.training.sharding.wrap_refusal).
     metrics, slice_field: evaluation.metrics (custom ones imported and tried on the eval split)
     and the eval field every eval record must have.
     """
@@ -71,6 +73,7 @@ class CheckSpec:
     trust_remote_code: bool = False
     packing: bool = False
     gradient_checkpointing: bool = False
+    sharding: str = "none"
     metrics: list[str] = dataclasses.field(default_factory=list)
     slice_field: str | None = None
 

@@ -25,6 +25,7 @@ memory holds one full copy of the base while it saves.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,6 +39,26 @@ def shard_refusal(sharding: str, method_name: str, cannot_shard: str) -> str:
     if sharding == "fsdp" and cannot_shard:
         return f"training.sharding fsdp cannot train adapter.method {method_name}: {cannot_shard}"
     return ""
+
+
+def wrap_refusal(model: torch.nn.Module, base_model: str) -> str:
+    """Why FSDP would not shard `model` (a skeleton is enough) per decoder layer, or "".
+
+    transformers shards the modules its FSDP plan names (`model.fsdp_plan`, e.g.
+    `model.layers.*`); where no wildcard rule names a module of this architecture (GPT-2's
+    layers are `transformer.h.*`) only the whole model is one unit, gathered whole on every
+    rank for each forward: nothing saved at the peak.
+    """
+    rules = [rule for rule in (getattr(model, "fsdp_plan", None) or {}) if "*" in rule]
+    patterns = [re.compile(re.escape(rule).replace(r"\*", r"\d+")) for rule in rules]
+    names = [name for name, _ in model.named_modules()]
+    if any(p.fullmatch(name) for p in patterns for name in names):
+        return ""
+    return (
+        f"training.sharding fsdp: the FSDP plan of base model {base_model} ({rules or 'none'}) "
+        "names none of its decoder layers, so nothing would be sharded per layer; use sharding: "
+        "none"
+    )
 
 
 def sharded_load_kwargs(sharding: str, world_size: int) -> dict[str, Any]:

@@ -79,6 +79,7 @@ USED_BY = {
         "adapter.target_modules",
         "training.packing",
         "training.gradient_checkpointing",
+        "training.sharding",
         "evaluation.metrics",
         "evaluation.slice_field",
     },

@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
 from models.training.distributed import DistributedTrainingError, train_adapter_distributed
+from models.training.sharding import wrap_refusal
 from models.training.train import train_adapter
 from tests.models.training.test_train import tiny_spec
-
-pytestmark = pytest.mark.slow
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
 STEPS = 6
@@ -78,6 +77,7 @@ def assert_same_training(one, one_logs, two, two_logs, one_dir, two_dir):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes_match_one(fsdp_lora, tiny_base, tiny_data, tmp_path):
     two, two_dir, two_logs = fsdp_lora
     one, one_logs = single(tiny_base, tiny_data, tmp_path / "one")
@@ -90,6 +90,7 @@ def test_fsdp_two_processes_match_one(fsdp_lora, tiny_base, tiny_data, tmp_path)
     assert two.total_params == one.total_params  # counted whole, not per shard
 
 
+@pytest.mark.slow
 def test_fsdp_adapter_is_a_standard_peft_adapter(fsdp_lora, tiny_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -133,6 +134,7 @@ def kill_rank(rank: int) -> None:
     raise AssertionError(f"no worker of rank {rank} found")
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_run_as_one_clear_error(tiny_base, tiny_data, tmp_path):
     """Its peers stop too (torchrun ends them) instead of waiting on a collective."""
     sharded = dataclasses.replace(
@@ -158,6 +160,7 @@ def test_a_killed_rank_ends_the_run_as_one_clear_error(tiny_base, tiny_data, tmp
     assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora_plus"])  # its own optimizer, B at 16x the rate
 def test_fsdp_with_a_method_of_its_own_optimizer(method, tiny_base, tiny_data, tmp_path):
     one, one_logs = single(tiny_base, tiny_data, tmp_path / "one", method)
@@ -176,6 +179,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_of_one_process_match_one_node_of_two(fsdp_lora, tiny_base, tiny_data, tmp_path):
     one_node, one_node_dir, _ = fsdp_lora
     nodes = dataclasses.replace(
@@ -207,3 +211,18 @@ def test_two_nodes_of_one_process_match_one_node_of_two(fsdp_lora, tiny_base, ti
     assert first.steps == one_node.steps and first.loss_history == one_node.loss_history
     assert first.adapter_sha256 == one_node.adapter_sha256  # same ranks, same sums: same bytes
     assert first.param_bytes_per_rank == one_node.param_bytes_per_rank
+
+
+@pytest.mark.parametrize(("arch", "shards"), [("llama", True), ("opt", True), ("gpt2", False)])
+def test_the_check_refuses_a_base_whose_layers_the_fsdp_plan_misses(arch, shards):
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    config = CONFIG_MAPPING[arch](num_hidden_layers=2, hidden_size=64, num_attention_heads=2)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    refusal = wrap_refusal(skeleton, f"tiny-{arch}")
+    if shards:
+        assert refusal == ""
+    else:  # GPT-2's layers are transformer.h.*, the plan names transformer.layers.*
+        assert refusal.startswith("training.sharding fsdp: the FSDP plan of base model tiny-gpt2")
+        assert "names none of its decoder layers" in refusal

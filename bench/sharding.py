@@ -1,4 +1,4 @@
-"""Figure 11: data-parallel training on 1 vs 2 ranks, DDP vs FSDP: memory per rank and speed.
+"""Figure 12: data-parallel training on 1 vs 2 ranks, DDP vs FSDP: memory per rank and speed.
 
 LoRA r=8 on all linear layers of figure 6's Llama-shaped 101M model (hidden 1024, 8 layers,
 random weights, built once), rows of exactly `seq_len` tokens, `batch_size` rows per rank,
@@ -7,8 +7,11 @@ one torch thread per rank; `training.sharding` none = DDP, fsdp = the base shard
 Each arm runs in a fresh worker process (with bench.workers.MEMORY_ENV, as figure 3).
 
 Per rank: the parameter bytes it keeps (TrainResult.param_bytes_per_rank: its shards under
-FSDP) and its peak resident set over the whole process, loading included (getrusage's maxrss:
-the worker's own for 1 rank, its largest torchrun child's for 2), which also holds torch itself.
+FSDP); rank 0's peak memory growth over `trainer.train()` (TrainResult.peak_memory_bytes, what
+a run logs: gradients, optimizer state, activations, gathered layers); and the peak resident set
+over the whole process (getrusage's maxrss: the worker's own for 1 rank, its largest torchrun
+child's for 2), which also holds torch itself, the loading and, under FSDP, rank 0's gathered
+full state dict at the save.
 Tokens/s is the whole job's (all ranks), timed from the relayed per-step log after `warmup`.
 """
 
@@ -67,15 +70,16 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
         "sharding": sharding,
         "param_bytes_per_rank": result.param_bytes_per_rank,
         "peak_rss_per_rank": resource.getrusage(who).ru_maxrss * 1024,  # KiB on Linux
+        "train_peak_bytes": result.peak_memory_bytes,  # rank 0's growth over trainer.train()
         "tokens_per_second": run.steps * run.batch_size * run.seq_len * ranks / seconds,
         "train_loss": result.train_loss,
     }
 
 
-FIGURE_11 = LargeRun(steps=2)
+FIGURE_12 = LargeRun(steps=2)
 
 
-def run(large: LargeRun = FIGURE_11) -> Figure:
+def run(large: LargeRun = FIGURE_12) -> Figure:
     require_demo_assets()
     arms = {}
     with tempfile.TemporaryDirectory(prefix="bench-sharding-") as tmp:
@@ -97,18 +101,20 @@ def run(large: LargeRun = FIGURE_11) -> Figure:
 
     def row(name: str, arm: dict) -> str:
         return (
-            f"{name}: params {arm['param_bytes_per_rank'] / MiB:,.1f} MiB/rank, peak RSS "
+            f"{name}: params {arm['param_bytes_per_rank'] / MiB:,.1f} MiB/rank, training peak "
+            f"{arm['train_peak_bytes'] / MiB:,.1f} MiB (rank 0), process peak RSS "
             f"{arm['peak_rss_per_rank'] / MiB:,.0f} MiB/rank, {arm['tokens_per_second']:,.0f} "
             f"tokens/s, loss {arm['train_loss']:.5f}"
         )
 
     return Figure(
-        number=11,
+        number=12,
         name=f"sharding: 1 vs 2 ranks, DDP vs FSDP ({total_params / 1e6:.0f}M model, CPU gloo)",
         measured=(
-            "per rank params / peak RSS, tokens/s: "
+            "per rank params / training peak / process peak RSS, tokens/s: "
             + "; ".join(
                 f"{name} {a['param_bytes_per_rank'] / MiB:,.0f} / "
+                f"{a['train_peak_bytes'] / MiB:,.0f} / "
                 f"{a['peak_rss_per_rank'] / MiB:,.0f} MiB, {a['tokens_per_second']:,.0f}"
                 for name, a in (("1 rank", one), ("2 DDP", ddp), ("2 FSDP", fsdp))
             )

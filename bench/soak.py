@@ -124,7 +124,7 @@ def wait_for(client, ids: set[str], timeout: float, on_poll=None) -> dict:
 def registry_report(stack: TeamStack) -> dict:
     from mlflow import MlflowClient
 
-    from tasks.lineage import LINEAGE_TAGS
+    from tasks.lineage import MANIFEST_TAGS
 
     mlf = MlflowClient(stack.mlflow_uri, stack.mlflow_uri)  # as the pipeline (env)
     versions = mlf.search_model_versions(f"name = '{MODEL}'")
@@ -134,7 +134,7 @@ def registry_report(stack: TeamStack) -> dict:
         "versions": len(versions),
         "data_versions_registered": len(set(md5s)),
         "registered_twice": len(md5s) - len(set(md5s)),
-        "complete_lineage": sum(all(v.tags.get(k) for k in LINEAGE_TAGS) for v in versions),
+        "complete_lineage": sum(all(v.tags.get(k) for k in MANIFEST_TAGS) for v in versions),
         "promotion_decisions_tagged": sum("promotion.outcome" in v.tags for v in versions),
         "champion": str(aliases.get("champion")),
         "promoted_outcomes": sorted(

@@ -17,10 +17,11 @@ from tasks.data import push_data, version_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
-from tasks.lineage import collect_lineage, run_tags
+from tasks.lineage import collect_lineage, hash_inputs, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.promotion import promote
-from tasks.registry import fetch_champion, register_adapter, unchanged_champion
+from tasks.registry import VersionRef, fetch_champion, register_adapter
+from tasks.retrain_check import check_unchanged, record_skip
 from tasks.runtime import adapter_kept, config_parameter
 from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
@@ -38,6 +39,13 @@ def _rename_flow_run(name: str) -> None:
     if flow_run.id:
         with get_client(sync_client=True) as prefect_client:
             prefect_client.update_flow_run(flow_run.id, name=name)
+
+
+def _skipped(config: LoraflowConfig, champion: VersionRef, inputs: dict[str, str]) -> RunSummary:
+    """Record a skip (inputs equal `champion`'s) on this flow run and say what was skipped."""
+    _rename_flow_run(run_name(config, inputs["data_md5"]))
+    record_skip(model_name=config.registry.model_name, champion=champion, inputs=inputs)
+    return skipped_summary(config, champion, inputs["data_md5"])
 
 
 # The MLflow run each finetune flow run in this process has open, for the state hooks below.
@@ -82,6 +90,9 @@ def finetune(
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
+      0. with skip_if_unchanged (scheduled retraining): where the data is versioned as it stands,
+         its md5, the config sha256 and the base weights sha256 are compared with the
+         champion's tags; all equal -> the skip is recorded and the run stops here
       1. check inputs and services: data splits valid, base model safe to load, target
          modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
@@ -94,11 +105,18 @@ def finetune(
       6. promote: alias `champion` moves to it only when the gate passes: registry.
          promote_metric better (a tie broken by registry.tie_breaker), registry.guards held
       7. export (export.enabled, new champions only): merge into the base, publish to S3
-    With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
+    With skip_if_unchanged, data not yet versioned is compared after stage 2 instead.
     """
     logger = get_run_logger()
     registry = config.registry
     base_model = canonical_base(config.base_model)
+
+    inputs = hash_inputs(config) if skip_if_unchanged else None
+    if inputs is not None:
+        check_services()  # a silent tracking server: one line now, not minutes of retries
+        champion = check_unchanged(model_name=registry.model_name, inputs=inputs)
+        if champion is not None:
+            return _skipped(config, champion, inputs)
 
     # The checks see the base model as the config names it: their messages quote it.
     splits = check_inputs(config.check_spec(config.base_model))
@@ -113,10 +131,10 @@ def finetune(
     _rename_flow_run(flow_run_name)
 
     tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
-    if skip_if_unchanged:
-        same = unchanged_champion(model_name=registry.model_name, tags=tags)
-        if same is not None:
-            return skipped_summary(config, same, dataset.md5)
+    if skip_if_unchanged and inputs is None:  # the data was versioned just now
+        champion = check_unchanged(model_name=registry.model_name, inputs=tags)
+        if champion is not None:
+            return _skipped(config, champion, tags)
     run_id = open_run(
         experiment=registry.experiment,
         run_name=flow_run_name,

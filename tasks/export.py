@@ -14,7 +14,7 @@ from models.config.run import ExportConfig
 from models.data.chat import PROMPT_FORMAT_FILE
 from models.export.merge import export_files
 from tasks.lib import s3
-from tasks.lineage import LINEAGE_TAGS
+from tasks.lineage import MANIFEST_TAGS
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
@@ -84,7 +84,7 @@ def _publish(
         "model_name": version.model_name,
         "version": version.version,
         "run_id": version.run_id,
-        **{k: version.tags.get(k, "") for k in LINEAGE_TAGS},
+        **{k: version.tags.get(k, "") for k in MANIFEST_TAGS},
     }
     s3_client = s3.client(export.concurrency)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {location.uri()}") as bar:

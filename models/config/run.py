@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from models.config.data import DataConfig, _Section
 from models.config.evaluation import EvaluationConfig, GuardConfig, check_gate
@@ -277,7 +277,10 @@ class LoraflowConfig(_Section):
         )
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     """One line: where (file and dotted key), what, and the bad value."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
@@ -285,7 +288,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {where!r}"
     if first["type"] == "missing":
         return f"{source}: missing required key {where!r}"
-    msg = describe_error(LoraflowConfig, first, _NOUNS)
+    msg = describe_error(model, first, _NOUNS)
     if msg.startswith(f"{where}.") or where == "<root>":  # the message names the field
         return f"{source}: {msg}"
     return f"{source}: {where}: {msg}"
@@ -293,7 +296,13 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> LoraflowConfig:
     """Validate plain data into a config, raising ConfigError with a one-line message."""
+    return validate_section(LoraflowConfig, raw, source)
+
+
+def validate_section(model: type[M], raw: dict[str, Any], source: str) -> M:
+    """One section (or the whole config) from plain data, e.g. a command's flags, raising
+    ConfigError with the same one-line message a config file gets."""
     try:
-        return LoraflowConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(_format_error(e, source, model)) from None

@@ -99,14 +99,14 @@ def cmd_plan(args) -> int:
     import json
 
     from flows.console import print_plan
-    from models.training.plan import plan_run
+    from models.training.plan import card_fit, plan_run
 
     config = load_config(args.config, args.overrides)
     plan = plan_run(config.train_spec(config.base_model))
     if args.json:
-        print(json.dumps(plan.to_dict(), sort_keys=True))
+        print(json.dumps({**plan.to_dict(), **card_fit(plan, args.gpu_memory)}, sort_keys=True))
     else:
-        print_plan(plan)
+        print_plan(plan, args.gpu_memory)
     return 0
 
 
@@ -209,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
     plan = with_config("plan", "what a run would train and need, without loading weights")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument("--gpu-memory", help="one card's memory, e.g. 80GiB: is sharding needed")
     plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser(
         "demo-assets", help="build the demo data, plain and chat (the base model is shipped)"

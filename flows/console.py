@@ -230,8 +230,11 @@ def print_export(model_uri: str, result: dict) -> None:
     )
 
 
-def print_plan(plan) -> None:
-    """`loraflow plan`: what a run would train and the memory it needs (models.training.plan)."""
+def print_plan(plan, gpu_memory: str | None = None) -> None:
+    """`loraflow plan`: what a run would train and the memory it needs (models.training.plan);
+    per rank when sharded, and whether a card of `gpu_memory` (e.g. 80GiB) needs sharding."""
+    from models.training.plan import sharding_notes
+
     gib = 1024**3
     print(f"method            {plan.method}")
     print(f"trainable params  {plan.trainable_params:,} ({plan.trainable_percent:.4f}%)")
@@ -245,5 +248,5 @@ def print_plan(plan) -> None:
     )
     print(
         f"est. export peak {plan.est_export_peak_bytes / gib:.2f} GiB (merge-and-export: one "
-        "base shard, the adapter, one layer's fp32 copies)"
+        "base shard, the adapter, one layer's fp32 copies)" + sharding_notes(plan, gpu_memory)
     )

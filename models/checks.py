@@ -23,6 +23,7 @@ from models.evaluation.evaluate import slices_of
 from models.evaluation.metrics import check_custom
 from models.methods import get_method
 from models.training.kernels import check_kernels
+from models.training.sharding import wrap_refusal
 
 
 def cuda_available() -> bool:
@@ -64,6 +65,8 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
             "training.compile compiles for a CUDA GPU and none is available here; set "
             "training.compile: false"
         )
+    if spec.sharding == "fsdp" and (refusal := wrap_refusal(skeleton, spec.base_model)):
+        raise ModelError(refusal)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
     prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
     for report in reports:

@@ -18,7 +18,7 @@ from models.config.data import DataConfig, _Section
 from models.config.evaluation import EvaluationConfig, GuardConfig, check_gate
 from models.config.schema import describe_error
 from models.config.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
-from models.config.training import TrainingConfig
+from models.config.training import TrainingConfig, check_parallel
 from models.errors import LoraflowError
 from models.evaluation.metrics import direction
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
@@ -193,6 +193,11 @@ class LoraflowConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _sharding(self) -> LoraflowConfig:
+        check_parallel(self.training, self.adapter.method)
+        return self
+
+    @model_validator(mode="after")
     def _gate_metrics(self) -> LoraflowConfig:
         check_gate(self.registry, self.evaluation, self.data.format)
         return self
@@ -243,6 +248,7 @@ class LoraflowConfig(_Section):
             trust_remote_code=self.base_model_trust_remote_code,
             packing=self.training.packing,
             gradient_checkpointing=self.training.gradient_checkpointing,
+            sharding=self.training.sharding,
             metrics=self.evaluation.metrics,
             slice_field=self.evaluation.slice_field,
             chunked_loss=self.training.chunked_loss,

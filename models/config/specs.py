@@ -60,6 +60,8 @@ class CheckSpec:
 
     packing, gradient_checkpointing: the training settings the base model's own code must
     support (checked on the base itself, models.base_model.probes).
+    sharding: with fsdp, the base's FSDP plan must name its decoder layers
+    (models.training.sharding.wrap_refusal).
     metrics, slice_field: evaluation.metrics (custom ones imported and tried on the eval split)
     and the eval field every eval record must have.
     chunked_loss, kernels, compile: the training settings refused where they cannot run or are
@@ -74,6 +76,7 @@ class CheckSpec:
     trust_remote_code: bool = False
     packing: bool = False
     gradient_checkpointing: bool = False
+    sharding: str = "none"
     metrics: list[str] = dataclasses.field(default_factory=list)
     slice_field: str | None = None
     chunked_loss: str = "auto"
@@ -95,6 +98,10 @@ class TrainSpec:
     The defaults serve calls without a config (tests, benchmarks); a config sets every field.
     num_processes > 1: data-parallel under torchrun (models.training.distributed); batch_size is per
         process.
+    sharding: none (DDP, every process holds the whole model) or fsdp (FSDP2, parameters,
+        gradients and optimizer state sharded across processes; models.training.sharding).
+    num_nodes, rendezvous: machines of one run, each starting num_processes processes, and the
+        host:port where their launchers meet (torchrun's c10d rendezvous).
     packing: each batch is packed padding-free into rows of <= data.max_seq_len tokens
         (models.data.packing) instead of padded rows.
     cpu_threads: torch threads while training on CPU (None: torch's default, one per core).
@@ -128,6 +135,9 @@ class TrainSpec:
     dtype: str = "auto"
     trust_remote_code: bool = False
     num_processes: int = 1
+    sharding: str = "none"
+    num_nodes: int = 1
+    rendezvous: str = ""
     packing: bool = False
     cpu_threads: int | None = None
     gradient_checkpointing: bool = False

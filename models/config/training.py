@@ -1,16 +1,21 @@
-"""The `training` section of the run configuration: the optimizer, the schedule, where and how
-fast training runs, and its checkpoints.
+"""The `training` section of the run configuration: optimizer, schedule, where, how fast and on
+how many processes and machines training runs, and its checkpoints.
 
 Its own module so models/config/run.py stays one screenful per section; LoraflowConfig nests it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from models.config.data import _Section
+from models.methods import get_method
+from models.training.sharding import shard_refusal
+
+_ENDPOINT = re.compile(r"^[A-Za-z0-9_.\[\]:-]+:[0-9]{1,5}$")
 
 
 class TrainingConfig(_Section):
@@ -48,6 +53,27 @@ class TrainingConfig(_Section):
         "GPU with NCCL, gloo on CPU); batch_size stays per process, so the global batch is "
         "num_processes x batch_size x grad_accum_steps. Rank 0 logs and saves; the pipeline "
         "registers once.",
+    )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="none: every process holds the whole base (DDP). fsdp: the frozen base is "
+        "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
+        "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
+        "process; the adapter stays whole on every process. One process in all trains "
+        "unsharded. Not for delta_lora, dora or qlora (the config check says why); no "
+        "checkpoints (save_steps: 0): transformers does not resume a base sharded at load.",
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="Machines training together, each running num_processes processes and "
+        "the same train task (torchrun c10d rendezvous at `rendezvous`); the global rank 0 "
+        "logs, saves and publishes the adapter.",
+    )
+    rendezvous: str = Field(
+        "",
+        description="host:port where the nodes' launchers meet when num_nodes > 1 (any node "
+        "the others reach, e.g. the first pod's DNS name); empty with num_nodes 1.",
     )
     packing: bool = Field(
         False,
@@ -151,3 +177,20 @@ class TrainingConfig(_Section):
                 "training.kernels: none"
             )
         return self
+
+
+def check_parallel(training: TrainingConfig, method: str) -> None:
+    """Sharding and nodes that this method and process count can run (one-line errors)."""
+    refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
+    if refusal:
+        raise ValueError(refusal)
+    if training.sharding == "fsdp" and training.save_steps > 0:
+        raise ValueError(
+            "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base "
+            f"sharded as it loads): set training.save_steps: 0 (got {training.save_steps})"
+        )
+    if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
+        raise ValueError(
+            f"training.rendezvous must be host:port when num_nodes > 1 (got "
+            f"{training.rendezvous!r}): where the nodes' launchers meet"
+        )

@@ -27,6 +27,11 @@ from models.training.checkpoints import (
 )
 from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
+from models.training.sharding import (
+    gathered_state_dict,
+    resident_param_bytes,
+    sharded_load_kwargs,
+)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -48,6 +53,7 @@ class TrainResult:
     adapter_bytes: int = 0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    param_bytes_per_rank: int = 0  # parameters resident in one process (its shards under FSDP)
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     # The numeric environment training ran in (models.training.hardware), taken inside its thread
     # setting: a dispatched training's figures carry the worker's, not the orchestrator's.
@@ -220,15 +226,20 @@ def train_adapter(
         loss_history=history,
         environment=environment,
         chunked_loss=chunked,
+        param_bytes_per_rank=resident_param_bytes(model),
     )
+    state_dict = gathered_state_dict(model)  # sharded: every rank takes part; else None
     if save:
-        _save(result, model, tokenizer, method, spec, Path(output_dir), extra_files or {})
+        _save(
+            result, model, tokenizer, method, spec, Path(output_dir), extra_files or {}, state_dict
+        )
     return result
 
 
 def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
     """(model with the adapter, tokenizer, tokenized train split)."""
     load_kwargs = method.load_kwargs() if method.load_kwargs else {}
+    load_kwargs |= sharded_load_kwargs(spec.sharding, int(os.environ.get("WORLD_SIZE", "1")))
     model, tokenizer = load_base(
         spec.base_model,
         dtype=torch_dtype,
@@ -353,12 +364,14 @@ def _save(
     spec: TrainSpec,
     out: Path,
     extra_files: dict[str, str],
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Adapter, tokenizer and extra files to `out`; the result gets their place and hash."""
+    """Adapter, tokenizer and extra files to `out`; the result gets their place and hash.
+    state_dict: a sharded model's gathered full state dict (PEFT picks the adapter's tensors)."""
     out.mkdir(parents=True, exist_ok=True)
     if method.before_save is not None:
         method.before_save(model, spec.adapter)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)  # with the chat template: serving renders as training did
     save_prompt_format(out, spec.data)
     for name, text in extra_files.items():

@@ -31,7 +31,7 @@ CHANGED = {
     "data.train_on": "last",
     "data.dvc_remote": "backup",
     "data.source": "s3://incoming/chat",
-    "adapter.method": "dora",
+    "adapter.method": "rslora",
     "adapter.r": 3,
     "adapter.alpha": 5.0,
     "adapter.dropout": 0.2,
@@ -52,10 +52,13 @@ CHANGED = {
     "training.output_dir": "elsewhere/runs",
     "training.deployment": "train-adapter/train",
     "training.num_processes": 2,
+    "training.sharding": "fsdp",
+    "training.num_nodes": 2,
+    "training.rendezvous": "node-0.train:29400",
     "training.packing": True,
     "training.cpu_threads": 1,
     "training.gradient_checkpointing": True,
-    "training.save_steps": 3,
+    "training.save_steps": 0,
     "training.checkpoint_store": "s3://bucket/checkpoints",
     "training.deterministic": True,
     "training.chunked_loss": "off",
@@ -90,6 +93,7 @@ USED_BY = {
         "training.chunked_loss",
         "training.kernels",
         "training.compile",
+        "training.sharding",
         "evaluation.metrics",
         "evaluation.slice_field",
     },
@@ -140,10 +144,14 @@ def test_every_setting_of_the_stage_sections_is_listed():
     assert set(CHANGED) == fields
 
 
+# Settings valid only with another one (used by the same stages).
+NEEDS = {"training.num_nodes": "training.rendezvous", "training.sharding": "training.save_steps"}
+
+
 @pytest.mark.parametrize("key", sorted(CHANGED))
 def test_a_setting_changes_exactly_the_specs_of_the_stages_that_use_it(key):
     before = specs(LoraflowConfig(base_model="base"))
-    after = specs(config_with({key: CHANGED[key]}))
+    after = specs(config_with({k: CHANGED[k] for k in (key, NEEDS.get(key, key))}))
     changed = {stage for stage in before if before[stage] != after[stage]}
     assert changed == {stage for stage, keys in USED_BY.items() if key in keys}
 
@@ -152,7 +160,7 @@ def test_spec_fields_carry_the_config_names_and_values():
     config = config_with(CHANGED)
     train = config.train_spec("the-base")
     assert train.base_model == config.check_spec("the-base").base_model == "the-base"
-    assert train.adapter == config.adapter.to_spec() and train.method == "dora"
+    assert train.adapter == config.adapter.to_spec() and train.method == "rslora"
     assert train.trust_remote_code is True
     shared = set(TrainSpec.__dataclass_fields__) & set(type(config.training).model_fields)
     assert shared >= {"cpu_threads", "packing", "gradient_checkpointing", "save_steps"}

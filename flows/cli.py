@@ -274,14 +274,15 @@ def cmd_plan(args) -> int:
 
 
 def cmd_demo_assets(args) -> int:
-    from demo import build_demo_data
+    from demo import build_demo_data, build_smollm2_task_data
     from demo.chat import build_demo_chat_data
 
-    # Two directories, two DVC versions (data.dvc, data-chat.dvc): building the chat data
-    # leaves `make run`'s data version untouched.
+    # One directory, one DVC version each (data.dvc, data-chat.dvc, data-smollm2.dvc): building
+    # one demo's data leaves the others' versions untouched.
     for label, build, data_dir in (
         ("demo data", build_demo_data, Path(args.data_dir)),
         ("demo chat data", build_demo_chat_data, Path(args.chat_dir)),
+        ("SmolLM2 example data", build_smollm2_task_data, Path("data-smollm2")),
     ):
         if args.force or not (data_dir / "train.jsonl").is_file():
             counts = build(data_dir)

@@ -12,13 +12,17 @@ from prefect.artifacts import create_table_artifact
 from models.base_model.loading import resolve_device
 from models.base_model.paths import is_local
 from models.config.specs import EvalSpec
-from models.evaluation.evaluate import evaluate_candidates, split_slices
+from models.evaluation.evaluate import evaluate_candidates, side_by_side, split_slices
 from models.evaluation.report import plot_metric_vs_params
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client, log_metrics, mlflow_errors
 
 REPORT_FILE = "eval_report.json"
+# A few eval examples with each model's answer, beside the adapter (and so in the registered
+# version) and on the run: what a reviewer reads before promoting.
+EXAMPLES_FILE = "eval_examples.json"
+EXAMPLES_SHOWN = 5
 
 
 def candidates_for(
@@ -42,8 +46,14 @@ def candidates_for(
 def evaluate(
     *, candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:
-    """Each candidate (base, adapter, champion) on the same eval split."""
-    report = evaluate_candidates(candidates, spec)
+    """Each candidate (base, adapter, champion) on the same eval split; the first few examples
+    with every candidate's answer are saved beside the adapter (EXAMPLES_FILE)."""
+    answers: dict[str, list[str]] = {}
+    report = evaluate_candidates(candidates, spec, answers)
+    adapter_dir = candidates.get("adapter", ("", None))[1]
+    if adapter_dir and any(answers.values()):
+        rows = side_by_side(spec, answers, EXAMPLES_SHOWN)
+        Path(adapter_dir, EXAMPLES_FILE).write_text(json.dumps(rows, indent=2) + "\n")
     logger().info(
         "evaluated %s on %s (%s)", ", ".join(report), platform.node(), resolve_device(spec.device)
     )
@@ -68,12 +78,24 @@ def record_evaluation(
     *, run_id: str, report: dict[str, dict[str, float]], adapter_dir: str
 ) -> None:
     """Metrics `<model>_<metric>[/<slice>]` on the MLflow run, the report beside the adapter and
-    on the run, a table."""
+    on the run, a table; the examples answered side by side (EXAMPLES_FILE, where evaluate
+    wrote one) on the run (evaluation/examples.json, a table in MLflow's UI) and as a table."""
     metrics = {f"{name}_{k}": v for name, m in report.items() for k, v in m.items()}
     log_metrics.fn(run_id=run_id, metrics=metrics)
     Path(adapter_dir, REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     with mlflow_errors():
         client().log_dict(run_id, {"rows": report_table(report)}, "evaluation/table.json")
+    examples_file = Path(adapter_dir, EXAMPLES_FILE)
+    examples = json.loads(examples_file.read_text()) if examples_file.is_file() else []
+    if examples:
+        with mlflow_errors():
+            client().log_table(run_id, _columns(examples), "evaluation/examples.json")
+        create_table_artifact(
+            table=examples,
+            key="evaluation-examples",
+            description=f"The first {len(examples)} eval examples: prompt, expected answer and "
+            "each model's greedy answer.",
+        )
     create_table_artifact(
         table=report_table(report),
         key="evaluation",
@@ -84,6 +106,12 @@ def record_evaluation(
             else "."
         ),
     )
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows as columns (MLflow's log_table), every column as long as the rows."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name, "") for row in rows] for name in names}
 
 
 REMOTE_REPORT = "trained-adapter-eval.json"  # a dispatched evaluation's report on the run

@@ -3,6 +3,8 @@ its own data builder, DVC version, a few training steps, evaluation, registratio
 answering a string and a list of messages through mlflow.pyfunc as evaluation answered them, and
 the export to S3 that plain transformers loads and that answers the same."""
 
+import json
+
 import boto3
 import mlflow
 import pytest
@@ -14,6 +16,7 @@ from models.config.file import load_config
 from tasks.lib import s3
 from tests.conftest import REPO
 from tests.flows.test_export import new_bucket
+from tests.flows.test_finetune import flow_run_artifacts
 
 QUESTION = "Write the ticket line for this note.\nOn Monday, Anna goes to Rome, leaving from Oslo."
 
@@ -40,13 +43,29 @@ def test_smollm2_trains_registers_serves_and_exports(
             "export.dtype=float32",
         ],
     )
-    result = finetune(config)
+    state = finetune(config, return_state=True)
+    result = state.result()
     assert result.promoted and result.version == "1"
     assert result.report["adapter"]["eval_loss"] < result.report["base"]["eval_loss"]
     dvc = yaml.safe_load((project / "data-smollm2.dvc").read_text())["outs"][0]
     assert dvc["path"] == "data-smollm2" and dvc["md5"] == result.data_md5
     tags = mlflow.MlflowClient().get_model_version("loraflow-smollm2", "1").tags
     assert tags["base_model"] == str(smollm2.resolve())
+
+    # What a reviewer reads: eval examples with the base's and the adapter's answers side by
+    # side, beside the adapter, on the MLflow run and in the flow run's artifacts.
+    eval_lines = (project / "data-smollm2" / "eval.jsonl").read_text().splitlines()
+    conversations = [json.loads(line)["messages"] for line in eval_lines]
+    rows = json.loads((project / result.adapter_dir / "eval_examples.json").read_text())
+    assert [(r["prompt"], r["expected"]) for r in rows] == [
+        (c[-2]["content"], c[-1]["content"]) for c in conversations
+    ]
+    assert all(set(r) == {"prompt", "expected", "base", "adapter"} for r in rows)
+    logged = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/evaluation/examples.json")
+    assert logged["columns"] == ["prompt", "expected", "base", "adapter"]
+    assert [row[3] for row in logged["data"]] == [r["adapter"] for r in rows]
+    shown = flow_run_artifacts(state.state_details.flow_run_id)["evaluation-examples"]
+    assert json.loads(shown.data) == rows
 
     # The registry round trip: a list of messages and a string, answered as evaluation would.
     champion = mlflow.pyfunc.load_model("models:/loraflow-smollm2@champion")

@@ -2,7 +2,9 @@
 its verified local copy, the URI and the weights' sha256 in the lineage, the champion evaluated
 and exported from the same copy; a bad prefix stops the run before anything is trained."""
 
+import json
 import uuid
+from pathlib import Path
 
 import boto3
 import mlflow
@@ -46,6 +48,10 @@ def test_an_s3_base_trains_with_exact_lineage_and_serves(
         config_from_dict({**raw, "base_model": uri, "adapter": {**raw["adapter"], "seed": 1}})
     )
     assert "champion" in second.report
+    # The reviewer's side-by-side view has the champion's answers too.
+    rows = json.loads(Path(second.adapter_dir, "eval_examples.json").read_text())
+    assert len(rows) == 5
+    assert all(list(r) == ["prompt", "expected", "base", "adapter", "champion"] for r in rows)
     assert list((tmp_path / "cache" / "loraflow" / "s3-bases").iterdir()) == cached
 
     model = mlflow.pyfunc.load_model("models:/flowtest/1")

@@ -54,6 +54,13 @@ def test_an_s3_base_trains_with_exact_lineage_and_serves(
     assert all(list(r) == ["prompt", "expected", "base", "adapter", "champion"] for r in rows)
     assert list((tmp_path / "cache" / "loraflow" / "s3-bases").iterdir()) == cached
 
+    # `loraflow reproduce` of an s3-based version: the same copy, the same adapter bytes.
+    from flows.reproduce import reproduce
+
+    again = reproduce("models:/flowtest/1")
+    assert again.identical and again.differences == [], again.differences
+    assert list((tmp_path / "cache" / "loraflow" / "s3-bases").iterdir()) == cached
+
     model = mlflow.pyfunc.load_model("models:/flowtest/1")
     assert isinstance(model.predict(["Reverse the words: a b c\nAnswer:"])[0], str)
 

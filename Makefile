@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets smollm2 test bench gpu-check soak docs lint lock clean up up-gpu down
+.PHONY: setup run demo-assets smollm2 test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -62,6 +62,12 @@ bench: demo-assets
 # one table (bench/gpu_check.py, docs/performance.md "On a GPU").
 gpu-check: setup
 	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# What a lent GPU machine (Python 3.12, torch, transformers, peft, no network) lacks to run the
+# pipeline, packed into .whl/site.tar.xz (git-ignored) within its 64 MiB working tree
+# (bench/gpu_wheels.py; docs/performance.md "On a GPU").
+gpu-wheels: setup
+	$(BIN)/python -m bench.gpu_wheels
 
 # The nightly rush on a loopback team stack (docs/team.md#load): 8 finetune runs at once, pool
 # limits gpu 1 / cpu 2, then the same with the tracking server restarted mid-soak. Needs

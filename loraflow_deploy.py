@@ -3,10 +3,12 @@
 prefect.yaml runs `code_source` as its build step (on the machine running `prefect deploy`) and
 `fetch_code` as the pull step of each flow run (on the worker), so a deployment never depends on
 what a worker's environment happens to hold:
-  - LORAFLOW_REPOSITORY (a git URL) at deploy time: runs of the code-only deployments (training,
-    promotion) clone that repository at the commit that was deployed;
-  - LORAFLOW_HOME: the pipelines (and, without a repository, every deployment) run from that
-    checkout, at the same path on every worker (the Docker image's is /app);
+  - LORAFLOW_REPOSITORY (a git URL) at deploy time: every run clones that repository at the
+    commit that was deployed into its own scratch directory (a process worker's new temporary
+    directory, a fresh pod): the worker keeps nothing between runs, the pipelines take their
+    data from data.source or the DVC remote (docs/team.md#new-data-for-the-nightly);
+  - LORAFLOW_HOME: every deployment runs from that checkout, at the same path on every worker
+    (the Docker image's is /app);
   - neither: they run from the checkout you deploy from, said in one line.
 This module sits outside the flows/, tasks/ and models/ packages on purpose: the pull step runs
 before the flow is loaded, and importing one of those packages from the worker's own install
@@ -57,7 +59,7 @@ def code_source() -> dict[str, str]:
         _say(
             f"{HOME} is not set: deployments run from this checkout, {here}, on every worker "
             f"(same path there); set {HOME} to the checkout's path on the workers, or "
-            f"{REPOSITORY} to a git URL for training and promotion runs to clone this commit"
+            f"{REPOSITORY} to a git URL for every run to clone this commit"
         )
     repository = os.environ.get(REPOSITORY, "").strip()
     commit = ""
@@ -65,7 +67,7 @@ def code_source() -> dict[str, str]:
         commit = _git(here, "rev-parse", "HEAD")
         changed = _git(here, "status", "--porcelain", "--untracked-files=no")
         _say(
-            f"training and promotion runs clone {repository} at {commit[:12]}"
+            f"runs clone {repository} at {commit[:12]}, each into a fresh directory"
             + (" (uncommitted changes here are not deployed)" if changed else "")
         )
     return {"directory": directory, "repository": repository, "commit": commit}

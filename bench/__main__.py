@@ -10,6 +10,9 @@ Benchmarks (each measured in fresh worker processes, see its module):
   threads   7. speed: training.cpu_threads 1 vs one per core (CPU only)
   grad_ckpt 8. training.gradient_checkpointing on vs off: peak memory and tokens/s
   export   10. merge-and-export: streamed merge vs PEFT merge_and_unload, peak memory and time
+  nightly  11. an unchanged nightly deployment run on the team stack (needs PostgreSQL)
+  vocab    12. training.chunked_loss on vs off with a 128k vocabulary: peak memory, loss
+  sharding 13. 1 vs 2 ranks, DDP vs FSDP: parameter bytes and peak memory per rank, tokens/s
 
 Trials, run only when named in --only (a change that was tried and not kept):
   compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps
@@ -44,6 +47,9 @@ BENCHMARKS = (
     "threads",
     "grad_ckpt",
     "export",
+    "nightly",
+    "vocab",
+    "sharding",
 )
 TRIALS = ("compile",)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from bench.assets import DEMO_BASE, train_lora
 from bench.data import write_long_data
 from bench.flops import LargeRun, _build_large_base, matmul_peak
+from bench.gpu_levers import LEVERS_OFF, lever_rows
 
 # hidden 2048 x 16 layers: 0.85B parameters; batch 8 x 512 tokens.
 GPU_RUN = LargeRun(hidden=2048, layers=16, seq_len=512, batch_size=8, warmup=3, steps=10)
@@ -105,7 +106,7 @@ class Check:
         reason = not_run_reason(method, self.device)
         if reason:
             return Row(f"train {method}", "not run", note=reason)
-        result, tokens_per_second = self.train(method, method)
+        result, tokens_per_second = self.train(method, method, **LEVERS_OFF)
         if not result.train_loss > 0:  # nan, or no completion token in the rows
             return Row(f"train {method}", "FAILED", note=f"train loss {result.train_loss}")
         flops = (4 * self.matmul_params + 6 * result.trainable_params) * tokens_per_second
@@ -156,7 +157,18 @@ def guarded(check: str, make_row) -> Row:
         return Row(check, "FAILED", note=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
 
 
-def run_checks(device: str, large: LargeRun, tmp: Path) -> tuple[list[Row], dict]:
+def guarded_rows(check: str, make_rows) -> list[Row]:
+    """Rows, or one FAILED row naming the error."""
+    try:
+        return make_rows()
+    except Exception as e:  # noqa: BLE001 - reported in the row, with the traceback on stderr
+        traceback.print_exc()
+        return [Row(check, "FAILED", note=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")]
+
+
+def run_checks(
+    device: str, large: LargeRun, tmp: Path, levers: bool = True
+) -> tuple[list[Row], dict]:
     """Every row, in order; the second value describes the setup."""
     import torch
 
@@ -166,6 +178,8 @@ def run_checks(device: str, large: LargeRun, tmp: Path) -> tuple[list[Row], dict
         raise SystemExit("gpu-check: no CUDA device here (use --device cpu --tiny off a GPU)")
     check = Check(tmp, large, device)
     rows = [guarded(f"train {m}", lambda m=m: check.method_row(m)) for m in METHOD_NAMES]
+    if levers:
+        rows += guarded_rows("levers", lambda: lever_rows(check, Row))
     rows.append(guarded("deterministic twice", check.deterministic_row))
     rows.append(guarded("export round trip", lambda: check.export_row(tolerance=1e-3)))
     setup = {
@@ -201,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a tiny model (the test's size)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--no-levers", action="store_true", help="skip the lever rows (bench.gpu_levers)"
+    )
     args = parser.parse_args(argv)
     if not (DEMO_BASE / "tokenizer.json").is_file():  # the base's tokenizer; no demo data
         raise SystemExit(f"gpu-check: {DEMO_BASE}/tokenizer.json missing (shipped in git)")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        rows, setup = run_checks(args.device, TINY_RUN if args.tiny else GPU_RUN, Path(tmp))
+        large = TINY_RUN if args.tiny else GPU_RUN
+        rows, setup = run_checks(args.device, large, Path(tmp), levers=not args.no_levers)
     setup["seconds"] = time.perf_counter() - started
     print(
         "\n".join(

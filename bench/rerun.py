@@ -3,9 +3,10 @@
 A scratch project (git + DVC, local DVC remote, the demo data) with the embedded defaults:
 Prefect's temporary API, MLflow on sqlite, no servers. The first run trains, evaluates,
 registers and promotes (the demo config as shipped, 3000 steps); each rerun of the same command
-on unchanged data, config and base model finds them equal to the champion's and skips training
-(flows.unchanged). All are whole CLI processes; the rerun figure is the median of RERUNS, with
-the CPU seconds it took (the CLI and its Prefect API server), which a busy machine moves less.
+on unchanged data, config and base model finds them equal to the champion's at the finetune
+flow's first stage (tasks.retrain_check) and records the skip. All are whole CLI processes; the
+rerun figure is the median of RERUNS, with the CPU seconds it took (the CLI and Prefect's
+temporary API), which a busy machine moves less.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.assets import DEMO_BASE, DEMO_CONFIG, DEMO_DATA, require_demo_assets
 from bench.measure import Figure
 from bench.workers import BenchError, worker_env
 
-GOAL_SECONDS, GOAL_RATIO = 6.0, 0.05
+GOAL_SECONDS, GOAL_RATIO = 8.0, 0.05
 RERUNS = 3
 
 

@@ -1,6 +1,7 @@
 """`make soak` (= python -m bench.soak): the 2 a.m. rush on a loopback team stack.
 
-N finetune deployment runs are submitted at once (short configs, each on its own data version),
+N finetune deployment runs are submitted at once (short configs, each on its own data version,
+brought in from where it landed: `data.source`, a shared directory per run),
 training dispatched to the `gpu` pool (limit 1) from pipelines on the `cpu` pool (limit 2), on
 the stack of bench.team_stack (Prefect + MLflow on PostgreSQL, authentication on). Reported:
 how many completed, the most trainings that ran at once (from the flow runs' start and end
@@ -40,7 +41,8 @@ def run(cmd: list[str], cwd: Path) -> None:
 
 
 def build_project(root: Path, n: int) -> tuple[Path, Path]:
-    """A git + DVC project with `n` data versions (data-0 ... data-n-1) and a tiny base model."""
+    """A git + DVC project, `n` data sets where new data lands (incoming/data-0 ... data-n-1,
+    each run's data.source) and a tiny base model."""
     from demo import build_demo_base_model, build_demo_data
 
     base = root / "tiny-base"
@@ -52,7 +54,7 @@ def build_project(root: Path, n: int) -> tuple[Path, Path]:
     for name in ("prefect.yaml", "loraflow_deploy.py"):
         shutil.copy(REPO / name, project / name)
     for i in range(n):  # different sizes and seeds: different md5s
-        build_demo_data(project / f"data-{i}", seed=i, n_train=128 + 8 * i, n_eval=16)
+        build_demo_data(root / "incoming" / f"data-{i}", seed=i, n_train=128 + 8 * i, n_eval=16)
     dvc = [sys.executable, "-m", "dvc"]
     run(["git", "init", "-q"], project)
     run(["git", "config", "user.email", "soak@example.com"], project)
@@ -60,17 +62,18 @@ def build_project(root: Path, n: int) -> tuple[Path, Path]:
     run([*dvc, "init", "-q"], project)
     run([*dvc, "config", "core.analytics", "false"], project)
     run([*dvc, "remote", "add", "-d", "local", str(root / "dvc-remote")], project)
-    (project / ".gitignore").write_text(".loraflow/\n")
-    run([*dvc, "add", *(f"data-{i}" for i in range(n))], project)  # versioned, as a team's are
+    # Each run copies its source into its own data-<i>/ (runs share this checkout) and versions it.
+    (project / ".gitignore").write_text(".loraflow/\n/data-*/\n")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "soak"], project)
     return project, base
 
 
-def soak_config(base: Path, i: int, steps: int) -> dict:
+def soak_config(base: Path, i: int, steps: int, root: Path) -> dict:
+    source = str(root / "incoming" / f"data-{i}")
     return {
         "base_model": str(base),
-        "data": {"path": f"data-{i}", "max_seq_len": 64},
+        "data": {"path": f"data-{i}", "source": source, "max_seq_len": 64},
         "adapter": {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "training": {"max_steps": steps, "batch_size": 8, "learning_rate": 3e-3,
                      "deployment": "train-adapter/train"},
@@ -124,7 +127,7 @@ def wait_for(client, ids: set[str], timeout: float, on_poll=None) -> dict:
 def registry_report(stack: TeamStack) -> dict:
     from mlflow import MlflowClient
 
-    from tasks.lineage import LINEAGE_TAGS
+    from tasks.lineage import MANIFEST_TAGS
 
     mlf = MlflowClient(stack.mlflow_uri, stack.mlflow_uri)  # as the pipeline (env)
     versions = mlf.search_model_versions(f"name = '{MODEL}'")
@@ -134,7 +137,12 @@ def registry_report(stack: TeamStack) -> dict:
         "versions": len(versions),
         "data_versions_registered": len(set(md5s)),
         "registered_twice": len(md5s) - len(set(md5s)),
-        "complete_lineage": sum(all(v.tags.get(k) for k in LINEAGE_TAGS) for v in versions),
+        "complete_lineage": sum(all(v.tags.get(k) for k in MANIFEST_TAGS) for v in versions),
+        "data_source_recorded": sum(
+            v.tags.get("data_source.count") == "2"
+            and "train.jsonl etag=" in v.tags.get("data_source.objects", "")
+            for v in versions
+        ),
         "promotion_decisions_tagged": sum("promotion.outcome" in v.tags for v in versions),
         "champion": str(aliases.get("champion")),
         "promoted_outcomes": sorted(
@@ -157,7 +165,7 @@ def soak(args) -> dict:
         with get_client(sync_client=True) as client:
             finetune = client.read_deployment_by_name("finetune/finetune").id
             train = client.read_deployment_by_name("train-adapter/train").id
-            configs = {i: soak_config(base, i, args.steps) for i in range(args.runs)}
+            configs = {i: soak_config(base, i, args.steps, root) for i in range(args.runs)}
             submitted = time.time()
             ids = submit(client, finetune, configs)
             restarted = []
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         and reg["versions"] == reg["data_versions_registered"] == args.runs
         and reg["registered_twice"] == 0
         and reg["complete_lineage"] == reg["promotion_decisions_tagged"] == args.runs
+        and reg["data_source_recorded"] == args.runs
         and reg["champion"] != "None"
     )
     print("soak:", "PASS" if ok else "FAIL")

@@ -11,18 +11,22 @@ from pydantic import Field
 from flows.export import export_model
 from flows.summary import RunSummary, run_name, skipped_summary
 from models.base_model.paths import canonical_base
+from models.config.file import run_config
 from models.config.run import LoraflowConfig, RegistryConfig
+from models.errors import LoraflowError
 from tasks.base_model import fetch_base_model, is_s3
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
+from tasks.data_source import fetch_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
-from tasks.lineage import collect_lineage, run_tags
+from tasks.lineage import collect_lineage, hash_inputs, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.promotion import promote
-from tasks.registry import fetch_champion, register_adapter, unchanged_champion
-from tasks.runtime import adapter_kept, config_parameter
+from tasks.registry import VersionRef, fetch_champion, register_adapter
+from tasks.retrain_check import check_unchanged, record_skip
+from tasks.runtime import adapter_kept, config_of, config_parameter
 from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
 
@@ -41,6 +45,13 @@ def _rename_flow_run(name: str) -> None:
             prefect_client.update_flow_run(flow_run.id, name=name)
 
 
+def _skipped(config: LoraflowConfig, champion: VersionRef, inputs: dict[str, str]) -> RunSummary:
+    """Record a skip (inputs equal `champion`'s) on this flow run and say what was skipped."""
+    _rename_flow_run(run_name(config, inputs["data_md5"]))
+    record_skip(model_name=config.registry.model_name, champion=champion, inputs=inputs)
+    return skipped_summary(config, champion, inputs["data_md5"])
+
+
 # The MLflow run each finetune flow run in this process has open, for the state hooks below.
 _OPEN_RUNS: dict[str, str] = {}
 
@@ -52,11 +63,17 @@ def _fail_open_run(flow, run, state) -> None:
     if run_id:
         fail_run(run_id)
     if not state.is_cancelled():
-        announce_failure(_model_name(run.parameters.get("config")), run_id, state)
+        announce_failure(_model_name(run.parameters), run_id, state)
 
 
-def _model_name(config) -> str:
+def _model_name(parameters: dict) -> str:
     """registry.model_name of a run's config parameter, as given (it may be what was invalid)."""
+    config = parameters.get("config")
+    if config is None and parameters.get("config_file"):
+        try:
+            config = config_of(parameters)
+        except LoraflowError:
+            config = None  # the config file itself is what failed
     if isinstance(config, LoraflowConfig):
         return config.registry.model_name
     registry = config.get("registry") if isinstance(config, dict) else None
@@ -73,16 +90,28 @@ def _model_name(config) -> str:
     on_cancellation=[_fail_open_run],
 )
 def finetune(
-    config: LoraflowConfig,
+    config: LoraflowConfig | None = None,
     skip_if_unchanged: bool = Field(
         False,
         description="Train nothing when data md5, config sha256 and base model sha256 all equal "
         "the champion's (scheduled retraining)",
     ),
+    config_file: str | None = Field(
+        None,
+        description="Without config: a run config in the repository (e.g. configs/demo.yaml), "
+        "read where the run runs",
+    ),
+    overrides: tuple[str, ...] = Field(
+        (),
+        description="dotted.key=value changes to config_file (as `loraflow run --set`), e.g. "
+        "data.source=s3://bucket/prefix",
+    ),
 ) -> RunSummary:
     """Fine-tune an adapter, evaluate it and promote it only if it beats the champion.
 
     Stages:
+      0. fetch data: data.path becomes an exact copy of data.source; without a source, a
+         data.path missing here (a fresh clone) is pulled from the DVC remote
       1. check inputs and services: data splits valid, base model safe to load, target
          modules exist; the tracking server (and, with an export, the bucket) answers
       2. version data: `dvc add` the data directory (its md5 is the data version), `dvc push` it
@@ -95,14 +124,35 @@ def finetune(
       6. promote: alias `champion` moves to it only when the gate passes: registry.
          promote_metric better (a tie broken by registry.tie_breaker), registry.guards held
       7. export (export.enabled, new champions only): merge into the base, publish to S3
-    With skip_if_unchanged, a run whose inputs equal the champion's stops after stage 2.
+    With skip_if_unchanged (scheduled retraining), data md5, config sha256 and base weights
+    sha256 are compared with the champion's tags (tasks.retrain_check): before stage 0 where
+    there is no data.source and data.path is versioned as it stands, else after stage 2; all
+    equal -> the skip is recorded on this run, which stops there.
     """
     logger = get_run_logger()
+    if config is not None and config_file:
+        logger.info("config given: config_file %s and its overrides not used", config_file)
+    config = run_config(config, config_file, list(overrides))
     registry = config.registry
     base_model = canonical_base(config.base_model)
     # An s3:// base is read from its local copy (downloaded once, verified; the lineage keeps
     # the URI); any other base_model is its own weights.
     weights = fetch_base_model(base_model=base_model)
+
+    # Nothing to fetch and the data versioned as it stands: decided before anything else runs.
+    early = skip_if_unchanged and not config.data.source
+    inputs = hash_inputs(config) if early else None
+    if inputs is not None:
+        check_services()  # a silent tracking server: one line now, not minutes of retries
+        champion = check_unchanged(model_name=registry.model_name, inputs=inputs)
+        if champion is not None:
+            return _skipped(config, champion, inputs)
+
+    # Data from where it lands (data.source) or the DVC remote, before the checks read it: they,
+    # and stage 2's version and push, see exactly the bytes whose ETags are recorded.
+    source = fetch_data(
+        source=config.data.source, data_dir=config.data.path, remote=config.data.dvc_remote
+    )
 
     # The checks see the base model as the config names it: their messages quote it.
     splits = check_inputs(config.check_spec(weights if is_s3(base_model) else config.base_model))
@@ -118,10 +168,12 @@ def finetune(
 
     lineage = collect_lineage(base_model=base_model, weights_dir=weights)
     tags = run_tags(config, lineage, dataset.md5)
-    if skip_if_unchanged:
-        same = unchanged_champion(model_name=registry.model_name, tags=tags)
-        if same is not None:
-            return skipped_summary(config, same, dataset.md5)
+    if source is not None:
+        tags.update(source.tags())  # the source and each object read, beside data_md5
+    if skip_if_unchanged and inputs is None:  # the data was fetched or versioned just now
+        champion = check_unchanged(model_name=registry.model_name, inputs=tags)
+        if champion is not None:
+            return _skipped(config, champion, tags)
     run_id = open_run(
         experiment=registry.experiment,
         run_name=flow_run_name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import Field
 
+from models.config.run import RegistryConfig
 from models.registry.promotion import METRIC_DIRECTIONS, Decision, Gate
 from tasks.preflight import check_promotion
 from tasks.promotion import promote
@@ -17,8 +18,14 @@ def promote_version(
     version: str | None = Field(
         None, description="Version to promote; empty = the version behind alias `challenger`"
     ),
-    metric: str = Field("exact_match", description="Gate metric: " + ", ".join(METRIC_DIRECTIONS)),
-    min_improvement: float = Field(0.0, description="Required gain over the champion"),
+    metric: str = Field(
+        RegistryConfig.model_fields["promote_metric"].default,
+        description="Gate metric: " + ", ".join(METRIC_DIRECTIONS),
+    ),
+    min_improvement: float = Field(
+        RegistryConfig.model_fields["min_improvement"].default,
+        description="Required gain over the champion",
+    ),
     force: bool = Field(
         False, description="Move `champion` even if not better (rollback); recorded as forced"
     ),

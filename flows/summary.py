@@ -1,7 +1,6 @@
 """What a fine-tune run reports: its summary, and the name of its flow run.
 
-Light on purpose (no torch, no MLflow): the unchanged-rerun flow (flows.unchanged) returns the
-same summary as the full pipeline without importing it.
+A skipped run (tasks.retrain_check) and a trained one return the same summary.
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ def train_remote(
     With a checkpoint key, checkpoints go to training.checkpoint_store every save_steps and a
     retry (or a later run with the same key) resumes; they are cleared once published. With
     with_evaluation, base, adapter and champion are evaluated here, on this pool's hardware,
-    and the report is published on the run. Returns the adapter's sha256.
+    and the report is published on the run. Returns the adapter's sha256. With
+    training.num_nodes > 1 every node runs this flow with the same run id; only the node of
+    the global rank 0 gets the adapter and publishes (the others return "").
     """
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
@@ -67,6 +69,8 @@ def train_remote(
         checkpoint_key=checkpoint_key or None,
         progress_artifacts=progress_artifacts,
     )
+    if not result.adapter_dir:  # a node of a multi-node training other than rank 0's
+        return ""
     publish_adapter(run_id=run_id, result=result)
     if with_evaluation:
         uri = f"models:/{config.registry.model_name}/{champion_version}"

@@ -11,13 +11,19 @@ from models.base_model.loading import (
     meta_model,
     preflight_base,
 )
-from models.base_model.probes import check_gradient_checkpointing, check_packing
+from models.base_model.probes import (
+    check_chunked_loss,
+    check_gradient_checkpointing,
+    check_packing,
+)
 from models.config.specs import CheckSpec, EvalSpec
 from models.data.chat import prepare_tokenizer
 from models.data.splits import SplitReport, read_split, tokenize, validate_dataset
 from models.evaluation.evaluate import slices_of
 from models.evaluation.metrics import check_custom
 from models.methods import get_method
+from models.training.kernels import check_kernels
+from models.training.sharding import wrap_refusal
 
 
 def cuda_available() -> bool:
@@ -53,6 +59,14 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     )
     if spec.gradient_checkpointing:
         check_gradient_checkpointing(skeleton, spec.base_model)
+    check_kernels(spec.kernels, skeleton.config.model_type, spec.base_model, cuda_available())
+    if spec.compile and not cuda_available():
+        raise ModelError(
+            "training.compile compiles for a CUDA GPU and none is available here; set "
+            "training.compile: false"
+        )
+    if spec.sharding == "fsdp" and (refusal := wrap_refusal(skeleton, spec.base_model)):
+        raise ModelError(refusal)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
     prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
     for report in reports:
@@ -70,8 +84,11 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
                 f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
                 "tokens will be truncated"
             )
-    if spec.packing:  # last: it loads the weights and runs the base (models.base_model.probes)
+    # Last: they build and run a copy of the base (models.base_model.probes).
+    if spec.packing:
         check_packing(spec.base_model, spec.trust_remote_code)
+    if spec.chunked_loss == "on":
+        check_chunked_loss(spec.base_model, spec.trust_remote_code)
     return reports
 
 

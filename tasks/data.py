@@ -89,6 +89,21 @@ def version_data(*, data_dir: str) -> DataVersion:
     return DataVersion(md5=md5, path=str(data), dvc_file=str(dvc_file), repo=str(repo))
 
 
+def cache_version(data_dir: Path) -> str | None:
+    """`dvc add` a directory that a committed .dvc file versions, outside any run: its bytes go
+    into the DVC cache, so `dvc status` is clean (e.g. demo data just built on a fresh clone).
+    Returns the md5, or None where no .dvc file or DVC repository versions it."""
+    data = data_dir.resolve()
+    if not dvc_file_of(data).is_file():
+        return None
+    try:
+        repo = find_dvc_repo(data)
+    except DvcError:
+        return None
+    run_dvc(repo, "add", data.relative_to(repo).as_posix())
+    return read_dvc_md5(dvc_file_of(data))
+
+
 @task(name="push-data", **IO_RETRIES)
 def push_data(*, dataset: DataVersion, remote: str | None = None) -> None:
     """`dvc push` the versioned data to the remote (the repo's default unless named)."""

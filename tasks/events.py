@@ -11,6 +11,8 @@ Inside a flow run Prefect adds the flow run, flow and deployment as related reso
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect.events import emit_event
 
 from tasks.runtime import in_prefect_run, logger
@@ -36,12 +38,14 @@ def model_resource(model_name: str, version: str | None, metrics: dict[str, floa
     return resource
 
 
-def _emit(event: str, resource: dict, payload: dict, hook: bool = False) -> None:
+def _emit(
+    event: str, resource: dict, payload: dict, hook: bool = False, event_id: UUID | None = None
+) -> None:
     # Outside a flow or task run (task.fn in a notebook) there is no API to send to; a flow's
     # state hook runs in the engine, with its API, whether or not the run's context is still set.
     if not (hook or in_prefect_run()):
         return
-    emit_event(event=event, resource=resource, payload=payload)
+    emit_event(event=event, resource=resource, payload=payload, id=event_id)
     logger().info("event %s emitted for %s", event, resource["prefect.resource.name"])
 
 
@@ -58,10 +62,14 @@ def announce_decision(model_name: str, version: str, decision, metrics: dict[str
     _emit(event, resource, {"reason": decision.reason, "record": decision.tags()})
 
 
-def announce_skip(model_name: str, champion_version: str, data_md5: str) -> None:
-    """loraflow.model.skipped: inputs equal the champion's, nothing was trained."""
+def announce_skip(
+    model_name: str, champion_version: str, data_md5: str, event_id: UUID | None = None
+) -> None:
+    """loraflow.model.skipped: inputs equal the champion's, nothing was trained. With `event_id`,
+    a second send of the same event is stored once (Prefect keeps one event per id)."""
     resource = model_resource(model_name, champion_version, {})
-    _emit(SKIPPED, resource, {"reason": "unchanged since champion", "data_md5": data_md5})
+    payload = {"reason": "unchanged since champion", "data_md5": data_md5}
+    _emit(SKIPPED, resource, payload, event_id=event_id)
 
 
 def announce_failure(model_name: str, mlflow_run_id: str | None, state) -> None:

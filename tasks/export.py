@@ -16,7 +16,7 @@ from models.export.merge import export_files
 from tasks.base_model import is_s3
 from tasks.lib import s3
 from tasks.lib.base_cache import fetch_s3_base
-from tasks.lineage import LINEAGE_TAGS
+from tasks.lineage import MANIFEST_TAGS
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client
@@ -89,7 +89,7 @@ def _publish(
         "model_name": version.model_name,
         "version": version.version,
         "run_id": version.run_id,
-        **{k: version.tags.get(k, "") for k in LINEAGE_TAGS},
+        **{k: version.tags.get(k, "") for k in MANIFEST_TAGS},
     }
     s3_client = s3.client(export.concurrency)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {location.uri()}") as bar:

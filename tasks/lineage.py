@@ -72,9 +72,11 @@ def base_model_sha256(base_model: str, hashes: FileHashes | None = None) -> str:
     return weights_sha256(base_model, hashes) if is_local(base_model) else "hub"
 
 
-def current_inputs(config: LoraflowConfig) -> dict[str, str] | None:
+@task(name="hash-inputs")
+def hash_inputs(config: LoraflowConfig) -> dict[str, str] | None:
     """The lineage keys a run of `config` would record (data md5, config sha256, base model
-    sha256), read without dvc and without loading a model: for deciding "unchanged" in seconds.
+    sha256), read without dvc and without loading a model: for deciding "unchanged" in seconds
+    (tasks.retrain_check).
 
     The data md5 is computed as `dvc add` computes it and must equal the md5 the directory's
     .dvc file records; otherwise (data not versioned as it stands, no .dvc file, no DVC repo)
@@ -127,7 +129,7 @@ def _remembered_base_sha256(base_model: str) -> str:
 
 
 # The lineage tags an export manifest carries: where the exported weights came from.
-LINEAGE_TAGS = (
+MANIFEST_TAGS = (
     "data_md5",
     "git_commit",
     "config_sha256",

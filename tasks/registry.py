@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -18,21 +19,45 @@ import models
 from models.config.run import check_model_name
 from models.data.chat import load_prompt_format
 from models.errors import LoraflowError
-from models.registry.promotion import changed_inputs
+from models.registry.promotion import recorded_key
 from models.registry.summary import headline_metrics, model_description, version_description
-from tasks.registry_read import (  # noqa: F401 (VersionRef, record_unchanged: re-exported)
-    CHALLENGER,
-    CHAMPION,
-    MISSING,
-    VersionRef,
-    record_unchanged,
-)
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# What MLflow answers for a model or alias that does not exist.
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 class RegistryError(LoraflowError):
     """A registered model, version or alias that does not exist."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered version: which one, its lineage tags and its adapter on local disk."""
+
+    model_name: str
+    version: str
+    run_id: str
+    base_model: str
+    adapter_dir: str
+    tags: dict[str, str]
+    recorded_metrics: dict[str, float]
+
+    def recorded(self, metric: str) -> float | None:
+        """The adapter's `metric` as its run recorded it at evaluation, or None."""
+        return self.recorded_metrics.get(recorded_key(metric))
+
+    def figures(self) -> dict[str, float]:
+        """Every figure its run recorded for the adapter (adapter_<metric>[/<slice>]), by
+        metric: what the promotion gate compares."""
+        prefix = recorded_key("")
+        return {
+            k.removeprefix(prefix): v
+            for k, v in self.recorded_metrics.items()
+            if k.startswith(prefix)
+        }
 
 
 PYFUNC_FILE = Path(__file__).parent / "lib" / "pyfunc_model.py"
@@ -143,21 +168,6 @@ def fetch_champion(*, model_name: str, download: bool = True) -> VersionRef | No
     """The version behind alias `champion` with its adapter downloaded (unless told not), or
     None if there is none."""
     return find_champion(model_name, download=download)
-
-
-@task(name="check-unchanged", **IO_RETRIES)
-def unchanged_champion(*, model_name: str, tags: dict[str, str]) -> VersionRef | None:
-    """The champion when this run's data, config and base model all equal its; else None."""
-    champion = find_champion(model_name, download=False)
-    if champion is None:
-        logger().info("no champion of %s yet: training", model_name)
-        return None
-    changed = changed_inputs(tags, champion.tags)
-    if changed:
-        logger().info("changed since champion v%s: %s: training", champion.version, changed)
-        return None
-    record_unchanged(model_name, champion, tags)
-    return champion
 
 
 def pip_requirements() -> list[str]:

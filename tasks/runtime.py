@@ -38,11 +38,21 @@ def in_prefect_run() -> bool:
 
 
 def config_parameter() -> LoraflowConfig:
-    """The running flow's `config` parameter as a LoraflowConfig (for flow-run names)."""
+    """The running flow's config, from its `config` parameter or its `config_file` and
+    `overrides` (models.config.file.run_config), as a LoraflowConfig (for flow-run names)."""
     from prefect.runtime import flow_run
 
-    config = flow_run.parameters.get("config")
-    return LoraflowConfig.model_validate(config) if isinstance(config, dict) else config
+    return config_of(flow_run.parameters)
+
+
+def config_of(parameters: dict) -> LoraflowConfig:
+    """The run config a flow run's parameters name (see config_parameter)."""
+    from models.config.file import run_config
+
+    config = parameters.get("config")
+    if isinstance(config, dict):
+        config = LoraflowConfig.model_validate(config)
+    return run_config(config, parameters.get("config_file"), parameters.get("overrides"))
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:

@@ -57,11 +57,17 @@ def train(
         }
 
     run = functools.partial(train_adapter, callbacks=callbacks)
-    if spec.num_processes > 1:
+    if spec.num_processes * spec.num_nodes > 1:
         if callbacks:
             raise ValueError("Trainer callbacks cannot reach torchrun processes")
-        log.info("training with %d data-parallel processes (torchrun)", spec.num_processes)
-        run = train_adapter_distributed
+        log.info(
+            "training with %d process(es) on each of %d node(s) (torchrun, sharding %s)",
+            spec.num_processes,
+            spec.num_nodes,
+            spec.sharding,
+        )
+        # Every node of a run calls this with the same run id: the rendezvous id.
+        run = functools.partial(train_adapter_distributed, job_id=run_id)
     run = explain_resource_errors(
         run,
         device=spec.device,
@@ -89,6 +95,9 @@ def train(
         progress.close()
         if curve:
             curve.close()
+    if not result.adapter_dir:
+        log.info("trained %s on this node; the node of rank 0 saves the adapter", spec.method)
+        return result
     log.info(
         "trained %s: %d/%d params trainable, final loss %.4f, %.0f tokens/s, adapter sha256 %s",
         spec.method,

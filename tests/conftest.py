@@ -35,9 +35,9 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The longest module (a whole team stack) goes first, so that with two workers it runs beside
+# The longest modules (whole team stacks) go first, so that with two workers they run beside
 # the rest instead of after it.
-_FIRST = ("tests/flows/test_team.py",)
+_FIRST = ("tests/flows/test_team.py", "tests/flows/test_nightly.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,8 +46,8 @@ def pytest_collection_modifyitems(config, items):
 
 def on_session_api(**variables: str) -> dict[str, str]:
     """This process's environment for a `loraflow` subprocess, on the session's Prefect API
-    (else the command starts a temporary one, seconds each; tests/test_cli.py's installed-command
-    bad-input test and tests/tasks/test_prefect_api.py cover that path)."""
+    (else the command starts Prefect's temporary one, seconds each; tests/test_cli.py's
+    installed-command bad-input test covers that path)."""
     from prefect.settings import PREFECT_API_URL
 
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **variables}

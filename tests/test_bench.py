@@ -111,3 +111,50 @@ def test_step_clock_times_the_trainings_it_is_given_and_patches_nothing(
     clock.reset()
     train_adapter(spec, output_dir=tmp_path / "unclocked")  # a training it was not given
     assert clock.step_seconds() == []
+
+
+def test_gpu_check_lever_rows_on_cpu(tmp_path):
+    """Every lever of bench.gpu_levers trains on the CPU path of `make gpu-check` (tiny model)
+    or says why not; the exact ones keep the baseline's loss."""
+    from bench.gpu_check import TINY_RUN, Check, Row
+    from bench.gpu_levers import lever_rows
+
+    rows = {r.check: r for r in lever_rows(Check(tmp_path, TINY_RUN, "cpu"), Row)}
+    assert list(rows) == [
+        "lever baseline (all off)",
+        "lever chunked_loss on",
+        "lever kernels liger",
+        "lever compile",
+        "lever packing",
+        "lever batch_tokens 2x",
+        "lever gradient_checkpointing on",
+    ]
+    assert rows["lever compile"].status == "not run"
+    assert rows["lever compile"].note == "needs a CUDA device"
+    assert rows["lever kernels liger"].status == "not run"
+    base_loss = rows["lever baseline (all off)"].note
+    for name in ("chunked_loss on", "packing", "gradient_checkpointing on"):
+        row = rows[f"lever {name}"]
+        assert row.status == "ok" and row.tokens_per_second > 0
+        assert row.note.endswith(f"{base_loss} vs {base_loss.split()[-1]}"), row.note
+    assert rows["lever batch_tokens 2x"].status == "ok"
+
+
+def test_gpu_wheels_carry_what_a_worker_imports_and_the_machine_lacks():
+    from bench.gpu_wheels import ROOT, to_carry
+
+    carried = to_carry(ROOT / "requirements.lock", ROOT / "requirements-gpu.txt")
+    # The pipeline's orchestration, tracking client and data versioning, at the lock's pins.
+    for name in ("prefect", "mlflow-skinny", "sqlalchemy", "alembic", "dvc", "pydantic"):
+        assert name in carried, name
+    assert carried["liger-kernel"] == "0.8.5"  # the gpu extra
+    assert "transformers" in carried  # the machine's 5.17 is too old for loraflow
+    # Not the tracking server and web UI, the test tools, or what the machine has.
+    for name in ("mlflow", "psycopg2-binary", "pytest", "moto", "ruff", "torch", "numpy"):
+        assert name not in carried, name
+    lock = (ROOT / "requirements.lock").read_text()
+    assert all(
+        f"\n{name}=={version}\n" in f"\n{lock}"
+        for name, version in carried.items()
+        if name != "liger-kernel"
+    )

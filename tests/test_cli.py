@@ -208,3 +208,23 @@ def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base
     assert result["version"] == "1"
     assert result["tags"]["method"] == "lora"
     assert len(result["out"]) == 1 and isinstance(result["out"][0], str)
+
+
+def test_plan_reports_per_rank_memory_and_whether_a_card_needs_sharding(
+    tmp_path, tiny_base, capsys
+):
+    from flows.cli import main
+
+    sharded = {"sharding": "fsdp", "num_processes": 2, "num_nodes": 2, "rendezvous": "n0:29400"}
+    sharded["save_steps"] = 0
+    cfg = write_config(tmp_path, tiny_base, training=sharded)
+    assert main(["plan", str(cfg), "--gpu-memory", "1GiB"]) == 0
+    text = capsys.readouterr().out
+    assert "per rank          4 ranks, fsdp: weights " in text
+    assert "on a 1.0 GiB card  fits one card unsharded" in text
+    assert main(["plan", str(cfg), "--json", "--gpu-memory", "1MiB"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ranks"] == 4 and got["gpu_memory_bytes"] == 2**20
+    assert got["base_weight_bytes_per_rank"] == -(-got["base_weight_bytes"] // 4)
+    # 1 MiB: fewer bytes than the tiny base's activations alone, on any number of ranks
+    assert got["fsdp_ranks_needed"] is None

@@ -47,7 +47,7 @@ def test_without_loraflow_home_the_deploying_checkout_is_used_and_said_once(chec
     assert said == [
         f"LORAFLOW_HOME is not set: deployments run from this checkout, {repo}, on every worker "
         "(same path there); set LORAFLOW_HOME to the checkout's path on the workers, or "
-        "LORAFLOW_REPOSITORY to a git URL for training and promotion runs to clone this commit"
+        "LORAFLOW_REPOSITORY to a git URL for every run to clone this commit"
     ]
 
 

@@ -85,6 +85,21 @@ def check_packing(base_model: str, trust_remote_code: bool = False) -> None:
         )
 
 
+def check_chunked_loss(base_model: str, trust_remote_code: bool = False) -> None:
+    """training.chunked_loss: on is the model's own loss on this base, or the run is refused in
+    one line (models.base_model.chunked_loss.refusal, asked of the probe copy: whether the
+    head's output is post-processed is the architecture's code and config, not its weights)."""
+    from models.base_model.chunked_loss import refusal
+
+    model = probe_model(base_model, trust_remote_code)
+    reason = refusal(model)
+    if reason is not None:
+        raise ModelError(
+            f"training.chunked_loss: on is not exact for base_model {base_model} "
+            f"({type(model).__name__}): {reason}; set training.chunked_loss: auto or off"
+        )
+
+
 def check_gradient_checkpointing(model: torch.nn.Module, base_model: str) -> None:
     """training.gradient_checkpointing is supported by the base's own code, or refused."""
     if not getattr(model, "supports_gradient_checkpointing", False):

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SPLIT_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# data.source: the stores whose reads record an exact version (S3 ETags / version ids, file md5s).
+SOURCE_SCHEMES = ("", "file", "s3")
 
 
 class _Section(BaseModel):
@@ -80,6 +82,28 @@ class DataConfig(_Section):
     dvc_remote: str | None = Field(
         None, description="DVC remote to push the data to (default: the repo's default remote)."
     )
+    source: str | None = Field(
+        None,
+        description="Where new data lands: an s3://bucket/prefix, or a local or shared "
+        "directory (a path or file:// URL). Each run first makes `path` an exact copy of it "
+        "(the ETags / version ids read are recorded on the run and version), then versions it "
+        "with DVC. Empty: `path` is used as it is.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"must be an s3://bucket/prefix URL or a directory (path or file://); got {v!r}"
+            )
+        if scheme == "s3" and not v[5:].split("/", 1)[0]:
+            raise ValueError(f"must name a bucket: s3://bucket/prefix (got {v!r})")
+        return v
 
     @field_validator("train_file", "eval_file")
     @classmethod

@@ -51,3 +51,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Loraflo
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def run_config(
+    config: LoraflowConfig | None, config_file: str | None, overrides: list[str] | None = None
+) -> LoraflowConfig:
+    """A flow's run config from its parameters: `config` when given (a whole config, e.g. a
+    custom run's; config_file and overrides, a deployment's defaults, then do not apply), else
+    `config_file` (a config in the repository, e.g. configs/demo.yaml, read where the run runs)
+    with `overrides` (`dotted.key=value`, as `--set`)."""
+    if config is not None:
+        return config
+    if not config_file:
+        raise ConfigError("no config: give config, or config_file (e.g. configs/demo.yaml)")
+    path = Path(config_file)
+    if path.is_absolute() or ".." in path.parts:
+        raise ConfigError(
+            f"config_file: must be a path in the repository, e.g. configs/demo.yaml "
+            f"(got {config_file!r})"
+        )
+    return load_config(path, overrides)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from models.config.data import DataConfig, _Section
 from models.config.evaluation import EvaluationConfig, GuardConfig, check_gate
 from models.config.schema import describe_error
 from models.config.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
+from models.config.training import TrainingConfig, check_parallel
 from models.errors import LoraflowError
 from models.evaluation.metrics import direction
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
@@ -94,91 +95,6 @@ class AdapterConfig(_Section):
     def _targets(cls, v: list[str] | str) -> list[str] | str:
         if isinstance(v, list) and not v:
             raise ValueError("must name at least one module (or 'all-linear')")
-        return v
-
-
-class TrainingConfig(_Section):
-    """The optimizer, the schedule, where training runs, and its checkpoints."""
-
-    max_steps: int = Field(200, ge=1, description="Optimizer steps to train.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
-    batch_size: int = Field(16, ge=1, description="Examples per device per step.")
-    grad_accum_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    warmup_steps: int = Field(10, description="Linear warmup steps.")
-    weight_decay: float = Field(0.0, description="AdamW weight decay.")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Learning-rate schedule after warmup."
-    )
-    logging_steps: int = Field(10, ge=1, description="Log the training loss every N steps.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where to train: auto picks CUDA when available."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype: auto = bf16 on CUDA with bf16 support, else fp32."
-    )
-    output_dir: str = Field(
-        ".loraflow/runs",
-        description="Where adapters are written locally: `<output_dir>/<MLflow run id>/adapter`.",
-    )
-    deployment: str | None = Field(
-        None,
-        description="Prefect deployment that trains (e.g. train-adapter/train on the gpu pool); "
-        "empty = train inside the pipeline's own process.",
-    )
-    num_processes: int = Field(
-        1,
-        ge=1,
-        description="Data-parallel training processes on this machine (DDP via torchrun: one per "
-        "GPU with NCCL, gloo on CPU); batch_size stays per process, so the global batch is "
-        "num_processes x batch_size x grad_accum_steps. Rank 0 logs and saves; the pipeline "
-        "registers once.",
-    )
-    packing: bool = Field(
-        False,
-        description="Padding-free batches: each batch's examples packed into rows of at most "
-        "data.max_seq_len tokens, position ids restarting per example so they do not attend to "
-        "each other (same loss and gradients, no pad compute). Pays off when example lengths "
-        "vary (about 1.6x on 10-90-token examples); leave it off for short uniform ones such as "
-        "the demo data (docs/performance.md).",
-    )
-    cpu_threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch threads when training on CPU; empty = torch's default (one per core), "
-        "slightly faster on a quiet machine. 1 is far faster for small models on a shared, "
-        "busy machine (docs/performance.md).",
-    )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute each decoder layer in the backward pass instead of keeping its "
-        "activations: much less training memory for about one more forward pass per step "
-        "(3.6x lower peak at 0.68x the speed on a 101M model, docs/performance.md); "
-        "`loraflow plan` counts it.",
-    )
-
-    save_steps: int = Field(
-        500,
-        ge=0,
-        description="Checkpoint every N steps (and at the last step); a rerun with the same "
-        "config, data and base model resumes from the newest checkpoint. 0 = no checkpoints.",
-    )
-    checkpoint_store: str = Field(
-        ".loraflow/checkpoints",
-        description="Where checkpoints outlive the worker: a directory (shared, for several "
-        "machines) or s3://bucket/prefix. Cleared once the adapter is registered.",
-    )
-    deterministic: bool = Field(
-        False,
-        description="Deterministic algorithms only (cuBLAS workspace config, no nondeterministic "
-        "CUDA kernels): bit-identical reruns on the same GPU, slower. CPU runs are "
-        "bit-identical either way.",
-    )
-
-    @field_validator("checkpoint_store")
-    @classmethod
-    def _store(cls, v: str) -> str:
-        if "://" in v and not (v.startswith("s3://") and len(v) > len("s3://")):
-            raise ValueError(f"must be a directory or an s3://bucket/prefix URI (got {v!r})")
         return v
 
 
@@ -279,6 +195,11 @@ class LoraflowConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _sharding(self) -> LoraflowConfig:
+        check_parallel(self.training, self.adapter.method)
+        return self
+
+    @model_validator(mode="after")
     def _gate_metrics(self) -> LoraflowConfig:
         check_gate(self.registry, self.evaluation, self.data.format)
         return self
@@ -317,7 +238,7 @@ class LoraflowConfig(_Section):
         return str(Path(self.training.output_dir) / run_id / "adapter")
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(**self.data.model_dump(exclude={"dvc_remote"}))
+        return DataSpec(**self.data.model_dump(exclude={"dvc_remote", "source"}))
 
     def check_spec(self, base_model: str) -> CheckSpec:
         """For the input checks; `base_model` as resolved (base_model.paths.canonical_base)."""
@@ -329,8 +250,12 @@ class LoraflowConfig(_Section):
             trust_remote_code=self.base_model_trust_remote_code,
             packing=self.training.packing,
             gradient_checkpointing=self.training.gradient_checkpointing,
+            sharding=self.training.sharding,
             metrics=self.evaluation.metrics,
             slice_field=self.evaluation.slice_field,
+            chunked_loss=self.training.chunked_loss,
+            kernels=self.training.kernels,
+            compile=self.training.compile,
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:
@@ -353,11 +278,15 @@ class LoraflowConfig(_Section):
             data=self.data_spec(),
             trust_remote_code=self.base_model_trust_remote_code,
             device=self.training.device,
+            chunked_loss=self.training.chunked_loss,
             **self.evaluation.model_dump(),
         )
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     """One line: where (file and dotted key), what, and the bad value."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
@@ -365,7 +294,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {where!r}"
     if first["type"] == "missing":
         return f"{source}: missing required key {where!r}"
-    msg = describe_error(LoraflowConfig, first, _NOUNS)
+    msg = describe_error(model, first, _NOUNS)
     if msg.startswith(f"{where}.") or where == "<root>":  # the message names the field
         return f"{source}: {msg}"
     return f"{source}: {where}: {msg}"
@@ -373,7 +302,13 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> LoraflowConfig:
     """Validate plain data into a config, raising ConfigError with a one-line message."""
+    return validate_section(LoraflowConfig, raw, source)
+
+
+def validate_section(model: type[M], raw: dict[str, Any], source: str) -> M:
+    """One section (or the whole config) from plain data, e.g. a command's flags, raising
+    ConfigError with the same one-line message a config file gets."""
     try:
-        return LoraflowConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(_format_error(e, source, model)) from None

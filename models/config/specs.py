@@ -60,8 +60,13 @@ class CheckSpec:
 
     packing, gradient_checkpointing: the training settings the base model's own code must
     support (checked on the base itself, models.base_model.probes).
+    sharding: with fsdp, the base's FSDP plan must name its decoder layers
+    (models.training.sharding.wrap_refusal).
     metrics, slice_field: evaluation.metrics (custom ones imported and tried on the eval split)
     and the eval field every eval record must have.
+    chunked_loss, kernels, compile: the training settings refused where they cannot run or are
+    not exact (chunked_loss "on" on a base that post-processes its logits; liger without the
+    package or for an architecture it does not patch; liger and compile without CUDA).
     """
 
     base_model: str
@@ -71,8 +76,12 @@ class CheckSpec:
     trust_remote_code: bool = False
     packing: bool = False
     gradient_checkpointing: bool = False
+    sharding: str = "none"
     metrics: list[str] = dataclasses.field(default_factory=list)
     slice_field: str | None = None
+    chunked_loss: str = "auto"
+    kernels: str = "none"
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,6 +98,10 @@ class TrainSpec:
     The defaults serve calls without a config (tests, benchmarks); a config sets every field.
     num_processes > 1: data-parallel under torchrun (models.training.distributed); batch_size is per
         process.
+    sharding: none (DDP, every process holds the whole model) or fsdp (FSDP2, parameters,
+        gradients and optimizer state sharded across processes; models.training.sharding).
+    num_nodes, rendezvous: machines of one run, each starting num_processes processes, and the
+        host:port where their launchers meet (torchrun's c10d rendezvous).
     packing: each batch is packed padding-free into rows of <= data.max_seq_len tokens
         (models.data.packing) instead of padded rows.
     cpu_threads: torch threads while training on CPU (None: torch's default, one per core).
@@ -98,6 +111,12 @@ class TrainSpec:
         checkpoint directory.
     deterministic: PyTorch's deterministic mode while training (models.training.train.
         deterministic_algorithms); slower on CUDA, no effect on CPU results.
+    chunked_loss: "auto" | "on" | "off": the loss one chunk of logits at a time
+        (models.base_model.chunked_loss; models.training.loss decides).
+    kernels: "none" | "liger": Liger Kernel through the Trainer (models.training.kernels).
+    batch_tokens: batches sized by a token budget instead of batch_size rows
+        (models.data.token_batches).
+    compile: torch.compile the decoder (CUDA only).
     """
 
     base_model: str
@@ -116,11 +135,18 @@ class TrainSpec:
     dtype: str = "auto"
     trust_remote_code: bool = False
     num_processes: int = 1
+    sharding: str = "none"
+    num_nodes: int = 1
+    rendezvous: str = ""
     packing: bool = False
     cpu_threads: int | None = None
     gradient_checkpointing: bool = False
     save_steps: int = 0
     deterministic: bool = False
+    chunked_loss: str = "auto"
+    kernels: str = "none"
+    batch_tokens: int | None = None
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,6 +169,7 @@ class EvalSpec:
     Examples over data.max_seq_len are always truncated here (data.too_long is for training).
     metrics: evaluation.metrics specs (built-in names or module:function) scored on the answers.
     slice_field: eval record field by which every figure is also reported per slice.
+    chunked_loss: training.chunked_loss, for the eval loss (auto: where it is exact).
     """
 
     data: DataSpec
@@ -153,6 +180,7 @@ class EvalSpec:
     device: str = "cpu"
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["exact_match"])
     slice_field: str | None = None
+    chunked_loss: str = "auto"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

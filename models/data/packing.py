@@ -32,7 +32,7 @@ import torch
 IGNORE_INDEX = -100
 
 
-def _first_fit_decreasing(lengths: list[int], row_len: int) -> list[list[int]]:
+def first_fit_decreasing(lengths: list[int], row_len: int) -> list[list[int]]:
     """Example indices per row: longest first, each into the first row it fits (an example
     longer than row_len gets a row of its own)."""
     rows: list[list[int]] = []
@@ -55,7 +55,7 @@ def pack_batch(
     """Rows of <= row_len tokens: input_ids, labels (-100 at every example's start and on the
     pad tail) and position_ids restarting per example and for the pad tail."""
     lengths = [len(f["input_ids"]) for f in features]
-    rows = _first_fit_decreasing(lengths, row_len)
+    rows = first_fit_decreasing(lengths, row_len)
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids, labels, positions = [], [], []
     for row in rows:

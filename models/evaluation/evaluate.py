@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from models.base_model.chunked_loss import token_losses, wanted
 from models.base_model.loading import load_base, resolve_device
 from models.config.specs import EvalSpec
 from models.data.chat import prepare_tokenizer
@@ -19,28 +20,38 @@ from models.evaluation.serving import generate, load_adapted
 
 @torch.no_grad()
 def completion_losses(
-    model, tokenizer, features: list[dict], batch_size: int
+    model, tokenizer, features: list[dict], batch_size: int, chunked: bool = False
 ) -> list[tuple[float, int]]:
     """Per example: summed cross-entropy over its completion tokens, and their count (prompt
-    and padding excluded)."""
+    and padding excluded). chunked: from one chunk of logits at a time (the same figures
+    without batch x sequence x vocabulary logits; models.base_model.chunked_loss)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(features), batch_size):
         batch = pad_batch(features[start : start + batch_size], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-        )
+        if chunked:
+            losses = token_losses(model, inputs, batch["labels"])
+        else:
+            logits = model(**inputs).logits
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2),
+                targets,
+                ignore_index=-100,
+                reduction="none",
+            )
         counts = (targets != -100).sum(dim=1)
         out += [(float(s), int(c)) for s, c in zip(losses.sum(dim=1), counts, strict=True)]
     return out
 
 
-def completion_loss(model, tokenizer, features: list[dict], batch_size: int) -> float:
+def completion_loss(
+    model, tokenizer, features: list[dict], batch_size: int, chunked: bool = False
+) -> float:
     """Mean cross-entropy per completion token over all examples."""
-    return _mean_loss(completion_losses(model, tokenizer, features, batch_size))
+    return _mean_loss(completion_losses(model, tokenizer, features, batch_size, chunked))
 
 
 def _mean_loss(losses: list[tuple[float, int]]) -> float:
@@ -87,7 +98,8 @@ def evaluate_model(
     features = tokenize(
         examples, tokenizer, data.max_seq_len, "truncate", train_on=data.train_on
     ).features
-    losses = completion_losses(model, tokenizer, features, spec.batch_size)
+    chunked = wanted(spec.chunked_loss, model, spec.batch_size * data.max_seq_len)
+    losses = completion_losses(model, tokenizer, features, spec.batch_size, chunked)
     references = [e.completion.strip() for e in examples]
     predictions = None
     if data.format != "text":

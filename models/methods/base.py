@@ -48,6 +48,8 @@ class AdapterMethod:
     saved_bytes_per_token: bytes the adapters keep for the backward pass per token, on top of
         the frozen base's own activations (the plan's memory estimate); default: PEFT's LoRA
         layers with a trained A.
+    cannot_shard: why the method cannot train with training.sharding: fsdp (one line, shown by
+        the checks); empty = it can.
     """
 
     name: str
@@ -61,6 +63,7 @@ class AdapterMethod:
     before_save: Callable[[torch.nn.Module, AdapterSpec], None] | None = None
     layer_kinds: frozenset[str] = LINEAR_KINDS
     saved_bytes_per_token: Callable[[torch.nn.Module, AdapterSpec, int], int] | None = None
+    cannot_shard: str = ""
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:

@@ -133,4 +133,6 @@ METHOD = AdapterMethod(
     check=check,
     callbacks=callbacks,
     before_save=before_save,
+    cannot_shard="delta_lora moves the frozen base weights by the full B x A product after "
+    "every step, and under FSDP each rank holds only a slice of them",
 )

@@ -8,4 +8,6 @@ METHOD = AdapterMethod(
     name="dora",
     summary="LoRA direction + trained magnitude vector",
     build=partial(build_lora, use_dora=True),
+    cannot_shard="dora computes each row's norm of W + B x A in every forward, and PEFT's DoRA "
+    "cannot mix the sharded W (a DTensor) with its whole adapter tensors",
 )

@@ -35,4 +35,6 @@ METHOD = AdapterMethod(
     build=build,
     needs_cuda=True,
     load_kwargs=load_kwargs,
+    cannot_shard="qlora's 4-bit base is stored as uint8, which FSDP cannot shard (sharding it "
+    "needs bnb_4bit_quant_storage in the compute dtype, not set up or tested here)",
 )

@@ -240,9 +240,11 @@ def _v(version: str | None) -> str:
 
 # What decides whether a retrain could change anything: the data version, the resolved config and
 # the base model's weights. Equal on the champion's version -> nothing new to learn.
-LINEAGE_KEYS = ("data_md5", "config_sha256", "base_model_sha256")
+RETRAIN_INPUTS = ("data_md5", "config_sha256", "base_model_sha256")
 
 
 def changed_inputs(current: dict[str, str], champion_tags: dict[str, str]) -> list[str]:
     """Lineage keys whose value differs from the champion's (a missing tag counts as changed)."""
-    return [k for k in LINEAGE_KEYS if not current.get(k) or current.get(k) != champion_tags.get(k)]
+    return [
+        k for k in RETRAIN_INPUTS if not current.get(k) or current.get(k) != champion_tags.get(k)
+    ]

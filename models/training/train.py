@@ -15,10 +15,10 @@ import torch
 from models.base_model.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.config.specs import TrainSpec
 from models.data.chat import prepare_tokenizer, save_prompt_format
-from models.data.packing import pack_batch
-from models.data.splits import pad_batch, read_split, tokenize
+from models.data.splits import read_split, tokenize
 from models.hashing import file_sha256
 from models.methods import AdapterMethod, get_method
+from models.training.batches import Collator, train_items
 from models.training.checkpoints import (
     checkpoint_marker,
     checkpoint_step,
@@ -27,6 +27,11 @@ from models.training.checkpoints import (
 )
 from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
+from models.training.sharding import (
+    gathered_state_dict,
+    resident_param_bytes,
+    sharded_load_kwargs,
+)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -48,10 +53,13 @@ class TrainResult:
     adapter_bytes: int = 0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    param_bytes_per_rank: int = 0  # parameters resident in one process (its shards under FSDP)
     loss_history: list[tuple[int, float]] = field(default_factory=list)
     # The numeric environment training ran in (models.training.hardware), taken inside its thread
     # setting: a dispatched training's figures carry the worker's, not the orchestrator's.
     environment: dict[str, str] = field(default_factory=dict)
+    # Whether the loss was computed one chunk of logits at a time (training.chunked_loss).
+    chunked_loss: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready figures (for another process or machine)."""
@@ -153,6 +161,9 @@ def train_adapter(
     """
     from transformers import Trainer
 
+    from models.base_model.chunked_loss import causal_lm_parts
+    from models.training.loss import ChunkedLossTrainer, use_chunked_loss
+
     device = resolve_device(spec.device)
     torch_dtype = resolve_dtype(spec.dtype, device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -165,14 +176,24 @@ def train_adapter(
     checkpoints = Path(checkpoint_dir) if checkpoint_dir and spec.save_steps > 0 else None
     resume = latest_checkpoint(checkpoints) if checkpoints else None
     history: list[tuple[int, float]] = []
-    collate = _Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
+    collate = Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
     args = _training_arguments(spec, Path(output_dir), checkpoints, device, torch_dtype, world_size)
     optimizers = _optimizers(method, model, spec)
     method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
-    trainer = Trainer(
+    batch_tokens = spec.batch_tokens or spec.batch_size * spec.data.max_seq_len
+    chunked = use_chunked_loss(spec.chunked_loss, model, batch_tokens, world_size, spec.kernels)
+    if spec.compile and device == "cuda":
+        causal_lm_parts(model)[0].compile()  # the decoder; the loss path calls it either way
+    trainer = (ChunkedLossTrainer if chunked else Trainer)(
         model=model,
         args=args,
-        train_dataset=data.features,
+        train_dataset=train_items(
+            data.features,
+            batch_tokens=spec.batch_tokens,
+            packing=spec.packing,
+            row_len=spec.data.max_seq_len,
+            seed=spec.adapter.seed,
+        ),
         data_collator=collate,
         callbacks=[
             _relay(history, on_log),
@@ -204,15 +225,21 @@ def train_adapter(
         peak_memory_kind=memory.kind,
         loss_history=history,
         environment=environment,
+        chunked_loss=chunked,
+        param_bytes_per_rank=resident_param_bytes(model),
     )
+    state_dict = gathered_state_dict(model)  # sharded: every rank takes part; else None
     if save:
-        _save(result, model, tokenizer, method, spec, Path(output_dir), extra_files or {})
+        _save(
+            result, model, tokenizer, method, spec, Path(output_dir), extra_files or {}, state_dict
+        )
     return result
 
 
 def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
     """(model with the adapter, tokenizer, tokenized train split)."""
     load_kwargs = method.load_kwargs() if method.load_kwargs else {}
+    load_kwargs |= sharded_load_kwargs(spec.sharding, int(os.environ.get("WORLD_SIZE", "1")))
     model, tokenizer = load_base(
         spec.base_model,
         dtype=torch_dtype,
@@ -234,20 +261,6 @@ def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torc
     return method.build(model, spec.adapter), tokenizer, tokenized
 
 
-class _Collator:
-    """Pads (or packs) a batch and counts the real tokens it holds: tokens/s excludes padding."""
-
-    def __init__(self, *, packing: bool, row_len: int, tokenizer) -> None:
-        self.packing, self.row_len, self.tokenizer = packing, row_len, tokenizer
-        self.seen = 0
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        self.seen += sum(len(f["input_ids"]) for f in features)
-        if self.packing:
-            return pack_batch(features, row_len=self.row_len, pad_id=self.tokenizer.pad_token_id)
-        return pad_batch(features, self.tokenizer.pad_token_id)
-
-
 def _training_arguments(
     spec: TrainSpec,
     output_dir: Path,
@@ -262,7 +275,8 @@ def _training_arguments(
     return TrainingArguments(
         output_dir=str(checkpoints or output_dir / "trainer"),
         max_steps=spec.max_steps,
-        per_device_train_batch_size=spec.batch_size,
+        # training.batch_tokens: each dataset item is a whole batch (models.training.batches).
+        per_device_train_batch_size=1 if spec.batch_tokens else spec.batch_size,
         gradient_accumulation_steps=spec.grad_accum_steps,
         learning_rate=spec.learning_rate,
         warmup_steps=spec.warmup_steps,
@@ -281,6 +295,7 @@ def _training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=False,
         activation_checkpointing=spec.gradient_checkpointing,
+        use_liger_kernel=spec.kernels == "liger",
         disable_tqdm=False,
         ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
     )
@@ -349,12 +364,14 @@ def _save(
     spec: TrainSpec,
     out: Path,
     extra_files: dict[str, str],
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Adapter, tokenizer and extra files to `out`; the result gets their place and hash."""
+    """Adapter, tokenizer and extra files to `out`; the result gets their place and hash.
+    state_dict: a sharded model's gathered full state dict (PEFT picks the adapter's tensors)."""
     out.mkdir(parents=True, exist_ok=True)
     if method.before_save is not None:
         method.before_save(model, spec.adapter)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)  # with the chat template: serving renders as training did
     save_prompt_format(out, spec.data)
     for name, text in extra_files.items():

@@ -75,7 +75,7 @@ def test_reproduce_tells_identical_equivalent_and_different_apart(
     """The recorded run trains in a process whose kernels are lowered to torch's DEFAULT level
     (ATEN_CPU_CAPABILITY=default): other float summation order, other adapter bytes. Rebuilt
     here at the native level it is equivalent; with a recorded metric tampered, different."""
-    from flows.cli import EQUIVALENT_ONLY, NOT_REPRODUCED, REPRODUCED, print_reproduction
+    from flows.console import EQUIVALENT_ONLY, NOT_REPRODUCED, REPRODUCED, print_reproduction
     from flows.reproduce import Reproduction, reproduce
     from models.registry.reproduction import METRIC_TOLERANCES
     from tasks.tracking import client

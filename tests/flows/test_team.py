@@ -85,7 +85,8 @@ def tiny_config(tiny_base, steps: int, deployment: str | None = None, save_steps
 
 
 def flow_run_record(team, flow_run_id: str) -> dict:
-    """The flow run's name, state, wait before it started, tags, artifact keys and progress,
+    """The flow run's name, state (and its message), wait before it started, how long it ran,
+    tags, artifact keys and progress,
     read in this process as the pipeline's account (a client process per call costs seconds)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -101,6 +102,8 @@ def flow_run_record(team, flow_run_id: str) -> dict:
         "name": r.name,
         "state": r.state.type.value,
         "waited_s": (r.start_time - r.created).total_seconds() if r.start_time else None,
+        "ran_s": (r.end_time - r.start_time).total_seconds() if r.end_time else None,
+        "message": r.state.message or "",
         "tags": r.tags,
         "id": str(r.id),
         "artifacts": sorted(a.key or "" for a in found),

@@ -1,25 +1,21 @@
-"""`loraflow run --skip-unchanged`'s fast path: decided before torch loads, recorded as a flow run;
-any changed input still trains."""
+"""`skip_if_unchanged`: one decision (tasks.retrain_check), made as the finetune flow's first stage
+where the data is versioned as it stands, recorded once on that flow run; any changed input trains.
+"""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from models.config.file import load_config
+from tasks.lineage import hash_inputs
+from tasks.retrain_check import check_unchanged
 from tasks.tracking import client
 from tests.conftest import on_session_api
 
-# Runs the CLI and reports which heavy modules the process imported.
-DRIVER = (
-    "import sys\n"
-    "from flows.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "heavy = [m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules]\n"
-    "print('heavy modules:', ','.join(heavy) or 'none')\n"
-    "sys.exit(code)\n"
-)
+LORAFLOW = str(Path(sys.executable).parent / "loraflow")
 
 
 def write_config(project, tiny_base, **training) -> str:
@@ -35,10 +31,10 @@ def write_config(project, tiny_base, **training) -> str:
     return "run.yaml"
 
 
-def cli_run(project, *args):
-    """`loraflow run ... --skip-unchanged` in its own process, on the session's Prefect API."""
+def cli_run(project, *args) -> str:
+    """`loraflow run ... --skip-unchanged`, the installed command, on the session's Prefect API."""
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, "run", *args, "--skip-unchanged"],
+        [LORAFLOW, "run", *args, "--skip-unchanged"],
         cwd=project,
         env=on_session_api(),
         capture_output=True,
@@ -49,7 +45,23 @@ def cli_run(project, *args):
     return proc.stdout
 
 
-def test_an_unchanged_rerun_is_decided_without_torch_and_recorded_as_a_flow_run(
+def unchanged(cfg: str, *overrides: str):
+    config = load_config(cfg, list(overrides))
+    return check_unchanged.fn(model_name="fastskip", inputs=hash_inputs.fn(config))
+
+
+def task_names(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect_client:
+        runs = prefect_client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0] for run in runs}  # "<task name>-<3 characters>"
+
+
+def test_an_unchanged_rerun_stops_at_its_first_stage_and_is_recorded_once(
     project, tiny_base, prefect_harness
 ):
     from prefect.client.orchestration import get_client
@@ -57,7 +69,6 @@ def test_an_unchanged_rerun_is_decided_without_torch_and_recorded_as_a_flow_run(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.finetune import finetune
-    from flows.unchanged import unchanged_champion_of
     from tests.flows.test_events import loraflow_events, wait_for
     from tests.flows.test_finetune import flow_run_artifacts
 
@@ -68,17 +79,17 @@ def test_an_unchanged_rerun_is_decided_without_torch_and_recorded_as_a_flow_run(
 
     out = cli_run(project, cfg)
     assert "fastskip: unchanged since champion v1, skipped; nothing trained" in out
-    assert "heavy modules: none" in out  # the champion read without MLflow (registry_read)
     mlf = client()
     assert len(mlf.search_model_versions("name='fastskip'")) == 1  # nothing registered
 
-    # The skip is a run of the finetune flow, named as the pipeline names it, with its reason.
+    # The skip is a run of the one finetune flow, named as the pipeline names it; it stopped at
+    # its first stage (no checks, no dvc, no training) and recorded its reason once.
     with get_client(sync_client=True) as prefect_client:
-        runs = prefect_client.read_flow_runs(
+        run = prefect_client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["finetune"])),
             sort=FlowRunSort.START_TIME_DESC,
             limit=1,
-        )
+        )[0]
         skipped = wait_for(
             lambda: [
                 e
@@ -87,32 +98,34 @@ def test_an_unchanged_rerun_is_decided_without_torch_and_recorded_as_a_flow_run(
             ],
             "loraflow.model.skipped event",
         )
-    run = runs[0]
     assert run.state.is_completed() and run.name == f"lora-base-{first.data_md5[:8]}"
+    assert task_names(run.id) == {"hash-inputs", "check-services", "check-unchanged", "record-skip"}
     check = flow_run_artifacts(run.id)["retrain-check"].data
     assert (
         "### fastskip: unchanged, skipped" in check and f"champion v1 (run {first.run_id})" in check
     )
-    assert skipped[0].payload["data_md5"] == first.data_md5
+    assert len(skipped) == 1 and skipped[0].payload["data_md5"] == first.data_md5
     assert dict(skipped[0].resource)["loraflow.model.version"] == "1"
 
     # Weights touched but equal are the same base; a changed weight or config field is not.
     weights = base / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert unchanged_champion_of(load_config(cfg, [])) is not None
-    assert unchanged_champion_of(load_config(cfg, ["training.max_steps=5"])) is None
+    assert unchanged(cfg).version == "1"
+    assert unchanged(cfg, "training.max_steps=5") is None
     original = weights.read_bytes()
     _perturb_weights(weights)
-    assert unchanged_champion_of(load_config(cfg, [])) is None
+    assert unchanged(cfg) is None
     weights.write_bytes(original)
 
-    # New data: the CLI falls through to the pipeline, which versions the data and trains.
+    # New data: not versioned as it stands, so the flow versions it, then decides: it trains.
     with (project / "data" / "train.jsonl").open("a") as f:
         f.write('{"prompt": "Repeat the words: cat\\nAnswer:", "completion": " cat"}\n')
-    assert unchanged_champion_of(load_config(cfg, [])) is None
+    assert hash_inputs.fn(load_config(cfg, [])) is None
     out = cli_run(project, cfg)
     assert "registered fastskip v2 (challenger)" in out
     assert len(mlf.search_model_versions("name='fastskip'")) == 2
+    # Now versioned and equal to the new champion's: decided at the first stage again.
+    assert unchanged(cfg).version == "2"
 
 
 def _perturb_weights(path) -> None:

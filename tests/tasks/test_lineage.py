@@ -108,27 +108,27 @@ def test_file_hashes_are_remembered_by_size_and_mtime(tmp_path):
     assert FileHashes(table).digest(data) == file_sha256(data)
 
 
-def test_current_inputs_are_what_a_run_records(project, tiny_base):
+def test_hashed_inputs_are_what_a_run_records(project, tiny_base):
     """Data md5 as `dvc add` records it (the real dvc CLI), config and base hashes as the flow's
     lineage has them; None while the data is not versioned as it stands."""
     from models.config.run import config_from_dict
     from tasks.data import version_data
-    from tasks.lineage import current_inputs, run_tags
+    from tasks.lineage import hash_inputs, run_tags
 
     cfg = config_from_dict({"base_model": str(tiny_base), "data": {"path": "data"}})
-    assert current_inputs(cfg) is None  # no data.dvc yet
+    assert hash_inputs.fn(cfg) is None  # no data.dvc yet
     dataset = version_data.fn(data_dir="data")
     tags = run_tags(cfg, collect_lineage.fn(base_model=str(tiny_base)), dataset.md5)
-    inputs = current_inputs(cfg)
+    inputs = hash_inputs.fn(cfg)
     assert inputs == {k: tags[k] for k in ("data_md5", "config_sha256", "base_model_sha256")}
 
     # A file in a subdirectory, then a changed file: each equal to DVC's md5 once added.
     (project / "data" / "extra").mkdir()
     (project / "data" / "extra" / "notes.txt").write_text("more\n")
-    assert current_inputs(cfg) is None
-    assert version_data.fn(data_dir="data").md5 == current_inputs(cfg)["data_md5"]
+    assert hash_inputs.fn(cfg) is None
+    assert version_data.fn(data_dir="data").md5 == hash_inputs.fn(cfg)["data_md5"]
     with (project / "data" / "train.jsonl").open("a") as f:
         f.write('{"prompt": "p", "completion": " c"}\n')
-    assert current_inputs(cfg) is None
+    assert hash_inputs.fn(cfg) is None
     md5 = version_data.fn(data_dir="data").md5
-    assert md5 != dataset.md5 and current_inputs(cfg)["data_md5"] == md5
+    assert md5 != dataset.md5 and hash_inputs.fn(cfg)["data_md5"] == md5

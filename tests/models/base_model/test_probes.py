@@ -111,6 +111,15 @@ def test_the_check_stage_runs_both_checks_only_when_asked(arch_bases, tiny_data)
     assert check_inputs(gpt2)
 
 
+def test_the_check_stage_refuses_sharding_a_base_whose_layers_the_fsdp_plan_misses(
+    arch_bases, tiny_data
+):
+    assert check_inputs(check_spec(arch_bases["opt"], tiny_data, sharding="fsdp"))
+    with pytest.raises(ModelError) as e:  # GPT-2's layers are transformer.h.*
+        check_inputs(check_spec(arch_bases["gpt2"], tiny_data, sharding="fsdp"))
+    assert one_line(e).startswith("training.sharding fsdp: the FSDP plan of base model")
+
+
 @pytest.mark.parametrize("name", ["gpt2", "gpt_neox"])
 def test_gradient_checkpointing_trains_to_the_same_loss(arch_bases, tiny_data, tmp_path, name):
     """Where the check lets it through, checkpointed training computes the same step."""

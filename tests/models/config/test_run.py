@@ -111,6 +111,28 @@ BAD = [
         {"base_model": "m", "evaluation": {"metrics": ["chrf", "team:chrf"]}},
         "evaluation.metrics: metric name 'chrf' is used twice",
     ),
+    (
+        {
+            "base_model": "m",
+            "adapter": {"method": "delta_lora", "dropout": 0},
+            "training": {"sharding": "fsdp", "num_processes": 2},
+        },
+        "training.sharding fsdp cannot train adapter.method delta_lora: delta_lora moves the "
+        "frozen base weights",
+    ),
+    (
+        {"base_model": "m", "adapter": {"method": "dora"}, "training": {"sharding": "fsdp"}},
+        "training.sharding fsdp cannot train adapter.method dora",
+    ),
+    (
+        {"base_model": "m", "training": {"sharding": "fsdp", "num_processes": 2}},
+        "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base sharded "
+        "as it loads): set training.save_steps: 0 (got 500)",
+    ),
+    (
+        {"base_model": "m", "training": {"num_nodes": 2}},
+        "training.rendezvous must be host:port when num_nodes > 1 (got '')",
+    ),
 ]
 
 

@@ -30,7 +30,8 @@ CHANGED = {
     "data.chat_template": "chatml",
     "data.train_on": "last",
     "data.dvc_remote": "backup",
-    "adapter.method": "dora",
+    "data.source": "s3://incoming/chat",
+    "adapter.method": "rslora",
     "adapter.r": 3,
     "adapter.alpha": 5.0,
     "adapter.dropout": 0.2,
@@ -46,17 +47,24 @@ CHANGED = {
     "training.weight_decay": 0.1,
     "training.lr_scheduler": "cosine",
     "training.logging_steps": 5,
-    "training.device": "cpu",
+    "training.device": "cuda",  # where training.kernels: liger and training.compile can run
     "training.dtype": "float32",
     "training.output_dir": "elsewhere/runs",
     "training.deployment": "train-adapter/train",
     "training.num_processes": 2,
+    "training.sharding": "fsdp",
+    "training.num_nodes": 2,
+    "training.rendezvous": "node-0.train:29400",
     "training.packing": True,
     "training.cpu_threads": 1,
     "training.gradient_checkpointing": True,
-    "training.save_steps": 3,
+    "training.save_steps": 0,
     "training.checkpoint_store": "s3://bucket/checkpoints",
     "training.deterministic": True,
+    "training.chunked_loss": "off",
+    "training.kernels": "liger",
+    "training.batch_tokens": 512,
+    "training.compile": True,
     "evaluation.batch_size": 4,
     "evaluation.max_new_tokens": 5,
     "evaluation.max_examples": 9,
@@ -66,7 +74,13 @@ CHANGED = {
 SECTIONS = ("data", "adapter", "training", "evaluation")
 DATA = {f"data.{name}" for name in DataSpec.__dataclass_fields__}
 # Where a run's results go, or which machine trains: run-only arguments, in no spec.
-RUN_ONLY = {"base_model", "data.dvc_remote", "training.output_dir", "training.deployment"}
+RUN_ONLY = {
+    "base_model",
+    "data.dvc_remote",
+    "data.source",
+    "training.output_dir",
+    "training.deployment",
+}
 RUN_ONLY |= {"training.checkpoint_store"}
 USED_BY = {
     "check": {
@@ -76,6 +90,10 @@ USED_BY = {
         "adapter.target_modules",
         "training.packing",
         "training.gradient_checkpointing",
+        "training.chunked_loss",
+        "training.kernels",
+        "training.compile",
+        "training.sharding",
         "evaluation.metrics",
         "evaluation.slice_field",
     },
@@ -90,6 +108,7 @@ USED_BY = {
         *DATA,
         *(key for key in CHANGED if key.startswith("evaluation.")),
         "training.device",  # evaluation runs where training did
+        "training.chunked_loss",  # and computes its loss the same way
     },
 }
 
@@ -125,10 +144,14 @@ def test_every_setting_of_the_stage_sections_is_listed():
     assert set(CHANGED) == fields
 
 
+# Settings valid only with another one (used by the same stages).
+NEEDS = {"training.num_nodes": "training.rendezvous", "training.sharding": "training.save_steps"}
+
+
 @pytest.mark.parametrize("key", sorted(CHANGED))
 def test_a_setting_changes_exactly_the_specs_of_the_stages_that_use_it(key):
     before = specs(LoraflowConfig(base_model="base"))
-    after = specs(config_with({key: CHANGED[key]}))
+    after = specs(config_with({k: CHANGED[k] for k in (key, NEEDS.get(key, key))}))
     changed = {stage for stage in before if before[stage] != after[stage]}
     assert changed == {stage for stage, keys in USED_BY.items() if key in keys}
 
@@ -137,7 +160,7 @@ def test_spec_fields_carry_the_config_names_and_values():
     config = config_with(CHANGED)
     train = config.train_spec("the-base")
     assert train.base_model == config.check_spec("the-base").base_model == "the-base"
-    assert train.adapter == config.adapter.to_spec() and train.method == "dora"
+    assert train.adapter == config.adapter.to_spec() and train.method == "rslora"
     assert train.trust_remote_code is True
     shared = set(TrainSpec.__dataclass_fields__) & set(type(config.training).model_fields)
     assert shared >= {"cpu_threads", "packing", "gradient_checkpointing", "save_steps"}

@@ -3,8 +3,8 @@ import pytest
 from models.registry.promotion import (
     ALREADY,
     FORCED,
-    LINEAGE_KEYS,
     PROMOTED,
+    RETRAIN_INPUTS,
     Gate,
     Guard,
     changed_inputs,
@@ -186,7 +186,7 @@ def test_lineage_changes_name_each_differing_or_missing_key():
     assert changed_inputs(dict(champion), champion) == []
     assert changed_inputs({**champion, "data_md5": "x"}, champion) == ["data_md5"]
     assert changed_inputs({"config_sha256": "b"}, champion) == ["data_md5", "base_model_sha256"]
-    assert changed_inputs(dict(champion), {}) == list(LINEAGE_KEYS)
+    assert changed_inputs(dict(champion), {}) == list(RETRAIN_INPUTS)
 
 
 # The gate with guards and a tie-breaker, on the figures of the runs: exact match tied

@@ -8,7 +8,7 @@ import torch
 from models.base_model.loading import load_base
 from models.config.specs import DataSpec, TrainSpec
 from models.methods import AdapterSpec, get_method
-from models.training.plan import plan_run
+from models.training.plan import fits_verdict, fsdp_ranks_needed, parse_memory, plan_run
 
 LLAMA2_7B = {
     "architectures": ["LlamaForCausalLM"],
@@ -168,6 +168,74 @@ def test_adapter_activations_match_what_autograd_saves(tiny_base):
     for got in (planned, measured):
         mask_bits = got["lora_fa", 0.1] - got["lora_fa", 0.0]
         assert mask_bits == tokens * config.num_hidden_layers * (6 * hidden + inter) // 8
+
+
+def test_the_plan_counts_one_chunk_of_logits_where_training_chunks_the_loss(
+    arch_bases, tiny_data, monkeypatch
+):
+    import dataclasses
+
+    from models.base_model import chunked_loss
+    from tests.models.training.test_train import tiny_spec
+
+    vocab = json.loads((arch_bases["llama"] / "config.json").read_text())["vocab_size"]
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 16 * 4 * vocab)  # 16 tokens per chunk
+    spec = tiny_spec(arch_bases["llama"], tiny_data)  # batch 8 x 64 tokens
+    tokens = 8 * 64
+
+    def estimate(base: str = "llama", **fields) -> int:
+        plan = plan_run(dataclasses.replace(spec, base_model=str(arch_bases[base]), **fields))
+        return plan.est_peak_memory_bytes
+
+    plain = estimate(chunked_loss="off")
+    assert plain - estimate(chunked_loss="auto") == (tokens - 16) * vocab * 8
+    assert estimate(chunked_loss="on") == estimate(chunked_loss="auto")
+    assert estimate(chunked_loss="auto", num_processes=2) == plain  # DDP: the plain path
+    # Gemma 2 softcaps its logits: auto keeps every logit there.
+    assert estimate("gemma2", chunked_loss="auto") == estimate("gemma2", chunked_loss="off")
+
+
+def test_fsdp_plan_is_per_rank(llama7b):
+    """Llama-7B in bf16 over 8 ranks: 1/8 of the base each, plus two whole decoder layers."""
+    args = dict(base_model=llama7b, method="lora", adapter=spec(), batch_size=1, seq_len=512)
+    ddp = plan(**args, dtype="bfloat16", num_processes=8)
+    fsdp = plan(**args, dtype="bfloat16", num_processes=4, num_nodes=2, sharding="fsdp")
+    # q, k, v, o (4096 x 4096), gate, up, down (4096 x 11008), two norms: frozen, 2 bytes each
+    layer = (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) * 2
+    assert fsdp.layer_bytes == ddp.layer_bytes == layer
+    assert (fsdp.ranks, fsdp.sharding, ddp.sharding) == (8, "fsdp", "none")
+    assert fsdp.base_weight_bytes == ddp.base_weight_bytes == ddp.base_weight_bytes_per_rank
+    assert fsdp.base_weight_bytes_per_rank == -(-fsdp.base_weight_bytes // 8)
+    assert fsdp.gathered_bytes == 2 * layer and ddp.gathered_bytes == 0
+    assert fsdp.est_peak_memory_bytes == (
+        fsdp.base_weight_bytes_per_rank + 2 * layer + fsdp.optimizer_state_bytes
+        + fsdp.activation_bytes
+    )  # fmt: skip
+    assert ddp.est_peak_memory_bytes - fsdp.est_peak_memory_bytes > 10 * 2**30
+
+
+def test_ranks_needed_for_a_card_is_the_fewest_that_fit(llama7b):
+    args = dict(base_model=llama7b, method="lora", adapter=spec(), batch_size=1, seq_len=512)
+    whole = plan(**args, dtype="bfloat16")
+    assert fsdp_ranks_needed(whole, parse_memory("80GiB")) == 1
+    assert fits_verdict(1) == "fits one card unsharded"
+    card = parse_memory("8GiB")  # a 13.5 GB base: sharding is the only way
+    needed = fsdp_ranks_needed(whole, card)
+    assert needed is not None and needed > 2
+    assert "fsdp over >= " in fits_verdict(needed)
+    sharded = {
+        n: plan(**args, dtype="bfloat16", num_processes=n, sharding="fsdp")
+        for n in (needed - 1, needed)
+    }
+    assert sharded[needed].est_peak_memory_bytes <= card < sharded[needed - 1].est_peak_memory_bytes
+    assert fsdp_ranks_needed(whole, parse_memory("512MiB")) is None  # activations alone overflow
+
+
+def test_parse_memory():
+    assert parse_memory("80GiB") == parse_memory("80G") == 80 * 2**30
+    assert parse_memory("24GB") == 24 * 10**9 and parse_memory("512MiB") == 2**29
+    with pytest.raises(ValueError, match="not a memory size: '80 gigs'"):
+        parse_memory("80 gigs")
 
 
 def test_plan_counts_smollm2_as_peft_does(smollm2):

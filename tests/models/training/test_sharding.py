@@ -1,0 +1,228 @@
+"""Sharded training (FSDP2) with 2 CPU processes on gloo against one process, and 2 nodes x 1
+process against 1 node x 2 processes (two torchrun launchers meeting on loopback)."""
+
+import dataclasses
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.hashing import file_sha256
+from models.methods import AdapterSpec
+from models.training.distributed import DistributedTrainingError, train_adapter_distributed
+from models.training.sharding import wrap_refusal
+from models.training.train import train_adapter
+from tests.models.training.test_train import tiny_spec
+
+SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
+STEPS = 6
+
+
+def spec(tiny_base, tiny_data, method="lora", **fields):
+    spec = tiny_spec(tiny_base, tiny_data, method, SPEC, steps=STEPS, logging_steps=1, **fields)
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, too_long="truncate"))
+
+
+def curves(logs):
+    """{step: (loss, grad_norm)} of the logged steps."""
+    return {step: (r["loss"], r["grad_norm"]) for step, r in logs if "loss" in r}
+
+
+def close(a, b, rel=1e-5):
+    return abs(a - b) <= rel * abs(b)
+
+
+@pytest.fixture(scope="module")
+def fsdp_lora(tiny_base, tiny_data, tmp_path_factory):
+    """One FSDP training, 1 node x 2 processes, with its relayed logs."""
+    out = tmp_path_factory.mktemp("fsdp") / "adapter"
+    logs = []
+    result = train_adapter_distributed(
+        spec(tiny_base, tiny_data, batch_size=8, num_processes=2, sharding="fsdp"),
+        output_dir=out,
+        on_log=lambda record, step: logs.append((step, record)),
+    )
+    return result, out, logs
+
+
+def single(tiny_base, tiny_data, out, method="lora"):
+    logs = []
+    result = train_adapter(
+        # one process with the global batch of the two above (2 x 8)
+        spec(tiny_base, tiny_data, method, batch_size=16),
+        output_dir=out,
+        on_log=lambda record, step: logs.append((step, record)),
+    )
+    return result, logs
+
+
+def assert_same_training(one, one_logs, two, two_logs, one_dir, two_dir):
+    assert one.steps == two.steps == STEPS
+    ref, got = curves(one_logs), curves(two_logs)
+    assert sorted(ref) == sorted(got) == list(range(1, STEPS + 1))
+    for step in ref:
+        assert close(got[step][0], ref[step][0]), (step, got[step], ref[step])
+        # AdamW is blind to a constant gradient scale, so equal adapters alone would not catch
+        # gradients averaged wrongly over the ranks (e.g. scaled by the world size): the
+        # gradient norm the Trainer logs before clipping must match the one-process gradient.
+        assert close(got[step][1], ref[step][1]), (step, got[step], ref[step])
+    a = load_file(one_dir / "adapter_model.safetensors")
+    b = load_file(two_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one(fsdp_lora, tiny_base, tiny_data, tmp_path):
+    two, two_dir, two_logs = fsdp_lora
+    one, one_logs = single(tiny_base, tiny_data, tmp_path / "one")
+    assert_same_training(one, one_logs, two, two_logs, tmp_path / "one", two_dir)
+    assert two.train_loss < two.loss_history[0][1]  # it learned
+    assert two.adapter_sha256 == file_sha256(two_dir / "adapter_model.safetensors")
+    # Each rank keeps half the base plus the whole (small) adapter.
+    assert two.param_bytes_per_rank <= 0.55 * one.param_bytes_per_rank
+    assert two.trainable_params == one.trainable_params
+    assert two.total_params == one.total_params  # counted whole, not per shard
+
+
+@pytest.mark.slow
+def test_fsdp_adapter_is_a_standard_peft_adapter(fsdp_lora, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, adapter_dir, _ = fsdp_lora
+    base = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 3]])
+    with torch.no_grad():
+        before = base(ids).logits
+        model = PeftModel.from_pretrained(base, adapter_dir)
+        after = model(ids).logits
+        merged = model.merge_and_unload()(ids).logits
+    assert not torch.allclose(before, after)  # the trained adapter changes the model
+    assert torch.allclose(after, merged, atol=1e-5)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_rank(rank: int) -> None:
+    """SIGKILL the torchrun worker of `rank` started by this test process."""
+    for launcher in children(os.getpid()):
+        for worker in children(launcher):
+            try:
+                env = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                os.kill(worker, signal.SIGKILL)
+                return
+    raise AssertionError(f"no worker of rank {rank} found")
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_as_one_clear_error(tiny_base, tiny_data, tmp_path):
+    """Its peers stop too (torchrun ends them) instead of waiting on a collective."""
+    sharded = dataclasses.replace(
+        spec(tiny_base, tiny_data, batch_size=8, num_processes=2, sharding="fsdp"),
+        max_steps=400,
+    )
+    training, failed = threading.Event(), []
+
+    def run():
+        with pytest.raises(DistributedTrainingError) as err:
+            train_adapter_distributed(
+                sharded, output_dir=tmp_path / "killed", on_log=lambda *_: training.set()
+            )
+        failed.append(err.value)
+
+    launcher = threading.Thread(target=run)
+    launcher.start()
+    assert training.wait(timeout=300), "no step logged"
+    kill_rank(1)
+    launcher.join(timeout=120)
+    assert not launcher.is_alive()
+    assert failed and "training with 2 processes failed" in str(failed[0])
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora_plus"])  # its own optimizer, B at 16x the rate
+def test_fsdp_with_a_method_of_its_own_optimizer(method, tiny_base, tiny_data, tmp_path):
+    one, one_logs = single(tiny_base, tiny_data, tmp_path / "one", method)
+    logs = []
+    two = train_adapter_distributed(
+        spec(tiny_base, tiny_data, method, batch_size=8, num_processes=2, sharding="fsdp"),
+        output_dir=tmp_path / "two",
+        on_log=lambda record, step: logs.append((step, record)),
+    )
+    assert_same_training(one, one_logs, two, logs, tmp_path / "one", tmp_path / "two")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_match_one_node_of_two(fsdp_lora, tiny_base, tiny_data, tmp_path):
+    one_node, one_node_dir, _ = fsdp_lora
+    nodes = dataclasses.replace(
+        spec(tiny_base, tiny_data, batch_size=8, sharding="fsdp"),
+        num_processes=1,
+        num_nodes=2,
+        rendezvous=f"127.0.0.1:{free_port()}",
+    )
+    results, errors = {}, []
+
+    def node(name):
+        try:
+            results[name] = train_adapter_distributed(
+                nodes, output_dir=tmp_path / name, job_id="two-nodes"
+            )
+        except Exception as err:  # reported below, with the other node's outcome
+            errors.append(err)
+
+    launchers = [threading.Thread(target=node, args=(name,)) for name in ("a", "b")]
+    for launcher in launchers:
+        launcher.start()
+    for launcher in launchers:
+        launcher.join(timeout=300)
+    assert not errors and len(results) == 2, errors
+    # One node held the global rank 0: it saved the adapter; the other trained only.
+    saved = [r for r in results.values() if r.adapter_dir]
+    assert len(saved) == 1 and [r.adapter_sha256 for r in results.values()].count("") == 1
+    (first,) = saved
+    assert first.steps == one_node.steps and first.loss_history == one_node.loss_history
+    assert first.adapter_sha256 == one_node.adapter_sha256  # same ranks, same sums: same bytes
+    assert first.param_bytes_per_rank == one_node.param_bytes_per_rank
+
+
+@pytest.mark.parametrize(("arch", "shards"), [("llama", True), ("opt", True), ("gpt2", False)])
+def test_the_check_refuses_a_base_whose_layers_the_fsdp_plan_misses(arch, shards):
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    config = CONFIG_MAPPING[arch](num_hidden_layers=2, hidden_size=64, num_attention_heads=2)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    refusal = wrap_refusal(skeleton, f"tiny-{arch}")
+    if shards:
+        assert refusal == ""
+    else:  # GPT-2's layers are transformer.h.*, the plan names transformer.layers.*
+        assert refusal.startswith("training.sharding fsdp: the FSDP plan of base model tiny-gpt2")
+        assert "names none of its decoder layers" in refusal

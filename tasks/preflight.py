@@ -22,6 +22,7 @@ from models.config.run import ConfigError
 from models.config.specs import CheckSpec
 from models.data.splits import SplitReport
 from models.registry.promotion import METRIC_DIRECTIONS, recorded_key
+from tasks.base_model import fetch_base_model
 from tasks.data_source import fetch_data
 from tasks.lib import s3
 from tasks.registry import (
@@ -81,8 +82,16 @@ def check_promotion(*, model_name: str, version: str | None, metric: str) -> Ver
     return ref
 
 
-# The names of the check tasks: what a flow runs before anything is written (fetch-data only
-# brings the data into the working tree for the checks to read).
+# The names of the check tasks: what a flow runs before anything is written (fetch-data and
+# fetch-base-model only bring the data and an s3:// base here for the checks to read).
 CHECK_TASKS = frozenset(
-    t.name for t in (fetch_data, check_inputs, check_services, check_model_version, check_promotion)
+    t.name
+    for t in (
+        fetch_data,
+        fetch_base_model,
+        check_inputs,
+        check_services,
+        check_model_version,
+        check_promotion,
+    )
 )

@@ -135,9 +135,6 @@ def finetune(
     config = run_config(config, config_file, list(overrides))
     registry = config.registry
     base_model = canonical_base(config.base_model)
-    # An s3:// base is read from its local copy (downloaded once, verified; the lineage keeps
-    # the URI); any other base_model is its own weights.
-    weights = fetch_base_model(base_model=base_model)
 
     # Nothing to fetch and the data versioned as it stands: decided before anything else runs.
     early = skip_if_unchanged and not config.data.source
@@ -153,6 +150,10 @@ def finetune(
     source = fetch_data(
         source=config.data.source, data_dir=config.data.path, remote=config.data.dvc_remote
     )
+
+    # An s3:// base is read from its local copy (downloaded once, verified; the lineage keeps
+    # the URI); any other base_model is its own weights.
+    weights = fetch_base_model(base_model=base_model)
 
     # The checks see the base model as the config names it: their messages quote it.
     splits = check_inputs(config.check_spec(weights if is_s3(base_model) else config.base_model))

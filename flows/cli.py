@@ -34,8 +34,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    config = load_config(args.config, args.overrides)  # a bad config: one line, before imports
     from flows.console import checks_first, print_summary
+
+    config = load_config(args.config, args.overrides)  # a bad config: one line, before imports
     from flows.finetune import finetune
 
     with checks_first():

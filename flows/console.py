@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator
 
 from models.errors import LoraflowError
-from tasks.preflight import CHECK_TASKS
+from tasks.check_stage import CHECK_TASKS
 
 
 def past_checks(record: logging.LogRecord) -> bool:

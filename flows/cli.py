@@ -112,14 +112,16 @@ def cmd_plan(args) -> int:
 
 
 def cmd_demo_assets(args) -> int:
-    from demo import build_demo_data
+    from demo import build_demo_data, build_smollm2_task_data
     from demo.chat import build_demo_chat_data
     from tasks.data import cache_version
 
-    # Two directories, two DVC versions (data.dvc, data-chat.dvc), each cached when built.
+    # One directory, one DVC version each (data.dvc, data-chat.dvc, data-smollm2.dvc), each cached
+    # when built.
     for label, build, data_dir in (
         ("demo data", build_demo_data, Path(args.data_dir)),
         ("demo chat data", build_demo_chat_data, Path(args.chat_dir)),
+        ("SmolLM2 example data", build_smollm2_task_data, Path("data-smollm2")),
     ):
         if args.force or not (data_dir / "train.jsonl").is_file():
             counts = build(data_dir)

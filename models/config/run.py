@@ -174,7 +174,9 @@ class LoraflowConfig(_Section):
     """A whole fine-tune run: base model, data, adapter, training, evaluation, registry, export."""
 
     base_model: str = Field(
-        ..., description="Hugging Face hub id or local directory of the base causal LM."
+        ...,
+        description="Hugging Face hub id, local directory or s3://bucket/prefix/ (downloaded "
+        "once into a local cache, verified against its checksums) of the base causal LM.",
     )
     base_model_trust_remote_code: bool = Field(
         False, description="Allow a base model that needs its own Python code."

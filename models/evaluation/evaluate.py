@@ -86,10 +86,13 @@ def score_subset(
     return figures
 
 
-def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
+def evaluate_model(
+    model, tokenizer, spec: EvalSpec, answers: list[str] | None = None
+) -> dict[str, float]:
     """eval_loss, perplexity and spec.metrics over the greedy answers (stripped) against the
     completions (stripped; for chat the last assistant turn, answered from the turns before
-    it); with spec.slice_field, each of them again per slice as `<metric>/<slice>`."""
+    it); with spec.slice_field, each of them again per slice as `<metric>/<slice>`. The answers
+    themselves are appended to `answers` where one is given (none for data.format text)."""
     data = spec.data
     examples = read_split(data.eval_path, data)[: spec.max_examples]
     features = tokenize(
@@ -100,7 +103,7 @@ def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
     references = [e.completion.strip() for e in examples]
     predictions = None
     if data.format != "text":
-        answers = generate(
+        generated = generate(
             model,
             tokenizer,
             [e.request() for e in examples],
@@ -109,7 +112,9 @@ def evaluate_model(model, tokenizer, spec: EvalSpec) -> dict[str, float]:
             # Non-chat prompts are rendered already (an alpaca prompt is its full text).
             fmt="chat" if data.format == "chat" else "prompt_completion",
         )
-        predictions = [a.strip() for a in answers]
+        predictions = [a.strip() for a in generated]
+        if answers is not None:
+            answers.extend(predictions)
     report = score_subset(spec, losses, predictions, references)
     slices = slices_of(spec, [e.line for e in examples])
     for value in sorted(set(slices or [])):
@@ -134,10 +139,13 @@ def split_slices(figures: dict[str, float]) -> dict[str | None, dict[str, float]
 
 
 def evaluate_candidates(
-    candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
+    candidates: dict[str, tuple[str, str | None]],
+    spec: EvalSpec,
+    answers: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate each named (base model, adapter dir or None) on the same eval split, in fp32,
-    on spec.device ("auto": CUDA where there is one)."""
+    on spec.device ("auto": CUDA where there is one); with `answers`, each one's greedy
+    answers go to answers[name], in eval-split order."""
     device = resolve_device(spec.device)
     report = {}
     for name, (base_model, adapter_dir) in candidates.items():
@@ -154,6 +162,21 @@ def evaluate_candidates(
                 trust_remote_code=spec.trust_remote_code,
             )
         prepare_tokenizer(tokenizer, spec.data, base_model, spec.trust_remote_code)
-        report[name] = evaluate_model(model, tokenizer, spec)
+        kept = None if answers is None else answers.setdefault(name, [])
+        report[name] = evaluate_model(model, tokenizer, spec, kept)
         del model
     return report
+
+
+def side_by_side(spec: EvalSpec, answers: dict[str, list[str]], n: int) -> list[dict[str, str]]:
+    """The first n eval examples as a reviewer reads them: the prompt (for chat, the last user
+    turn), the expected answer, then each candidate's answer (base, adapter, champion)."""
+    examples = read_split(spec.data.eval_path, spec.data)[: min(n, spec.max_examples or n)]
+    rows = []
+    for i, example in enumerate(examples):
+        request = example.request()
+        prompt = request if isinstance(request, str) else request[-1]["content"]
+        row = {"prompt": prompt.strip(), "expected": example.completion.strip()}
+        row.update({name: said[i] for name, said in answers.items() if i < len(said)})
+        rows.append(row)
+    return rows

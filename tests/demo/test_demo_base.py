@@ -56,10 +56,11 @@ def test_demo_config_and_benchmarks_use_the_shipped_base(monkeypatch):
 def test_demo_assets_builds_the_data_only(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo-assets", "--data-dir", "data"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "data-chat"]
-    for data in ("data", "data-chat"):  # two directories, two DVC versions
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "data-chat", "data-smollm2"]
+    for data in ("data", "data-chat", "data-smollm2"):  # one directory, one DVC version each
         assert sorted(p.name for p in (tmp_path / data).iterdir()) == ["eval.jsonl", "train.jsonl"]
     out = capsys.readouterr().out
     assert "demo data: {'train': 20000, 'eval': 200} examples in data\n" in out
     assert "demo chat data: {'train': 2000, 'eval': 200} examples in data-chat\n" in out
+    assert "SmolLM2 example data: {'train': 1000, 'eval': 100} examples in data-smollm2\n" in out
     assert "demo base model: demo/base (shipped in git" in out

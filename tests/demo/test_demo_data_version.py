@@ -1,5 +1,6 @@
 """A fresh clone gets the demo data back bit-identically: regenerating each demo's data gives the
-md5 its committed .dvc file pins (data.dvc for `make run`, data-chat.dvc for the chat demo)."""
+md5 its committed .dvc file pins (data.dvc for `make run`, data-chat.dvc for the chat demo,
+data-smollm2.dvc for the real-model example)."""
 
 import shutil
 import sys
@@ -9,9 +10,14 @@ import yaml
 
 from demo import build_demo_data
 from demo.chat import build_demo_chat_data
+from demo.smollm2_task import build_smollm2_task_data
 from tests.conftest import REPO, run
 
-BUILDERS = {"data": build_demo_data, "data-chat": build_demo_chat_data}
+BUILDERS = {
+    "data": build_demo_data,
+    "data-chat": build_demo_chat_data,
+    "data-smollm2": build_smollm2_task_data,
+}
 
 
 @pytest.mark.parametrize("data_dir", sorted(BUILDERS))

@@ -131,3 +131,9 @@ def test_gradient_checkpointing_trains_to_the_same_loss(arch_bases, tiny_data, t
         return [loss for _, loss in train_adapter(spec, output_dir=out).loss_history]
 
     assert losses(True) == pytest.approx(losses(False), rel=1e-5)
+
+
+def test_packing_is_exact_on_smollm2(smollm2):
+    """The real model's attention keeps packed examples apart (its probe copy, as checked)."""
+    assert packing_difference(probe_model(str(smollm2))) < 1e-5
+    check_packing(str(smollm2))

@@ -222,3 +222,28 @@ def test_each_format_is_scored_on_what_it_trains(base, tiny_base, tmp_path):
             answer = generate(model, tok, [alpaca_prompt("Q: what is red?")], max_new_tokens=4)
             assert report["exact_match"] == float(answer[0].strip() == "a colour")
     tok.chat_template = None
+
+
+def test_the_answers_evaluation_scored_are_shown_side_by_side(tiny_base, tmp_path):
+    """Each candidate's answers, in eval order, are the ones its exact match was computed on;
+    the first n examples come back as prompt / expected / one answer per candidate."""
+    from models.evaluation.evaluate import side_by_side
+
+    eval_file = tmp_path / "eval.jsonl"
+    rows = [{"prompt": e.prompt, "completion": e.completion} for e in EXAMPLES]
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataSpec(path=str(tmp_path), eval_file="eval.jsonl", max_seq_len=64)
+    spec = EvalSpec(data=data, batch_size=2, max_new_tokens=4)
+    answers: dict[str, list[str]] = {}
+    report = evaluate_candidates({"base": (str(tiny_base), None)}, spec, answers)
+    model, tok = load_base(str(tiny_base))
+    said = [a.strip() for a in generate(model, tok, [e.prompt for e in EXAMPLES], max_new_tokens=4)]
+    assert answers == {"base": said}
+    expected = [e.completion.strip() for e in EXAMPLES]
+    hits = sum(a == b for a, b in zip(said, expected, strict=True))
+    assert report["base"]["exact_match"] == hits / len(EXAMPLES)
+    shown = side_by_side(spec, answers, 3)
+    assert shown == [
+        {"prompt": e.prompt.strip(), "expected": e.completion.strip(), "base": a}
+        for e, a in zip(EXAMPLES[:3], said[:3], strict=True)
+    ]

@@ -236,3 +236,20 @@ def test_parse_memory():
     assert parse_memory("24GB") == 24 * 10**9 and parse_memory("512MiB") == 2**29
     with pytest.raises(ValueError, match="not a memory size: '80 gigs'"):
         parse_memory("80 gigs")
+
+
+def test_plan_counts_smollm2_as_peft_does(smollm2):
+    """The real model (30 layers, hidden 576, 3 KV heads of 64, tied embeddings), on the meta
+    device, against PEFT's own count of the loaded model."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    got = plan(str(smollm2), "lora", spec(targets=targets), batch_size=4, seq_len=96)
+    # 30 layers x 8 x ((576 + 576) q + (576 + 192) k + (576 + 192) v + (576 + 576) o)
+    assert got.trainable_params == 30 * 8 * 3840 == 921_600
+    peft_model = get_peft_model(
+        load_base(str(smollm2))[0], LoraConfig(r=8, lora_alpha=16, target_modules=targets)
+    )
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    assert (got.trainable_params, got.total_params) == (trainable, total)
+    assert total == 134_515_008 + 921_600

@@ -1,0 +1,25 @@
+"""Where the base model is read from: a local directory or hub id as it is, an s3:// prefix
+through the local cache (tasks.lib.base_cache)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.check_stage import FETCH_BASE_MODEL
+from tasks.lib.base_cache import fetch_s3_base
+from tasks.runtime import IO_RETRIES, logger
+
+
+def is_s3(base_model: str) -> bool:
+    return str(base_model).startswith("s3://")
+
+
+@task(name=FETCH_BASE_MODEL, **IO_RETRIES)
+def fetch_base_model(*, base_model: str, cache_dir: str | None = None) -> str:
+    """The local directory to load `base_model` from: an s3:// prefix is downloaded once into
+    the cache (verified against its checksums) and reused; anything else is returned as is."""
+    if not is_s3(base_model):
+        return base_model
+    local = fetch_s3_base(base_model, cache_dir)
+    logger().info("base model %s: %s", base_model, local)
+    return str(local)

@@ -1,0 +1,136 @@
+"""Base models kept on S3 (`base_model: s3://bucket/prefix/`): downloaded once into a local
+cache keyed by the objects' checksums, verified, and reused by later runs.
+
+What identifies each file, and what its download is verified against, in order of preference:
+- a prefix that `loraflow export` wrote: its manifest.json, which lists every file's sha256
+  (the export's own files only: the manifest is not part of the model);
+- an object uploaded with a `sha256` metadata entry (as tasks.lib.s3 uploads): that sha256;
+- otherwise the ETag, which S3 makes the MD5 of a single-part upload (checked as such) and an
+  opaque digest of the parts for a multipart one (then only the size is checked).
+The cache directory is named after a digest of every (name, size, checksum), so a changed
+object gives a new directory and an unchanged prefix costs one listing; a directory appears
+complete or not at all (downloaded beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from models.hashing import file_digest
+from tasks.lib.s3 import MANIFEST, SHA_META, S3Error, S3Location, client, describe, parse_s3_uri
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/loraflow/s3-bases (~/.cache/loraflow/s3-bases by default)."""
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loraflow" / "s3-bases"
+    )
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # path under the prefix
+    key: str
+    size: int
+    sha256: str | None  # what the download must hash to, where known
+    md5: str | None  # the ETag of a single-part upload
+
+    def identity(self) -> str:
+        return f"{self.name}\t{self.size}\t{self.sha256 or ''}\t{self.md5 or ''}"
+
+
+def _name(location: S3Location, key: str) -> str:
+    return key[len(location.prefix) + 1 :] if location.prefix else key
+
+
+def _listing(s3, location: S3Location) -> list[RemoteFile]:
+    """Every object under the prefix, described by the manifest where there is one."""
+    where = location.uri()
+    try:
+        body = s3.get_object(Bucket=location.bucket, Key=location.key(MANIFEST))["Body"].read()
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            raise describe(e, location.uri(MANIFEST), s3.meta.endpoint_url) from None
+        body = None
+    except BotoCoreError as e:
+        raise describe(e, where, s3.meta.endpoint_url) from None
+    if body is not None:
+        entries = json.loads(body)["files"]
+        return [
+            RemoteFile(_name(location, e["key"]), e["key"], int(e["size"]), e["sha256"], None)
+            for e in entries
+        ]
+    files = []
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=location.bucket, Prefix=prefix
+        ):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue
+                etag = obj.get("ETag", "").strip('"')
+                head = s3.head_object(Bucket=location.bucket, Key=obj["Key"])
+                sha = head.get("Metadata", {}).get(SHA_META)
+                md5 = etag if etag and "-" not in etag else None
+                files.append(
+                    RemoteFile(_name(location, obj["Key"]), obj["Key"], obj["Size"], sha, md5)
+                )
+    except (ClientError, BotoCoreError) as e:
+        raise describe(e, where, s3.meta.endpoint_url) from None
+    return files
+
+
+def _verify(path: Path, remote: RemoteFile, uri: str) -> None:
+    if path.stat().st_size != remote.size:
+        raise S3Error(f"{uri}: downloaded {path.stat().st_size} bytes, expected {remote.size}")
+    if remote.sha256 and file_digest(path, "sha256") != remote.sha256:
+        raise S3Error(f"{uri}: sha256 mismatch (the object differs from its recorded checksum)")
+    if not remote.sha256 and remote.md5 and file_digest(path, "md5") != remote.md5:
+        raise S3Error(f"{uri}: md5 mismatch (the object differs from its ETag)")
+
+
+def fetch_s3_base(uri: str, cache_dir: str | Path | None = None, s3=None) -> Path:
+    """The local directory of the base model under `uri`, downloaded and verified the first
+    time, reused after. One-line S3Errors: no objects or no config.json under the prefix, a
+    checksum mismatch (nothing is cached then), missing or refused credentials."""
+    location = parse_s3_uri(uri)
+    s3 = s3 or client()
+    files = _listing(s3, location)
+    if not any(f.name == "config.json" for f in files):
+        raise S3Error(f"{location.uri()}: no config.json under this prefix (not a model directory)")
+    digest = hashlib.sha256("\n".join(sorted(f.identity() for f in files)).encode()).hexdigest()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    out = root / f"{location.bucket}-{digest[:24]}"
+    if out.is_dir():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
+    try:
+        for remote in files:
+            target = tmp / remote.name
+            if not target.resolve().is_relative_to(tmp.resolve()):  # a key like ../x
+                raise S3Error(f"{location.uri(remote.name)}: key leaves the prefix")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                s3.download_file(location.bucket, remote.key, str(target))
+            except (ClientError, BotoCoreError) as e:
+                raise describe(e, location.uri(remote.name), s3.meta.endpoint_url) from None
+            _verify(target, remote, location.uri(remote.name))
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not out.is_dir():  # another process renamed the same download first: reuse it
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -2,10 +2,11 @@
 
 The stack of bench.team_stack (Prefect server + process workers, MLflow server, both on
 PostgreSQL, authentication on; `prefect deploy --all` from the repository's prefect.yaml) with a
-project of bench.soak (git + DVC, the data versioned, a tiny base). The `finetune-nightly`
-deployment runs once on a short config (it trains, registers, promotes), then RERUNS times on the
-same inputs: each finds them equal to the champion's at the flow's first stage
-(tasks.retrain_check) and records the skip. The figure is the median time from such a run's start
+project of bench.soak (git + DVC, a tiny base, new data landing in a directory that is the run's
+data.source). The `finetune-nightly` deployment runs once on a short config (it fetches the data,
+trains, registers, promotes), then RERUNS times with nothing new at the source: each fetches and
+versions the data, finds data, config and base equal to the champion's (tasks.retrain_check) and
+records the skip. The figure is the median time from such a run's start
 to its end as the Prefect server recorded them (start_time, end_time), which a team reads in
 the dashboard; the time a run waited for a worker to pick it up is not in it.
 """
@@ -30,7 +31,7 @@ RERUNS = 3
 def run(*, steps: int = 8) -> Figure:
     root = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     project, base = build_project(root, 1)
-    config = soak_config(base, 0, steps)
+    config = soak_config(base, 0, steps, root)
     config["training"]["deployment"] = None  # trained in the pipeline's own run
     stack = TeamStack(root, project, models=[MODEL], pool_limits={"gpu": 1, "cpu": 1})
     saved = dict(os.environ)

@@ -20,7 +20,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo.task import MAX_WORDS, MIN_WORDS, RULES, TASK_WORDS, _write_jsonl
+from demo.task import MAX_WORDS, MIN_WORDS, RULES, TASK_WORDS, write_splits
 
 CHAT_TEMPLATE = Path(__file__).with_name("chat-template.jinja")
 MIN_TURNS, MAX_TURNS = 1, 3  # questions per conversation
@@ -49,15 +49,7 @@ def build_demo_chat_data(
     ...]}`. Eval is drawn first, so it stays the same when only n_train changes. Returns the
     number of conversations per split.
     """
-    rng = random.Random(seed)
-    seen: set[tuple[str, ...]] = set()  # membership only: set order never reaches the output
-    splits = {split: [_conversation(rng, seen) for _ in range(n)] for split, n in
-              (("eval", n_eval), ("train", n_train))}  # fmt: skip
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "eval"):
-        _write_jsonl(out / f"{split}.jsonl", splits[split])
-    return {"train": n_train, "eval": n_eval}
+    return write_splits(out_dir, _conversation, seed=seed, n_train=n_train, n_eval=n_eval)
 
 
 def turns(conversation: dict) -> Sequence[tuple[str, str]]:

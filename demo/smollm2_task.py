@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from demo.task import _write_jsonl
+from demo.task import write_splits
 
 NAMES = (
     "Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas",
@@ -63,12 +63,4 @@ def build_smollm2_task_data(
 ) -> dict:
     """Write `train.jsonl` and `eval.jsonl` (chat format) into `out_dir`; eval is drawn first,
     so it stays the same when only n_train changes. Returns the examples per split."""
-    rng = random.Random(seed)
-    seen: set[tuple[str, ...]] = set()  # membership only: set order never reaches the output
-    splits = {split: [_example(rng, seen) for _ in range(n)] for split, n in
-              (("eval", n_eval), ("train", n_train))}  # fmt: skip
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "eval"):
-        _write_jsonl(out / f"{split}.jsonl", splits[split])
-    return {"train": n_train, "eval": n_eval}
+    return write_splits(out_dir, _example, seed=seed, n_train=n_train, n_eval=n_eval)

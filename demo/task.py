@@ -90,6 +90,28 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_splits(
+    out_dir: str | Path,
+    draw: Callable[[random.Random, set[tuple[str, ...]]], dict],
+    *,
+    seed: int,
+    n_train: int,
+    n_eval: int,
+) -> dict:
+    """`train.jsonl` and `eval.jsonl` in `out_dir`, one `draw(rng, seen)` a line (`seen` keeps
+    examples unique across both splits). Eval is drawn first, so it stays the same when only
+    n_train changes. Returns the examples per split."""
+    rng = random.Random(seed)
+    seen: set[tuple[str, ...]] = set()  # membership only: set order never reaches the output
+    splits = {split: [draw(rng, seen) for _ in range(n)] for split, n in
+              (("eval", n_eval), ("train", n_train))}  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "eval"):
+        _write_jsonl(out / f"{split}.jsonl", splits[split])
+    return {"train": n_train, "eval": n_eval}
+
+
 def build_demo_data(
     out_dir: str | Path,
     *,

@@ -41,7 +41,7 @@ def cmd_run(args) -> int:
 
     with checks_first():
         summary = finetune(config, skip_if_unchanged=args.skip_unchanged)
-    print_summary(summary, config.registry.promote_metric)
+    print_summary(summary)
     return 0
 
 

@@ -137,7 +137,8 @@ def print_reproduction(got) -> int:
     return NOT_REPRODUCED
 
 
-def print_summary(summary, metric: str) -> None:
+def print_summary(summary) -> None:
+    """`loraflow run`: the evaluation table and the promotion verdict, or what was skipped."""
     print()
     if summary.skipped:
         print(f"{summary.model_name}: {summary.reason}; nothing trained")

@@ -134,24 +134,15 @@ def copy_directory(source: str, dest: Path) -> SourceRead:
     return SourceRead(source=source, objects=tuple(objects))
 
 
-def _list_s3(s3, bucket: str, prefix: str, source: str) -> list[SourceObject]:
+def _list_s3(s3, location, source: str) -> list[SourceObject]:
     """Every object under the prefix, by name (ListBucket is the only permission it needs)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from tasks.lib.s3 import S3Error, list_objects
 
-    from tasks.lib.s3 import describe
-
-    base = f"{prefix}/" if prefix else ""
     try:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
-        rows = [o for page in pages for o in page.get("Contents", [])]
-    except (ClientError, BotoCoreError) as e:
-        error = describe(e, f"data.source {source}", s3.meta.endpoint_url)
-        raise _final(str(error)) from None
-    objects = [
-        SourceObject(name=row["Key"][len(base) :], size=int(row["Size"]), etag=row["ETag"])
-        for row in rows
-        if row["Key"] != base and not row["Key"].endswith("/")  # "folder" markers: no data
-    ]
+        rows = list_objects(s3, location, where=f"data.source {source}")
+    except S3Error as e:
+        raise _final(str(e)) from None
+    objects = [SourceObject(name=r["name"], size=int(r["Size"]), etag=r["ETag"]) for r in rows]
     return sorted(objects, key=lambda o: o.name)
 
 
@@ -163,7 +154,7 @@ def copy_s3_prefix(source: str, dest: Path) -> SourceRead:
 
     location = s3lib.parse_s3_uri(source)
     s3 = s3lib.client()
-    listed = _list_s3(s3, location.bucket, location.prefix, source)
+    listed = _list_s3(s3, location, source)
     if not listed:
         raise _final(f"data.source {source}: empty (no objects under the prefix)")
     incoming = _staging(dest)
@@ -200,7 +191,9 @@ def read_source(source: str, data_dir: str) -> SourceRead:
     """Copy `source` into `data_dir` exactly (see the module docstring); what was read."""
     dest = Path(data_dir).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if source.startswith("s3://"):
+    from tasks.lib.s3 import is_s3_uri
+
+    if is_s3_uri(source):
         read = copy_s3_prefix(source, dest)
     else:
         read = copy_directory(source, dest)

@@ -13,9 +13,9 @@ from prefect.artifacts import create_link_artifact
 from models.config.run import ExportConfig
 from models.data.chat import PROMPT_FORMAT_FILE
 from models.export.merge import export_files
-from tasks.base_model import is_s3
 from tasks.lib import s3
 from tasks.lib.base_cache import fetch_s3_base
+from tasks.lib.s3 import is_s3_uri
 from tasks.lineage import MANIFEST_TAGS
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
@@ -26,7 +26,7 @@ def _merged_files(version: VersionRef, out_dir: str, export: ExportConfig) -> It
     """The merged model's files as each is written (models.export.merge.export_files), then the
     adapter's recorded prompt format."""
     base_model = version.base_model
-    if is_s3(base_model):  # an s3:// base: its local copy (downloaded once, verified)
+    if is_s3_uri(base_model):  # an s3:// base: its local copy (downloaded once, verified)
         base_model = str(fetch_s3_base(base_model))
     yield from export_files(
         base_model=base_model,

@@ -25,7 +25,16 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from models.hashing import file_digest
-from tasks.lib.s3 import MANIFEST, SHA_META, S3Error, S3Location, client, describe, parse_s3_uri
+from tasks.lib.s3 import (
+    MANIFEST,
+    SHA_META,
+    S3Error,
+    S3Location,
+    client,
+    describe,
+    list_objects,
+    parse_s3_uri,
+)
 
 
 def default_cache_dir() -> Path:
@@ -69,23 +78,15 @@ def _listing(s3, location: S3Location) -> list[RemoteFile]:
             for e in entries
         ]
     files = []
-    prefix = f"{location.prefix}/" if location.prefix else ""
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=prefix
-        ):
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
-                    continue
-                etag = obj.get("ETag", "").strip('"')
-                head = s3.head_object(Bucket=location.bucket, Key=obj["Key"])
-                sha = head.get("Metadata", {}).get(SHA_META)
-                md5 = etag if etag and "-" not in etag else None
-                files.append(
-                    RemoteFile(_name(location, obj["Key"]), obj["Key"], obj["Size"], sha, md5)
-                )
-    except (ClientError, BotoCoreError) as e:
-        raise describe(e, where, s3.meta.endpoint_url) from None
+    for obj in list_objects(s3, location):
+        etag = obj.get("ETag", "").strip('"')
+        try:
+            head = s3.head_object(Bucket=location.bucket, Key=obj["Key"])
+        except (ClientError, BotoCoreError) as e:
+            raise describe(e, where, s3.meta.endpoint_url) from None
+        sha = head.get("Metadata", {}).get(SHA_META)
+        md5 = etag if etag and "-" not in etag else None
+        files.append(RemoteFile(obj["name"], obj["Key"], obj["Size"], sha, md5))
     return files
 
 

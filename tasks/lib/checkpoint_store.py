@@ -120,16 +120,7 @@ def _step_location(location: s3io.S3Location, step: int) -> s3io.S3Location:
 
 
 def _list_keys(s3, location: s3io.S3Location) -> list[str]:
-    keys: list[str] = []
-    try:
-        pages = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=location.key("")
-        )
-        for page in pages:
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    except (ClientError, BotoCoreError) as e:
-        raise s3io.describe(e, location.uri(), s3.meta.endpoint_url) from None
-    return keys
+    return [obj["Key"] for obj in s3io.list_objects(s3, location)]
 
 
 def _remote_steps(s3, location: s3io.S3Location) -> list[int]:

@@ -54,6 +54,25 @@ def parse_s3_uri(uri: str) -> S3Location:
     return S3Location(bucket, prefix.strip("/"))
 
 
+def is_s3_uri(value: str) -> bool:
+    return str(value).startswith("s3://")
+
+
+def list_objects(s3, location: S3Location, where: str | None = None) -> list[dict]:
+    """Every object under the prefix, all pages (list_objects_v2 rows plus `name`, the key
+    under the prefix); "folder" markers (keys ending in /) left out. A failed listing is a
+    one-line S3Error naming `where` (default: the prefix's URI)."""
+    base = location.key("")
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=base)
+        rows = [row for page in pages for row in page.get("Contents", [])]
+    except (ClientError, BotoCoreError) as e:
+        raise describe(e, where or location.uri(), s3.meta.endpoint_url) from None
+    return [
+        {**row, "name": row["Key"][len(base) :]} for row in rows if not row["Key"].endswith("/")
+    ]
+
+
 def client(concurrency: int = 8):
     """An S3 client with standard retries, sized for `concurrency` parallel transfers."""
     return boto3.session.Session().client(

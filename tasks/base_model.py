@@ -6,8 +6,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.check_stage import FETCH_BASE_MODEL
-from tasks.lib.base_cache import fetch_s3_base
-from tasks.lib.s3 import is_s3_uri
+from tasks.lib.base_cache import local_base
 from tasks.runtime import IO_RETRIES, logger
 
 
@@ -15,8 +14,7 @@ from tasks.runtime import IO_RETRIES, logger
 def fetch_base_model(*, base_model: str, cache_dir: str | None = None) -> str:
     """The local directory to load `base_model` from: an s3:// prefix is downloaded once into
     the cache (verified against its checksums) and reused; anything else is returned as is."""
-    if not is_s3_uri(base_model):
-        return base_model
-    local = fetch_s3_base(base_model, cache_dir)
-    logger().info("base model %s: %s", base_model, local)
-    return str(local)
+    local = local_base(base_model, cache_dir)
+    if local != base_model:
+        logger().info("base model %s: %s", base_model, local)
+    return local

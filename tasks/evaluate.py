@@ -15,8 +15,7 @@ from models.base_model.paths import is_local
 from models.config.specs import EvalSpec
 from models.evaluation.evaluate import evaluate_candidates, side_by_side, split_slices
 from models.evaluation.report import plot_metric_vs_params
-from tasks.lib.base_cache import fetch_s3_base
-from tasks.lib.s3 import is_s3_uri
+from tasks.lib.base_cache import local_base
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
 from tasks.tracking import client, log_metrics, mlflow_errors
@@ -34,8 +33,8 @@ def candidates_for(
     """What to evaluate: the base, the adapter and, where its base model is found here, the
     champion (else the gate uses the figures its run recorded)."""
     candidates = {"base": (base_model, None), "adapter": (base_model, adapter_dir)}
-    if champion and is_s3_uri(champion.base_model):  # its local copy (downloaded once)
-        champion = replace(champion, base_model=str(fetch_s3_base(champion.base_model)))
+    if champion:  # an s3:// base: its local copy (downloaded once)
+        champion = replace(champion, base_model=local_base(champion.base_model))
     if champion and is_local(champion.base_model) and not Path(champion.base_model).is_dir():
         logger().warning(
             "champion v%s: base model %s not found here; using its recorded metrics",

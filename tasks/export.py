@@ -14,8 +14,7 @@ from models.config.run import ExportConfig
 from models.data.chat import PROMPT_FORMAT_FILE
 from models.export.merge import export_files
 from tasks.lib import s3
-from tasks.lib.base_cache import fetch_s3_base
-from tasks.lib.s3 import is_s3_uri
+from tasks.lib.base_cache import local_base
 from tasks.lineage import MANIFEST_TAGS
 from tasks.registry import VersionRef
 from tasks.runtime import IO_RETRIES, logger
@@ -25,9 +24,7 @@ from tasks.tracking import client
 def _merged_files(version: VersionRef, out_dir: str, export: ExportConfig) -> Iterator[Path]:
     """The merged model's files as each is written (models.export.merge.export_files), then the
     adapter's recorded prompt format."""
-    base_model = version.base_model
-    if is_s3_uri(base_model):  # an s3:// base: its local copy (downloaded once, verified)
-        base_model = str(fetch_s3_base(base_model))
+    base_model = local_base(version.base_model)  # an s3:// base: its local copy
     yield from export_files(
         base_model=base_model,
         adapter_dir=version.adapter_dir,

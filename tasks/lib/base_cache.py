@@ -32,6 +32,7 @@ from tasks.lib.s3 import (
     S3Location,
     client,
     describe,
+    is_s3_uri,
     list_objects,
     parse_s3_uri,
 )
@@ -135,3 +136,9 @@ def fetch_s3_base(uri: str, cache_dir: str | Path | None = None, s3=None) -> Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def local_base(base_model: str, cache_dir: str | Path | None = None) -> str:
+    """Where to load `base_model` from: an s3:// prefix's local copy (fetch_s3_base), anything
+    else (a directory, a hub id) as it is."""
+    return str(fetch_s3_base(base_model, cache_dir)) if is_s3_uri(base_model) else base_model

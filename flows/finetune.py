@@ -138,8 +138,7 @@ def finetune(
     base_model = canonical_base(config.base_model)
 
     # Nothing to fetch and the data versioned as it stands: decided before anything else runs.
-    early = skip_if_unchanged and not config.data.source
-    inputs = hash_inputs(config) if early else None
+    inputs = hash_inputs(config) if skip_if_unchanged else None
     if inputs is not None:
         check_services()  # a silent tracking server: one line now, not minutes of retries
         champion = check_unchanged(model_name=registry.model_name, inputs=inputs)

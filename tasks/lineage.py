@@ -19,6 +19,7 @@ from models.base_model.paths import canonical_base, is_local
 from models.config.run import LoraflowConfig
 from models.hashing import FileHashes, dvc_dir_md5, weights_sha256
 from tasks.data import DvcError, dvc_file_of, find_dvc_repo, read_dvc_md5
+from tasks.lib.s3 import is_s3_uri
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "mlflow", "prefect", "dvc", "loraflow")
 
@@ -80,8 +81,12 @@ def hash_inputs(config: LoraflowConfig) -> dict[str, str] | None:
 
     The data md5 is computed as `dvc add` computes it and must equal the md5 the directory's
     .dvc file records; otherwise (data not versioned as it stands, no .dvc file, no DVC repo)
-    None: the run must version its data first, which the flow does.
+    None: the run must version its data first, which the flow does. None too where the inputs
+    are elsewhere until the run fetches them: data from data.source (a local copy may be stale)
+    and an s3:// base (its weights are hashed once downloaded).
     """
+    if config.data.source or is_s3_uri(config.base_model):
+        return None
     data = Path(config.data.path).resolve()
     dvc_file = dvc_file_of(data)
     try:

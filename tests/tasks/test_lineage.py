@@ -132,3 +132,12 @@ def test_hashed_inputs_are_what_a_run_records(project, tiny_base):
     assert hash_inputs.fn(cfg) is None
     md5 = version_data.fn(data_dir="data").md5
     assert md5 != dataset.md5 and hash_inputs.fn(cfg)["data_md5"] == md5
+
+    # Inputs that are elsewhere until the run fetches them are not known as they stand: the flow
+    # decides after fetching (a stale local copy, or the URI in place of the weights, must not).
+    version_data.fn(data_dir="data")
+    assert hash_inputs.fn(cfg) is not None
+    elsewhere = {"data": {"path": "data", "source": str(project / "incoming")}}
+    assert hash_inputs.fn(config_from_dict({"base_model": str(tiny_base), **elsewhere})) is None
+    s3_base = config_from_dict({"base_model": "s3://bases/tiny", "data": {"path": "data"}})
+    assert hash_inputs.fn(s3_base) is None

@@ -13,6 +13,7 @@ Benchmarks (each measured in fresh worker processes, see its module):
   nightly  11. an unchanged nightly deployment run on the team stack (needs PostgreSQL)
   vocab    12. training.chunked_loss on vs off with a 128k vocabulary: peak memory, loss
   sharding 13. 1 vs 2 ranks, DDP vs FSDP: parameter bytes and peak memory per rank, tokens/s
+  smollm2  14. 1 and 6 on a real model (SmolLM2-135M-Instruct, chat data), where the time goes
 
 Trials, run only when named in --only (a change that was tried and not kept):
   compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps
@@ -50,6 +51,7 @@ BENCHMARKS = (
     "nightly",
     "vocab",
     "sharding",
+    "smollm2",
 )
 TRIALS = ("compile",)
 

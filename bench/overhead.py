@@ -26,25 +26,30 @@ from bench.workers import run_worker, worker_main
 GOAL = 0.97
 
 
-def _config(steps: int, output_dir: str):
+def _config(steps: int, output_dir: str, setup: dict):
+    """The run config of `setup` ({config, base, data}: a config file, its base and data
+    directories) for `steps` steps."""
     from models.config.file import load_config
 
     return load_config(
-        DEMO_CONFIG,
+        setup["config"],
         [
-            f"base_model={DEMO_BASE}",
-            f"data.path={DEMO_DATA}",
+            f"base_model={setup['base']}",
+            f"data.path={setup['data']}",
             f"training.max_steps={steps}",
             f"training.output_dir={output_dir}",
         ],
     )
 
 
-def _pipeline(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
+DEMO_SETUP = {"config": str(DEMO_CONFIG), "base": str(DEMO_BASE), "data": str(DEMO_DATA)}
+
+
+def _pipeline(steps: int, tmp: str, tag: str, callbacks: list, setup: dict) -> dict:
     from tasks.tracking import open_run
     from tasks.train import train
 
-    config = _config(steps, f"{tmp}/runs")
+    config = _config(steps, f"{tmp}/runs", setup)
     run_id = open_run.fn(
         experiment="bench-overhead",
         run_name=tag,
@@ -53,7 +58,7 @@ def _pipeline(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
         tags={},
     )
     result = train.fn(
-        config.train_spec(str(DEMO_BASE)),
+        config.train_spec(setup["base"]),
         run_id=run_id,
         output_dir=config.adapter_dir(run_id),
         config_yaml=config.to_yaml(),
@@ -62,29 +67,35 @@ def _pipeline(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
     return {"tokens_per_second": result.tokens_per_second, "train_loss": result.train_loss}
 
 
-def _plain(steps: int, tmp: str, tag: str, callbacks: list) -> dict:
+def _plain(steps: int, tmp: str, tag: str, callbacks: list, setup: dict) -> dict:
     from bench.plain import train_plain
 
-    spec = _config(steps, tmp).train_spec(str(DEMO_BASE))
+    spec = _config(steps, tmp, setup).train_spec(setup["base"])
     return train_plain(spec, output_dir=f"{tmp}/plain-{tag}", callbacks=callbacks)
 
 
-def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
+def paired_rounds(setup: dict, *, steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
+    """A warm-up of each arm, then `reps` rounds of both in rotating order; each run's
+    tokens/s, final loss and per-step times, {"pipeline": [...], "plain": [...]}."""
     from bench.clock import StepClock
 
     clock = StepClock()
     arms = {"pipeline": _pipeline, "plain": _plain}
     for name, fn in arms.items():
-        fn(warmup_steps, tmp, f"warmup-{name}", [clock])
+        fn(warmup_steps, tmp, f"warmup-{name}", [clock], setup)
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for rep in range(reps):
         order = list(arms)[rep % len(arms) :] + list(arms)[: rep % len(arms)]
         for name in order:
             clock.reset()
-            got = arms[name](steps, tmp, f"{name}-{rep}", [clock])
+            got = arms[name](steps, tmp, f"{name}-{rep}", [clock], setup)
             got["step_seconds"] = clock.step_seconds()
             runs[name].append(got)
     return runs
+
+
+def _work(steps: int, reps: int, warmup_steps: int, tmp: str) -> dict:
+    return paired_rounds(DEMO_SETUP, steps=steps, reps=reps, warmup_steps=warmup_steps, tmp=tmp)
 
 
 def run(*, steps: int = 120, reps: int = 7) -> Figure:

@@ -2,8 +2,9 @@
 training code; its settings are read from the same TrainSpec as the pipeline's.
 
 Same model, data, tokens, batch, steps and optimizer settings as the pipeline's train task; the
-data is tokenized the same way (prompt + completion + eos, loss on the completion) so that both
-see identical batches. Tokens/s counts real (non-padding) tokens over `trainer.train()`.
+data is tokenized the same way (prompt + completion + eos, loss on the completion; for chat data
+the template's rendering with the loss on the assistant's turn, as a user would write it) so that
+both see identical batches. Tokens/s counts real (non-padding) tokens over `trainer.train()`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,29 @@ def tokenize_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:
             completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
             ids = prompt + completion + [tokenizer.eos_token_id]
             labels = [-100] * len(prompt) + completion + [tokenizer.eos_token_id]
+            features.append({"input_ids": ids[:max_seq_len], "labels": labels[:max_seq_len]})
+    return features
+
+
+def tokenize_chat_jsonl(path, tokenizer, max_seq_len: int) -> list[dict]:
+    """The conversation as the tokenizer's chat template writes it, loss on the last (assistant)
+    turn only: the prompt is the template's rendering up to that turn with the generation prompt,
+    an EOS is appended where the template's turn does not end with one; cut at max_seq_len."""
+    features = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            messages = json.loads(line)["messages"]
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            head = tokenizer.apply_chat_template(
+                messages[:-1], tokenize=False, add_generation_prompt=True
+            )
+            ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+            prompt = tokenizer(head, add_special_tokens=False)["input_ids"]
+            labels = [-100] * len(prompt) + ids[len(prompt) :]
+            if tokenizer.eos_token_id not in ids[len(prompt) :]:
+                ids, labels = ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
             features.append({"input_ids": ids[:max_seq_len], "labels": labels[:max_seq_len]})
     return features
 
@@ -58,7 +82,8 @@ def train_plain(
     model = AutoModelForCausalLM.from_pretrained(
         spec.base_model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
-    features = tokenize_jsonl(spec.data.train_path, tokenizer, spec.data.max_seq_len)
+    tokenize = tokenize_chat_jsonl if spec.data.format == "chat" else tokenize_jsonl
+    features = tokenize(spec.data.train_path, tokenizer, spec.data.max_seq_len)
     set_seed(adapter.seed)
     model = get_peft_model(
         model,

@@ -158,3 +158,26 @@ def test_gpu_wheels_carry_what_a_worker_imports_and_the_machine_lacks():
         for name, version in carried.items()
         if name != "liger-kernel"
     )
+
+
+def test_plain_chat_baseline_sees_the_pipelines_tokens_on_smollm2(smollm2, tmp_path):
+    """Figure 14 pairs step i of both arms as the same batch: the plain script's own rendering
+    of the conversations (the chat template, loss on the assistant turn) must give the pipeline's
+    input ids and labels, token for token."""
+    from transformers import AutoTokenizer
+
+    from bench.plain import tokenize_chat_jsonl
+    from demo import build_smollm2_task_data
+    from models.data.chat import bos_prefix, chat_features
+    from models.data.formats import read_rows
+
+    build_smollm2_task_data(tmp_path, n_train=12, n_eval=2)
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2))
+    plain = tokenize_chat_jsonl(tmp_path / "train.jsonl", tokenizer, max_seq_len=96)
+    rows = [row for _, row in read_rows(tmp_path / "train.jsonl")]
+    assert len(plain) == len(rows) == 12
+    prefix = bos_prefix(tokenizer)
+    for row, feature in zip(rows, plain, strict=True):
+        ids, labels = chat_features(tokenizer, row["messages"], "assistant", prefix, at="row")
+        assert feature == {"input_ids": ids, "labels": labels}
+        assert -100 in labels and tokenizer.eos_token_id in labels  # the turn end is trained

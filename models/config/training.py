@@ -60,8 +60,9 @@ class TrainingConfig(_Section):
         "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
         "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
         "process; the adapter stays whole on every process. One process in all trains "
-        "unsharded. Not for delta_lora, dora or qlora (the config check says why); no "
-        "checkpoints (save_steps: 0): transformers does not resume a base sharded at load.",
+        "unsharded. Not for delta_lora, dora or qlora (the config check says why). Checkpoints "
+        "resume as with DDP (every rank saves its optimizer, schedule and RNG state beside the "
+        "adapter), except with dtype float16 (its loss scale is not kept).",
     )
     num_nodes: int = Field(
         1,
@@ -184,10 +185,22 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
     refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
     if refusal:
         raise ValueError(refusal)
-    if training.sharding == "fsdp" and training.save_steps > 0:
+    if training.sharding == "fsdp" and training.save_steps > 0 and training.dtype == "float16":
         raise ValueError(
-            "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base "
-            f"sharded as it loads): set training.save_steps: 0 (got {training.save_steps})"
+            "training.sharding fsdp checkpoints cannot keep float16's loss scale (the Trainer "
+            "saves only the adapter of a base sharded as it loads): set training.dtype: bfloat16 "
+            "or float32, or training.save_steps: 0"
+        )
+    if (
+        training.sharding == "fsdp"
+        and training.num_nodes > 1
+        and training.save_steps > 0
+        and training.checkpoint_store.startswith("s3://")
+    ):
+        raise ValueError(
+            "training.checkpoint_store must be a directory all nodes share for a sharded run on "
+            f"several nodes (got {training.checkpoint_store!r}): every rank writes its own "
+            "optimizer and RNG state into each checkpoint, and only rank 0's node uploads to S3"
         )
     if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
         raise ValueError(

@@ -21,6 +21,11 @@ full_state_dict and cpu_offload: it lands in rank 0's host memory only, one tens
 through the collectives), and PEFT's save_pretrained picks the adapter's tensors out of it: a
 standard PEFT adapter that PeftModel.from_pretrained loads and the export merges. Rank 0's host
 memory holds one full copy of the base while it saves.
+
+Checkpoints: the Trainer saves only the adapter and its trainer_state.json for a base sharded
+at load (save_only_model; it refuses more); every rank adds the optimizer, schedule and RNG
+state beside them (models.training.checkpoints.sharded_train_state), so a run killed on any
+rank resumes from the newest complete checkpoint with the adapter of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,16 +66,21 @@ def wrap_refusal(model: torch.nn.Module, base_model: str) -> str:
     )
 
 
+def shards_at_load(sharding: str, world_size: int) -> bool:
+    """Whether the base is sharded as it loads: FSDP with more than one process."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"training.sharding must be one of {SHARDINGS} (got {sharding!r})")
+    return sharding == "fsdp" and world_size > 1
+
+
 def sharded_load_kwargs(sharding: str, world_size: int) -> dict[str, Any]:
     """from_pretrained keywords that shard the base over `world_size` processes ({}: none).
 
     Called in every process of a torchrun job; transformers starts the process group (gloo on
     CPU, NCCL on CUDA) if nothing has yet.
     """
-    if sharding == "none" or world_size < 2:
+    if not shards_at_load(sharding, world_size):
         return {}
-    if sharding != "fsdp":
-        raise ValueError(f"training.sharding must be one of {SHARDINGS} (got {sharding!r})")
     from transformers.distributed import DistributedConfig
 
     return {"distributed_config": DistributedConfig(fsdp_size=world_size)}

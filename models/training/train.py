@@ -24,6 +24,7 @@ from models.training.checkpoints import (
     checkpoint_step,
     latest_checkpoint,
     resumed_figures,
+    sharded_train_state,
 )
 from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
@@ -31,6 +32,7 @@ from models.training.sharding import (
     gathered_state_dict,
     resident_param_bytes,
     sharded_load_kwargs,
+    shards_at_load,
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -177,6 +179,7 @@ def train_adapter(
     resume = latest_checkpoint(checkpoints) if checkpoints else None
     history: list[tuple[int, float]] = []
     collate = Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
+    sharded = shards_at_load(spec.sharding, world_size)
     args = _training_arguments(spec, Path(output_dir), checkpoints, device, torch_dtype, world_size)
     optimizers = _optimizers(method, model, spec)
     method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
@@ -198,6 +201,8 @@ def train_adapter(
         callbacks=[
             _relay(history, on_log),
             *method_callbacks,
+            # A sharded base's optimizer, schedule and RNG are saved before the marker is written.
+            *([sharded_train_state(resume)] if checkpoints and sharded else []),
             *([checkpoint_marker(checkpoints, on_checkpoint)] if checkpoints else []),
             *(callbacks or []),
         ],
@@ -286,6 +291,9 @@ def _training_arguments(
         save_strategy="steps" if checkpoints else "no",
         save_steps=spec.save_steps if checkpoints else 500,
         save_total_limit=2,  # the newest may be cut short by a crash; keep the one before
+        # The Trainer refuses to checkpoint more of a base sharded at load; the rest of the
+        # training state is models.training.checkpoints.sharded_train_state's.
+        save_only_model=shards_at_load(spec.sharding, world_size),
         report_to="none",
         seed=spec.adapter.seed,
         data_seed=spec.adapter.seed,

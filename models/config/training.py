@@ -60,7 +60,9 @@ class TrainingConfig(_Section):
         "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
         "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
         "process; the adapter stays whole on every process. One process in all trains "
-        "unsharded. Not for delta_lora, dora or qlora (the config check says why). Checkpoints "
+        "unsharded. Not for delta_lora or dora (the config check says why); qlora on CUDA "
+        "GPUs with bfloat16 and bitsandbytes >= 0.43 (4-bit weights stored in bfloat16, sharded "
+        "by the Trainer; never run here), without checkpoints. Checkpoints "
         "resume as with DDP (every rank saves its optimizer, schedule and RNG state beside the "
         "adapter), except with dtype float16 (its loss scale is not kept).",
     )
@@ -190,6 +192,18 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
             "training.sharding fsdp checkpoints cannot keep float16's loss scale (the Trainer "
             "saves only the adapter of a base sharded as it loads): set training.dtype: bfloat16 "
             "or float32, or training.save_steps: 0"
+        )
+    quantized = get_method(method).load_kwargs is not None  # FSDP-QLoRA, never run here
+    if training.sharding == "fsdp" and quantized and training.dtype not in ("auto", "bfloat16"):
+        raise ValueError(
+            f"training.sharding fsdp with adapter.method {method} trains in bfloat16 (its 4-bit "
+            f"weights stored in it); set training.dtype: auto or bfloat16 (got {training.dtype})"
+        )
+    if training.sharding == "fsdp" and quantized and training.save_steps > 0:
+        raise ValueError(
+            f"training.sharding fsdp with adapter.method {method} does not checkpoint (the "
+            "Trainer's FSDP checkpoints of a 4-bit base were never run here): set "
+            f"training.save_steps: 0 (got {training.save_steps})"
         )
     if (
         training.sharding == "fsdp"

@@ -47,6 +47,14 @@ def checkpoint_marker(checkpoints: Path, on_checkpoint: Callable[[Path], None] |
     return Checkpointed()
 
 
+def load_adapter_weights(model, weights: Path) -> None:
+    """The trainable weights of a finished training, from its last checkpoint's adapter file."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(weights)))
+
+
 def resumed_figures(resume: Path, trainer, output):
     """(loss history, mean logged loss, steps) of a resumed run, the part before it included;
     output is None where the checkpoint was of the last step and nothing was trained.

@@ -134,6 +134,18 @@ BAD = [
     (
         {
             "base_model": "m",
+            "adapter": {"method": "qlora"},
+            "training": {"sharding": "fsdp", "dtype": "float32", "save_steps": 0},
+        },
+        "training.sharding fsdp with adapter.method qlora trains in bfloat16",
+    ),
+    (
+        {"base_model": "m", "adapter": {"method": "qlora"}, "training": {"sharding": "fsdp"}},
+        "training.sharding fsdp with adapter.method qlora does not checkpoint",
+    ),
+    (
+        {
+            "base_model": "m",
             "training": {
                 "sharding": "fsdp",
                 "num_nodes": 2,

@@ -59,7 +59,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """
     data = spec.data
     method = get_method(spec.method)
-    if spec.sharding == "fsdp" and method.load_kwargs is not None:  # a 4-bit base
+    if spec.sharding == "fsdp" and method.quantized:
         refusal = quantized_shard_refusal(
             spec.method, cuda_available(), bitsandbytes_version(), bf16_gpu()
         )

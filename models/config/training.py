@@ -193,7 +193,7 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
             "saves only the adapter of a base sharded as it loads): set training.dtype: bfloat16 "
             "or float32, or training.save_steps: 0"
         )
-    quantized = get_method(method).load_kwargs is not None  # FSDP-QLoRA, never run here
+    quantized = get_method(method).quantized  # FSDP-QLoRA, never run here
     if training.sharding == "fsdp" and quantized and training.dtype not in ("auto", "bfloat16"):
         raise ValueError(
             f"training.sharding fsdp with adapter.method {method} trains in bfloat16 (its 4-bit "

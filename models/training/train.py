@@ -173,10 +173,9 @@ def train_adapter(
     resume = latest_checkpoint(checkpoints) if checkpoints else None
     history: list[tuple[int, float]] = []
     collate = Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
-    quantized = method.load_kwargs is not None  # a 4-bit base: FSDP by the Trainer
-    sharded = shards_at_load(spec.sharding, world_size, quantized)
+    sharded = shards_at_load(spec.sharding, world_size, method.quantized)
     args = _training_arguments(
-        spec, Path(output_dir), checkpoints, device, torch_dtype, world_size, quantized
+        spec, Path(output_dir), checkpoints, device, torch_dtype, world_size, method.quantized
     )
     optimizers = _optimizers(method, model, spec)
     method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
@@ -243,7 +242,7 @@ def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torc
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     fsdp = spec.sharding == "fsdp" and world_size > 1
     load_kwargs = method.load_kwargs(sharded=fsdp) if method.load_kwargs else {}
-    load_kwargs |= sharded_load_kwargs(spec.sharding, world_size, bool(method.load_kwargs))
+    load_kwargs |= sharded_load_kwargs(spec.sharding, world_size, method.quantized)
     model, tokenizer = load_base(
         spec.base_model,
         dtype=torch_dtype,

@@ -23,13 +23,28 @@ from models.evaluation.evaluate import slices_of
 from models.evaluation.metrics import check_custom
 from models.methods import get_method
 from models.training.kernels import check_kernels
-from models.training.sharding import wrap_refusal
+from models.training.sharding import quantized_shard_refusal, wrap_refusal
 
 
 def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def bf16_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def bitsandbytes_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsandbytes")
+    except PackageNotFoundError:
+        return None
 
 
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
@@ -44,6 +59,12 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """
     data = spec.data
     method = get_method(spec.method)
+    if spec.sharding == "fsdp" and method.quantized:
+        refusal = quantized_shard_refusal(
+            spec.method, cuda_available(), bitsandbytes_version(), bf16_gpu()
+        )
+        if refusal:
+            raise ModelError(refusal)
     if method.needs_cuda and not cuda_available():
         raise ModelError(
             f"adapter.method {spec.method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none "

@@ -60,8 +60,11 @@ class TrainingConfig(_Section):
         "sharded across all processes of all nodes as it loads (FSDP2 per decoder layer, "
         "embedding and final norm; transformers' DistributedConfig), about 1/N of the base per "
         "process; the adapter stays whole on every process. One process in all trains "
-        "unsharded. Not for delta_lora, dora or qlora (the config check says why); no "
-        "checkpoints (save_steps: 0): transformers does not resume a base sharded at load.",
+        "unsharded. Not for delta_lora or dora (the config check says why); qlora on CUDA "
+        "GPUs with bfloat16 and bitsandbytes >= 0.43 (4-bit weights stored in bfloat16, sharded "
+        "by the Trainer; never run here), without checkpoints. Checkpoints "
+        "resume as with DDP (every rank saves its optimizer, schedule and RNG state beside the "
+        "adapter), except with dtype float16 (its loss scale is not kept).",
     )
     num_nodes: int = Field(
         1,
@@ -184,10 +187,34 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
     refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
     if refusal:
         raise ValueError(refusal)
-    if training.sharding == "fsdp" and training.save_steps > 0:
+    if training.sharding == "fsdp" and training.save_steps > 0 and training.dtype == "float16":
         raise ValueError(
-            "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base "
-            f"sharded as it loads): set training.save_steps: 0 (got {training.save_steps})"
+            "training.sharding fsdp checkpoints cannot keep float16's loss scale (the Trainer "
+            "saves only the adapter of a base sharded as it loads): set training.dtype: bfloat16 "
+            "or float32, or training.save_steps: 0"
+        )
+    quantized = get_method(method).quantized  # FSDP-QLoRA, never run here
+    if training.sharding == "fsdp" and quantized and training.dtype not in ("auto", "bfloat16"):
+        raise ValueError(
+            f"training.sharding fsdp with adapter.method {method} trains in bfloat16 (its 4-bit "
+            f"weights stored in it); set training.dtype: auto or bfloat16 (got {training.dtype})"
+        )
+    if training.sharding == "fsdp" and quantized and training.save_steps > 0:
+        raise ValueError(
+            f"training.sharding fsdp with adapter.method {method} does not checkpoint (the "
+            "Trainer's FSDP checkpoints of a 4-bit base were never run here): set "
+            f"training.save_steps: 0 (got {training.save_steps})"
+        )
+    if (
+        training.sharding == "fsdp"
+        and training.num_nodes > 1
+        and training.save_steps > 0
+        and training.checkpoint_store.startswith("s3://")
+    ):
+        raise ValueError(
+            "training.checkpoint_store must be a directory all nodes share for a sharded run on "
+            f"several nodes (got {training.checkpoint_store!r}): every rank writes its own "
+            "optimizer and RNG state into each checkpoint, and only rank 0's node uploads to S3"
         )
     if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
         raise ValueError(

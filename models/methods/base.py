@@ -37,7 +37,9 @@ class AdapterMethod:
         method trains with requires_grad=True.
     check: rejects settings this method cannot use (raise ValueError); runs before any loading.
     needs_cuda: the method cannot run without a CUDA device (checked before any loading).
-    load_kwargs: extra keyword arguments for loading the base model (e.g. 4-bit quantization).
+    load_kwargs: extra keyword arguments for loading the base model (e.g. 4-bit quantization),
+        given whether FSDP will shard it (`sharded`); a method with them has a quantized base
+        (`quantized`), which the Trainer shards (models.training.sharding.trainer_fsdp_arguments).
     param_groups: optimizer parameter groups (e.g. per-matrix learning rates); None means one
         group holding every trainable parameter.
     callbacks: Trainer callbacks the method needs during training.
@@ -57,13 +59,18 @@ class AdapterMethod:
     build: Callable[[torch.nn.Module, AdapterSpec], Any]
     check: Callable[[AdapterSpec], None] | None = None
     needs_cuda: bool = False
-    load_kwargs: Callable[[], dict[str, Any]] | None = None
+    load_kwargs: Callable[..., dict[str, Any]] | None = None
     param_groups: Callable[[torch.nn.Module, float, AdapterSpec], list[dict]] | None = None
     callbacks: Callable[[torch.nn.Module, AdapterSpec], list] | None = None
     before_save: Callable[[torch.nn.Module, AdapterSpec], None] | None = None
     layer_kinds: frozenset[str] = LINEAR_KINDS
     saved_bytes_per_token: Callable[[torch.nn.Module, AdapterSpec, int], int] | None = None
     cannot_shard: str = ""
+
+    @property
+    def quantized(self) -> bool:
+        """Its base loads quantized (load_kwargs): FSDP then shards it through the Trainer."""
+        return self.load_kwargs is not None
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:

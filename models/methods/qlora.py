@@ -5,8 +5,14 @@ from __future__ import annotations
 from models.methods.base import AdapterMethod, AdapterSpec, build_lora
 
 
-def load_kwargs() -> dict:
-    """4-bit NF4 with double quantization, computing in bf16 where the GPU supports it."""
+def load_kwargs(sharded: bool = False) -> dict:
+    """4-bit NF4 with double quantization, computing in bf16 where the GPU supports it.
+
+    sharded (FSDP-QLoRA): the 4-bit weights are stored in the compute dtype
+    (bnb_4bit_quant_storage), the dtype the rest of the base loads in (bf16: the checks
+    refuse FSDP-QLoRA elsewhere), so that every weight FSDP shards is of one float dtype
+    (bitsandbytes' and PEFT's FSDP-QLoRA guides).
+    """
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -17,15 +23,26 @@ def load_kwargs() -> dict:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
+            **({"bnb_4bit_quant_storage": compute} if sharded else {}),
         )
     }
 
 
 def build(model, spec: AdapterSpec):
-    """Prepare the quantized base for training (casts norms, enables input grads), then LoRA."""
+    """Prepare the quantized base for training (casts norms to fp32), then LoRA.
+
+    A base whose 4-bit weights are stored in a float dtype (sharded: load_kwargs) keeps its
+    norms in that dtype instead: FSDP shards weights of one dtype (TRL skips the cast for
+    sharded QLoRA too).
+    """
+    import bitsandbytes as bnb
     from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    sharded = any(
+        isinstance(p, bnb.nn.Params4bit) and p.dtype.is_floating_point for p in model.parameters()
+    )
+    if not sharded:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return build_lora(model, spec)
 
 
@@ -35,6 +52,4 @@ METHOD = AdapterMethod(
     build=build,
     needs_cuda=True,
     load_kwargs=load_kwargs,
-    cannot_shard="qlora's 4-bit base is stored as uint8, which FSDP cannot shard (sharding it "
-    "needs bnb_4bit_quant_storage in the compute dtype, not set up or tested here)",
 )

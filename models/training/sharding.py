@@ -21,6 +21,11 @@ full_state_dict and cpu_offload: it lands in rank 0's host memory only, one tens
 through the collectives), and PEFT's save_pretrained picks the adapter's tensors out of it: a
 standard PEFT adapter that PeftModel.from_pretrained loads and the export merges. Rank 0's host
 memory holds one full copy of the base while it saves.
+
+Checkpoints: the Trainer saves only the adapter and its trainer_state.json for a base sharded
+at load (save_only_model; it refuses more); every rank adds the optimizer, schedule and RNG
+state beside them (models.training.checkpoints.sharded_train_state), so a run killed on any
+rank resumes from the newest complete checkpoint with the adapter of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,19 +66,61 @@ def wrap_refusal(model: torch.nn.Module, base_model: str) -> str:
     )
 
 
-def sharded_load_kwargs(sharding: str, world_size: int) -> dict[str, Any]:
+def shards_at_load(sharding: str, world_size: int, quantized: bool = False) -> bool:
+    """Whether the base is sharded as it loads: FSDP with more than one process, a base that
+    is not quantized (a 4-bit one is sharded by the Trainer: trainer_fsdp_arguments)."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"training.sharding must be one of {SHARDINGS} (got {sharding!r})")
+    return sharding == "fsdp" and world_size > 1 and not quantized
+
+
+def sharded_load_kwargs(sharding: str, world_size: int, quantized: bool = False) -> dict[str, Any]:
     """from_pretrained keywords that shard the base over `world_size` processes ({}: none).
 
     Called in every process of a torchrun job; transformers starts the process group (gloo on
     CPU, NCCL on CUDA) if nothing has yet.
     """
-    if sharding == "none" or world_size < 2:
+    if not shards_at_load(sharding, world_size, quantized):
         return {}
-    if sharding != "fsdp":
-        raise ValueError(f"training.sharding must be one of {SHARDINGS} (got {sharding!r})")
     from transformers.distributed import DistributedConfig
 
     return {"distributed_config": DistributedConfig(fsdp_size=world_size)}
+
+
+def trainer_fsdp_arguments(sharding: str, world_size: int, quantized: bool) -> dict[str, Any]:
+    """TrainingArguments keywords for FSDP-QLoRA ({}: not that): the 4-bit base loads whole on
+    every rank (bitsandbytes quantizes as it loads, its 4-bit weights stored in the compute
+    dtype: bnb_4bit_quant_storage) and the Trainer shards it through accelerate's FSDP2, per
+    decoder layer (the model's _no_split_modules), as bitsandbytes' and PEFT's FSDP-QLoRA
+    guides do. CUDA only; never run here (no GPU)."""
+    if sharding == "fsdp" and world_size > 1 and quantized:
+        return {"fsdp": True, "fsdp_config": {"version": 2}}
+    return {}
+
+
+# bitsandbytes' first release with bnb_4bit_quant_storage (4-bit weights FSDP can shard).
+BNB_QUANT_STORAGE = (0, 43)
+
+
+def quantized_shard_refusal(
+    method_name: str, cuda: bool, bnb_version: str | None, bf16: bool
+) -> str:
+    """Why FSDP cannot shard `method_name`'s 4-bit base on this machine (one line), or ""."""
+    why = f"training.sharding fsdp with adapter.method {method_name} needs "
+    if not cuda:
+        return why + "CUDA GPUs (bitsandbytes' 4-bit kernels) and none is available here"
+    version = tuple(int(p) for p in re.findall(r"\d+", bnb_version or "")[:2])
+    if version < BNB_QUANT_STORAGE:
+        return (
+            why + "bitsandbytes >= 0.43 (4-bit weights stored in the compute dtype, which FSDP "
+            f"can shard; got {bnb_version or 'none installed'}): pip install 'bitsandbytes>=0.43'"
+        )
+    if not bf16:
+        return (
+            why + "GPUs with bfloat16 (the base, its 4-bit storage and the compute in one "
+            "dtype, as FSDP shards them) and this one has none; use sharding: none"
+        )
+    return ""
 
 
 def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

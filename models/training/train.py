@@ -23,7 +23,9 @@ from models.training.checkpoints import (
     checkpoint_marker,
     checkpoint_step,
     latest_checkpoint,
+    load_adapter_weights,
     resumed_figures,
+    sharded_train_state,
 )
 from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
@@ -31,6 +33,8 @@ from models.training.sharding import (
     gathered_state_dict,
     resident_param_bytes,
     sharded_load_kwargs,
+    shards_at_load,
+    trainer_fsdp_arguments,
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -118,14 +122,6 @@ def deterministic_algorithms(enabled: bool):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
-def _load_adapter_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """The trainable weights of a finished training, from its last checkpoint."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_WEIGHTS)))
-
-
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -177,7 +173,10 @@ def train_adapter(
     resume = latest_checkpoint(checkpoints) if checkpoints else None
     history: list[tuple[int, float]] = []
     collate = Collator(packing=spec.packing, row_len=spec.data.max_seq_len, tokenizer=tokenizer)
-    args = _training_arguments(spec, Path(output_dir), checkpoints, device, torch_dtype, world_size)
+    sharded = shards_at_load(spec.sharding, world_size, method.quantized)
+    args = _training_arguments(
+        spec, Path(output_dir), checkpoints, device, torch_dtype, world_size, method.quantized
+    )
     optimizers = _optimizers(method, model, spec)
     method_callbacks = method.callbacks(model, spec.adapter) if method.callbacks else []
     batch_tokens = spec.batch_tokens or spec.batch_size * spec.data.max_seq_len
@@ -198,6 +197,8 @@ def train_adapter(
         callbacks=[
             _relay(history, on_log),
             *method_callbacks,
+            # A sharded base's optimizer, schedule and RNG are saved before the marker is written.
+            *([sharded_train_state(resume)] if checkpoints and sharded else []),
             *([checkpoint_marker(checkpoints, on_checkpoint)] if checkpoints else []),
             *(callbacks or []),
         ],
@@ -238,8 +239,10 @@ def train_adapter(
 
 def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
     """(model with the adapter, tokenizer, tokenized train split)."""
-    load_kwargs = method.load_kwargs() if method.load_kwargs else {}
-    load_kwargs |= sharded_load_kwargs(spec.sharding, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = spec.sharding == "fsdp" and world_size > 1
+    load_kwargs = method.load_kwargs(sharded=fsdp) if method.load_kwargs else {}
+    load_kwargs |= sharded_load_kwargs(spec.sharding, world_size, method.quantized)
     model, tokenizer = load_base(
         spec.base_model,
         dtype=torch_dtype,
@@ -268,6 +271,7 @@ def _training_arguments(
     device: str,
     torch_dtype: torch.dtype,
     world_size: int,
+    quantized: bool,
 ):
     """The Trainer's settings: the spec's, checkpointing only into `checkpoints`."""
     from transformers import TrainingArguments
@@ -286,6 +290,9 @@ def _training_arguments(
         save_strategy="steps" if checkpoints else "no",
         save_steps=spec.save_steps if checkpoints else 500,
         save_total_limit=2,  # the newest may be cut short by a crash; keep the one before
+        # The Trainer refuses to checkpoint more of a base sharded at load; the rest of the
+        # training state is models.training.checkpoints.sharded_train_state's.
+        save_only_model=shards_at_load(spec.sharding, world_size, quantized),
         report_to="none",
         seed=spec.adapter.seed,
         data_seed=spec.adapter.seed,
@@ -298,6 +305,7 @@ def _training_arguments(
         use_liger_kernel=spec.kernels == "liger",
         disable_tqdm=False,
         ddp_backend=("gloo" if device == "cpu" else "nccl") if world_size > 1 else None,
+        **trainer_fsdp_arguments(spec.sharding, world_size, quantized),
     )
 
 
@@ -341,7 +349,7 @@ def _run(trainer, model: torch.nn.Module, spec: TrainSpec, device: str, resume: 
     ):
         environment = numeric_environment()
         if finished:
-            _load_adapter_weights(model, resume)
+            load_adapter_weights(model, resume / ADAPTER_WEIGHTS)
         else:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return output, time.perf_counter() - started, memory, environment

@@ -125,9 +125,36 @@ BAD = [
         "training.sharding fsdp cannot train adapter.method dora",
     ),
     (
-        {"base_model": "m", "training": {"sharding": "fsdp", "num_processes": 2}},
-        "training.sharding fsdp cannot checkpoint (the Trainer does not resume a base sharded "
-        "as it loads): set training.save_steps: 0 (got 500)",
+        {
+            "base_model": "m",
+            "training": {"sharding": "fsdp", "num_processes": 2, "dtype": "float16"},
+        },
+        "training.sharding fsdp checkpoints cannot keep float16's loss scale",
+    ),
+    (
+        {
+            "base_model": "m",
+            "adapter": {"method": "qlora"},
+            "training": {"sharding": "fsdp", "dtype": "float32", "save_steps": 0},
+        },
+        "training.sharding fsdp with adapter.method qlora trains in bfloat16",
+    ),
+    (
+        {"base_model": "m", "adapter": {"method": "qlora"}, "training": {"sharding": "fsdp"}},
+        "training.sharding fsdp with adapter.method qlora does not checkpoint",
+    ),
+    (
+        {
+            "base_model": "m",
+            "training": {
+                "sharding": "fsdp",
+                "num_nodes": 2,
+                "rendezvous": "n0:29400",
+                "checkpoint_store": "s3://b/ck",
+            },
+        },
+        "training.checkpoint_store must be a directory all nodes share for a sharded run on "
+        "several nodes (got 's3://b/ck')",
     ),
     (
         {"base_model": "m", "training": {"num_nodes": 2}},

@@ -145,7 +145,7 @@ def test_every_setting_of_the_stage_sections_is_listed():
 
 
 # Settings valid only with another one (used by the same stages).
-NEEDS = {"training.num_nodes": "training.rendezvous", "training.sharding": "training.save_steps"}
+NEEDS = {"training.num_nodes": "training.rendezvous"}
 
 
 @pytest.mark.parametrize("key", sorted(CHANGED))

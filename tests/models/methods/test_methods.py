@@ -252,3 +252,57 @@ def test_qlora_is_rejected_without_cuda_before_loading(monkeypatch, tmp_path):
                 target_modules="all-linear",
             )
         )
+
+
+@pytest.mark.parametrize(
+    ("cuda", "bnb", "bf16", "why"),
+    [
+        (False, "0.49.0", True, "needs CUDA GPUs (bitsandbytes' 4-bit kernels)"),
+        (True, None, True, "needs bitsandbytes >= 0.43 (4-bit weights stored in the compute "
+         "dtype, which FSDP can shard; got none installed)"),
+        (True, "0.42.0", True, "got 0.42.0"),
+        (True, "0.49.0", False, "needs GPUs with bfloat16"),
+    ],
+)  # fmt: skip
+def test_sharded_qlora_is_refused_in_one_line_where_it_cannot_run(
+    monkeypatch, tmp_path, cuda, bnb, bf16, why
+):
+    from models import checks
+    from models.base_model.loading import ModelError
+    from models.config.specs import CheckSpec, DataSpec
+
+    monkeypatch.setattr(checks, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(checks, "bitsandbytes_version", lambda: bnb)
+    monkeypatch.setattr(checks, "bf16_gpu", lambda: bf16)
+    data = DataSpec(
+        path=str(tmp_path / "missing"),
+        train_file="t",
+        eval_file="e",
+        prompt_field="p",
+        completion_field="c",
+        max_seq_len=64,
+        too_long="reject",
+    )
+    spec = CheckSpec(
+        base_model=str(tmp_path / "missing"),
+        data=data,
+        method="qlora",
+        target_modules="all-linear",
+        sharding="fsdp",
+    )
+    with pytest.raises(ModelError) as err:  # before anything is read or loaded
+        checks.check_inputs(spec)
+    message = str(err.value)
+    assert message.startswith("training.sharding fsdp with adapter.method qlora needs ")
+    assert why in message and "\n" not in message
+
+
+def test_sharded_qlora_stores_its_4bit_weights_in_the_compute_dtype():
+    """FSDP shards float weights only: bnb_4bit_quant_storage = the compute dtype when sharded
+    (uint8, bitsandbytes' default, otherwise)."""
+    from models.methods.qlora import load_kwargs
+
+    sharded = load_kwargs(sharded=True)["quantization_config"]
+    assert sharded.bnb_4bit_quant_storage == sharded.bnb_4bit_compute_dtype
+    assert sharded.bnb_4bit_quant_storage.is_floating_point
+    assert load_kwargs()["quantization_config"].bnb_4bit_quant_storage == torch.uint8

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
+from models.training.checkpoints import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
 from models.training.distributed import DistributedTrainingError, train_adapter_distributed
 from models.training.sharding import wrap_refusal
 from models.training.train import train_adapter
@@ -135,29 +136,53 @@ def kill_rank(rank: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_as_one_clear_error(tiny_base, tiny_data, tmp_path):
-    """Its peers stop too (torchrun ends them) instead of waiting on a collective."""
+def test_a_killed_rank_resumes_from_the_last_checkpoint_with_the_uninterrupted_adapter(
+    tiny_base, tiny_data, tmp_path
+):
+    """Crash-safe as DDP: rank 1 is killed (SIGKILL) right after a checkpoint and the run ends
+    as one clear error (torchrun ends its peers instead of leaving them waiting on a
+    collective); the rerun resumes from the newest complete checkpoint and ends with the bytes
+    of a run never interrupted. Dropout on: the RNG must come back too, not only the adapter,
+    optimizer and schedule."""
     sharded = dataclasses.replace(
         spec(tiny_base, tiny_data, batch_size=8, num_processes=2, sharding="fsdp"),
-        max_steps=400,
+        adapter=dataclasses.replace(SPEC, dropout=0.1),
+        max_steps=12,
     )
-    training, failed = threading.Event(), []
+    uninterrupted = train_adapter_distributed(sharded, output_dir=tmp_path / "whole")
 
-    def run():
-        with pytest.raises(DistributedTrainingError) as err:
-            train_adapter_distributed(
-                sharded, output_dir=tmp_path / "killed", on_log=lambda *_: training.set()
-            )
-        failed.append(err.value)
+    checkpoints = tmp_path / "checkpoints"
+    resumable = dataclasses.replace(sharded, save_steps=3)
+    announced = []
 
-    launcher = threading.Thread(target=run)
-    launcher.start()
-    assert training.wait(timeout=300), "no step logged"
-    kill_rank(1)
-    launcher.join(timeout=120)
-    assert not launcher.is_alive()
-    assert failed and "training with 2 processes failed" in str(failed[0])
-    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    def kill_rank_1_after_the_first(path: Path) -> None:
+        announced.append(path)
+        if len(announced) == 1:
+            kill_rank(1)
+
+    with pytest.raises(DistributedTrainingError, match="training with 2 processes failed"):
+        train_adapter_distributed(
+            resumable,
+            output_dir=tmp_path / "killed",
+            checkpoint_dir=checkpoints,
+            on_checkpoint=kill_rank_1_after_the_first,
+        )
+    assert announced[0].name == "checkpoint-3"
+    killed_at = checkpoint_step(latest_checkpoint(checkpoints))
+    assert 3 <= killed_at < 12 and not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    # Every rank's optimizer, schedule and RNG state is in before the checkpoint counts.
+    assert {p.name for p in latest_checkpoint(checkpoints).glob("loraflow-train-state-*")} == {
+        "loraflow-train-state-rank0.pt",
+        "loraflow-train-state-rank1.pt",
+    }
+
+    resumed = train_adapter_distributed(
+        resumable, output_dir=tmp_path / "resumed", checkpoint_dir=checkpoints
+    )
+    assert resumed.resumed_from_step == killed_at and resumed.steps == 12
+    assert resumed.adapter_sha256 == uninterrupted.adapter_sha256
+    assert resumed.loss_history == uninterrupted.loss_history
+    assert (checkpoints / "checkpoint-12" / CHECKPOINT_DONE).is_file()
 
 
 @pytest.mark.slow

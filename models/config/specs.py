@@ -97,7 +97,7 @@ class CheckSpec:
             **{
                 **raw,
                 "data": DataSpec.from_dict(raw["data"]),
-                "lm_eval": HarnessSpec(**raw["lm_eval"]),
+                "lm_eval": HarnessSpec(**raw.get("lm_eval", {})),
             }
         )
 

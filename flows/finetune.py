@@ -248,6 +248,7 @@ def finetune(
             champion_version=champion.version if champion else None,
             # The champion as evaluated on this run's split, else the figures its run recorded.
             champion=report.get("champion") or (champion.figures() if champion else None),
+            base=report.get("base"),  # for the guards against the base (forgetting)
         )
     except Exception as error:
         # A failure after training says where the adapter is kept (the MLflow run is marked

@@ -20,6 +20,7 @@ from models.config.specs import CheckSpec, EvalSpec
 from models.data.chat import prepare_tokenizer
 from models.data.splits import SplitReport, read_split, tokenize, validate_dataset
 from models.evaluation.evaluate import slices_of
+from models.evaluation.harness import check_tasks
 from models.evaluation.metrics import check_custom
 from models.methods import get_method
 from models.training.kernels import check_kernels
@@ -49,7 +50,8 @@ def bitsandbytes_version() -> str | None:
 
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model present and safe to load, target modules present and of a
-    kind the method adapts, the evaluation's slice field and custom metrics usable, packing and
+    kind the method adapts, the evaluation's slice field and custom metrics usable, its lm-eval
+    tasks known and loading (and the gate's lm-eval metrics reported by them), packing and
     gradient checkpointing supported by the base's own code.
 
     Cheapest first: reading the splits takes milliseconds, building the model skeleton seconds.
@@ -105,6 +107,8 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
                 f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
                 "tokens will be truncated"
             )
+    # lm-eval: seconds to import, and it reads each task's data.
+    check_tasks(spec.lm_eval, spec.gate_metrics)
     # Last: they build and run a copy of the base (models.base_model.probes).
     if spec.packing:
         check_packing(spec.base_model, spec.trust_remote_code)

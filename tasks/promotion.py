@@ -31,13 +31,15 @@ def promote(
     champion_version: str | None,
     champion: Figures | None,
     force: bool = False,
+    base: Figures | None = None,
 ) -> Decision:
     """Move `champion` to `version` only if models.registry.promotion.decide_promotion says
     so; record the decision on the version.
 
     challenger: the version's figures (metric or metric/slice -> value). champion_version/
     champion: the champion the caller compared against (read before its evaluation) and its
-    figures. The decision is made under the model's promotion lock
+    figures. base: the base model's figures on the same run (guards against the base). The
+    decision is made under the model's promotion lock
     (tasks.lib.promotion_lock), against the champion read under that lock, so two promotions
     never overwrite each other's champion. The record is written before the alias moves: a
     retry that finds the version already champion has nothing left to record.
@@ -58,6 +60,7 @@ def promote(
             current_version=current.version if current else None,
             current=current.figures() if current else None,
             force=force,
+            base=base,
         )
         for key, value in decision.tags().items():
             mlf.set_model_version_tag(model_name, version, key, value)

@@ -5,6 +5,8 @@ parsing; everything else stops at the first stage of the command's flow (its che
 session's Prefect harness.
 """
 
+from pathlib import Path
+
 import pytest
 
 from tests.bad_input_formats import FORMAT_CASES
@@ -28,6 +30,7 @@ from tests.test_cli import prefect_console, rows, written
 # Each case: (id, setup(ctx) -> loraflow arguments, exit code, fragment of the message).
 # Exit 2 cases must print exactly one stderr line `loraflow: error: ...` naming the problem and
 # where; exit 0 cases are warnings the check prints on stdout. No case may write anything.
+LM_EVAL = str(Path(__file__).resolve().parents[1] / "configs" / "lm_eval")
 LONG = "one two three four five six seven eight nine ten eleven twelve " * 3
 TRAIN = [("Repeat the words: a b\nAnswer:", " a b"), ("Repeat: c\nAnswer:", " c")]
 
@@ -220,6 +223,25 @@ BAD_INPUTS = [
         run_with(evaluation={"metrics": ["exact_match", "team_metrics_nowhere:recall"]}),
         2,
         "evaluation.metrics 'team_metrics_nowhere:recall': cannot import 'team_metrics_nowhere'",
+    ),
+    # the forgetting guard: lm-eval tasks (configs/lm_eval)
+    (
+        "unknown lm-eval task",
+        run_with(evaluation={"lm_eval": {"tasks": ["general_fact"], "include_path": LM_EVAL}}),
+        2,
+        f"evaluation.lm_eval.tasks: unknown task 'general_fact' (not in {LM_EVAL} nor among "
+        "lm-eval's own tasks); did you mean 'general_facts'? fix the name, or set "
+        "evaluation.lm_eval.include_path to the folder of its YAML",
+    ),
+    (
+        "guard on an lm-eval figure its task does not report",
+        run_with(
+            evaluation={"lm_eval": {"tasks": ["general_facts"], "include_path": LM_EVAL}},
+            registry={"guards": {"general_facts_accuracy": {"max_regression": 0}}},
+        ),
+        2,
+        "registry: 'general_facts_accuracy' is not reported by evaluation.lm_eval.tasks (they "
+        "report: general_facts_acc, general_facts_acc_norm)",
     ),
     # registry / export
     (

@@ -88,13 +88,17 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     return rows
 
 
-def sections() -> list[tuple[str, type[BaseModel]]]:
-    """The config's sections in schema order, as (key, model)."""
-    return [
-        (name, field.annotation)
-        for name, field in LoraflowConfig.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-    ]
+def sections(
+    model: type[BaseModel] = LoraflowConfig, prefix: str = ""
+) -> list[tuple[str, type[BaseModel]]]:
+    """The config's sections in schema order, each followed by its own sub-sections (e.g.
+    evaluation.lm_eval), as (dotted key, model)."""
+    found = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found.append((f"{prefix}{name}", field.annotation))
+            found += sections(field.annotation, f"{prefix}{name}.")
+    return found
 
 
 def render() -> str:

@@ -20,6 +20,7 @@ from models.config.schema import describe_error
 from models.config.specs import CheckSpec, DataSpec, EvalSpec, TrainSpec
 from models.config.training import TrainingConfig, check_parallel
 from models.errors import LoraflowError
+from models.evaluation import harness
 from models.evaluation.metrics import direction
 from models.methods import METHOD_NAMES, AdapterSpec, get_method
 from models.registry.promotion import Gate, Guard
@@ -108,8 +109,8 @@ class RegistryConfig(_Section):
     experiment: str = Field("loraflow", description="MLflow experiment for the runs.")
     promote_metric: str = Field(
         "exact_match",
-        description="Metric deciding promotion: eval_loss or perplexity (lower is better) or "
-        "one of evaluation.metrics.",
+        description="Metric deciding promotion: eval_loss or perplexity (lower is better), "
+        "one of evaluation.metrics, or an evaluation.lm_eval figure (<task>_<metric>).",
     )
     min_improvement: float = Field(
         0.0, description="Promote only when the challenger beats the champion by more than this."
@@ -122,8 +123,10 @@ class RegistryConfig(_Section):
     guards: dict[str, GuardConfig] = Field(
         default_factory=dict,
         description="Metrics that may not regress: {metric: {max_regression: x, per_slice: "
-        "bool}}, e.g. {eval_loss: {max_regression: 0.02}} (in the metric's units; per_slice: "
-        "on every slice too); a challenger breaking one is not promoted.",
+        "bool, against: champion|base}}, e.g. {eval_loss: {max_regression: 0.02}} (in the "
+        "metric's units; per_slice: on every slice too; against base: than the base model on "
+        "this run, e.g. an evaluation.lm_eval figure as a forgetting guard); a challenger "
+        "breaking one is not promoted.",
     )
 
     @field_validator("model_name")
@@ -205,18 +208,28 @@ class LoraflowConfig(_Section):
         return self
 
     def gate(self) -> Gate:
-        """The promotion gate; directions of custom metrics come from their functions."""
-        registry, specs = self.registry, self.evaluation.metrics
-        names = [registry.promote_metric, registry.tie_breaker, *registry.guards]
+        """The promotion gate; directions of custom metrics come from their functions, those of
+        lm-eval figures from their metric's name (models.evaluation.harness.direction)."""
+        registry, evaluation = self.registry, self.evaluation
         return Gate(
             metric=registry.promote_metric,
             min_improvement=registry.min_improvement,
             guards=tuple(
-                Guard(m, g.max_regression, g.per_slice) for m, g in registry.guards.items()
+                Guard(m, g.max_regression, g.per_slice, g.against)
+                for m, g in registry.guards.items()
             ),
             tie_breaker=registry.tie_breaker,
-            directions={n: direction(n, specs) for n in names if n},
+            directions={
+                n: direction(n, evaluation.metrics)
+                or harness.direction(n, evaluation.lm_eval.tasks)
+                for n in self.gate_metrics()
+            },
         )
+
+    def gate_metrics(self) -> list[str]:
+        """Every metric the promotion gate names: promote_metric, tie_breaker, the guards."""
+        registry = self.registry
+        return [m for m in (registry.promote_metric, registry.tie_breaker, *registry.guards) if m]
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (stable key order), as stored with every artifact."""
@@ -256,6 +269,8 @@ class LoraflowConfig(_Section):
             chunked_loss=self.training.chunked_loss,
             kernels=self.training.kernels,
             compile=self.training.compile,
+            lm_eval=self.evaluation.lm_eval.to_spec(),
+            gate_metrics=self.gate_metrics(),
         )
 
     def train_spec(self, base_model: str) -> TrainSpec:
@@ -279,7 +294,8 @@ class LoraflowConfig(_Section):
             trust_remote_code=self.base_model_trust_remote_code,
             device=self.training.device,
             chunked_loss=self.training.chunked_loss,
-            **self.evaluation.model_dump(),
+            **self.evaluation.model_dump(exclude={"lm_eval"}),
+            lm_eval=self.evaluation.lm_eval.to_spec(),
         )
 
 

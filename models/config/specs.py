@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.evaluation.harness import HarnessSpec
 from models.methods import AdapterSpec
 
 
@@ -67,6 +68,8 @@ class CheckSpec:
     chunked_loss, kernels, compile: the training settings refused where they cannot run or are
     not exact (chunked_loss "on" on a base that post-processes its logits; liger without the
     package or for an architecture it does not patch; liger and compile without CUDA).
+    lm_eval, gate_metrics: the lm-eval tasks (known, loading) and the metrics the promotion gate
+    names (an lm-eval one must be reported by its task).
     """
 
     base_model: str
@@ -82,13 +85,21 @@ class CheckSpec:
     chunked_loss: str = "auto"
     kernels: str = "none"
     compile: bool = False
+    lm_eval: HarnessSpec = dataclasses.field(default_factory=HarnessSpec)
+    gate_metrics: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> CheckSpec:
-        return cls(**{**raw, "data": DataSpec.from_dict(raw["data"])})
+        return cls(
+            **{
+                **raw,
+                "data": DataSpec.from_dict(raw["data"]),
+                "lm_eval": HarnessSpec(**raw.get("lm_eval", {})),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,7 @@ class EvalSpec:
     metrics: evaluation.metrics specs (built-in names or module:function) scored on the answers.
     slice_field: eval record field by which every figure is also reported per slice.
     chunked_loss: training.chunked_loss, for the eval loss (auto: where it is exact).
+    lm_eval: lm-evaluation-harness tasks scored on every candidate (models.evaluation.harness).
     """
 
     data: DataSpec
@@ -181,10 +193,17 @@ class EvalSpec:
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["exact_match"])
     slice_field: str | None = None
     chunked_loss: str = "auto"
+    lm_eval: HarnessSpec = dataclasses.field(default_factory=HarnessSpec)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> EvalSpec:
-        return cls(**{**raw, "data": DataSpec.from_dict(raw["data"])})
+        return cls(
+            **{
+                **raw,
+                "data": DataSpec.from_dict(raw["data"]),
+                "lm_eval": HarnessSpec(**raw.get("lm_eval", {})),
+            }
+        )

@@ -14,6 +14,7 @@ from models.config.specs import EvalSpec
 from models.data.chat import prepare_tokenizer
 from models.data.formats import read_rows, where
 from models.data.splits import pad_batch, read_split, tokenize
+from models.evaluation.harness import harness_scores, task_manager
 from models.evaluation.metrics import resolve, score, slice_key, sliced
 from models.evaluation.serving import generate, load_adapted
 
@@ -144,9 +145,11 @@ def evaluate_candidates(
     answers: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate each named (base model, adapter dir or None) on the same eval split, in fp32,
-    on spec.device ("auto": CUDA where there is one); with `answers`, each one's greedy
-    answers go to answers[name], in eval-split order."""
+    on spec.device ("auto": CUDA where there is one), and on the lm-eval tasks of
+    spec.lm_eval (models.evaluation.harness) where any are named; with `answers`, each one's
+    greedy answers go to answers[name], in eval-split order."""
     device = resolve_device(spec.device)
+    tasks = task_manager(spec.lm_eval) if spec.lm_eval.tasks else None
     report = {}
     for name, (base_model, adapter_dir) in candidates.items():
         if adapter_dir is None:
@@ -164,6 +167,10 @@ def evaluate_candidates(
         prepare_tokenizer(tokenizer, spec.data, base_model, spec.trust_remote_code)
         kept = None if answers is None else answers.setdefault(name, [])
         report[name] = evaluate_model(model, tokenizer, spec, kept)
+        if tasks is not None:
+            report[name].update(
+                harness_scores(model, tokenizer, spec.lm_eval, spec.batch_size, tasks)
+            )
         del model
     return report
 

@@ -17,6 +17,8 @@ METRIC_DIRECTIONS = {**{m: "max" for m in BUILTIN}, **LOSS_METRICS}
 # Outcomes as recorded in the version's `promotion.outcome` tag; a kept champion is recorded as
 # f"kept champion v{n}".
 PROMOTED, FORCED, ALREADY = "promoted", "promoted (forced)", "already the champion"
+# A first version (no champion yet) that a guard against the base held back.
+HELD_BACK = "not promoted"
 # Gains within this of zero are a tie on the primary metric (float noise, not a difference).
 TIE = 1e-12
 
@@ -26,11 +28,14 @@ Figures = dict[str, float]  # metric (or metric/slice) -> value, for one model o
 @dataclass(frozen=True)
 class Guard:
     """A metric that may not get worse than the champion's by more than max_regression (in the
-    metric's own units); per_slice: on every slice of evaluation.slice_field as well."""
+    metric's own units); per_slice: on every slice of evaluation.slice_field as well.
+    against "base": than the base model's figure on the same run instead (a forgetting guard:
+    it holds back a first version too, when there is no champion yet)."""
 
     metric: str
     max_regression: float
     per_slice: bool = False
+    against: str = "champion"
 
 
 @dataclass(frozen=True)
@@ -105,26 +110,32 @@ class Decision:
 
 
 def _guard_findings(
-    gate: Gate, challenger: Figures, champion: Figures
+    gate: Gate, challenger: Figures, champion: Figures | None, base: Figures | None = None
 ) -> list[tuple[str, str, bool]]:
     """(figure, finding, holds) for every figure each guard covers: the metric, and with per_slice
-    each slice of it the challenger has."""
+    each slice of it the challenger has. Without a champion only the guards against the base
+    are checked."""
     findings = []
     for guard in gate.guards:
+        against_base = guard.against == "base"
+        if champion is None and not against_base:
+            continue
+        reference = (base or {}) if against_base else champion
+        vs = "vs base " if against_base else "vs "
         keys = [guard.metric]
         if guard.per_slice:
             keys += sorted(k for k in challenger if k.startswith(f"{guard.metric}/"))
         for key in keys:
-            if key not in challenger or key not in champion:
+            if key not in challenger or key not in reference:
                 findings.append((key, f"{key}: not compared (no figure for both)", True))
                 continue
-            # How much better the champion is: the challenger's regression.
-            regression = gate.gain(key, champion[key], challenger[key])
+            # How much better the reference is: the challenger's regression.
+            regression = gate.gain(key, reference[key], challenger[key])
             holds = regression <= guard.max_regression
             findings.append(
                 (
                     key,
-                    f"{key} {challenger[key]:.4f} vs {champion[key]:.4f}: regression "
+                    f"{key} {challenger[key]:.4f} {vs}{reference[key]:.4f}: regression "
                     f"{regression:+.4f} {'<=' if holds else '>'} {guard.max_regression:g} "
                     f"({'holds' if holds else 'broken'})",
                     holds,
@@ -133,13 +144,24 @@ def _guard_findings(
     return findings
 
 
-def decide(gate: Gate, challenger: Figures, champion: Figures | None) -> Decision:
-    """The gate: promote when there is no champion; else when gate.metric is better by more than
-    gate.min_improvement (or tied and gate.tie_breaker is strictly better) and every guard
-    holds. The reason says which figures decided; `checks` holds every figure compared."""
+def decide(
+    gate: Gate, challenger: Figures, champion: Figures | None, base: Figures | None = None
+) -> Decision:
+    """The gate: promote when there is no champion (and every guard against the base holds);
+    else when gate.metric is better by more than gate.min_improvement (or tied and
+    gate.tie_breaker is strictly better) and every guard holds. base: the base model's figures
+    on the same run, for the guards against it. The reason says which figures decided;
+    `checks` holds every figure compared."""
     metric, value = gate.metric, challenger[gate.metric]
     if champion is None:
-        return Decision(True, metric, value, None, "no champion yet", PROMOTED)
+        findings = _guard_findings(gate, challenger, None, base)
+        checks = tuple((f"guard.{key}", text) for key, text, _ in findings)
+        broken = [text for _, text, holds in findings if not holds]
+        if broken:
+            reason = f"no champion yet; guard broken: {'; '.join(broken)}"
+            return Decision(False, metric, value, None, reason, HELD_BACK, None, "", checks)
+        reason = "no champion yet" + (f"; {len(findings)} guard figure(s) hold" if findings else "")
+        return Decision(True, metric, value, None, reason, PROMOTED, None, "", checks)
     theirs = champion[metric]
     gain = gate.gain(metric, value, theirs)
     better = gain > gate.min_improvement
@@ -165,7 +187,7 @@ def decide(gate: Gate, challenger: Figures, champion: Figures | None) -> Decisio
             )
             checks.append(("tie_breaker", finding))
             reason += f"; tie {'broken' if better else 'not broken'} by {finding}"
-    findings = _guard_findings(gate, challenger, champion)
+    findings = _guard_findings(gate, challenger, champion, base)
     checks += [(f"guard.{key}", text) for key, text, _ in findings]
     broken = [text for _, text, holds in findings if not holds]
     if broken:
@@ -187,11 +209,13 @@ def decide_promotion(
     current_version: str | None,
     current: Figures | None,
     force: bool = False,
+    base: Figures | None = None,
 ) -> Decision:
     """Whether `version` becomes champion, with the reason and what to record.
 
     challenger: the version's figures. seen_version/seen: the champion the caller compared
     against (read before its evaluation; seen may be its figures on this run's eval split).
+    base: the base model's figures on the same run (the guards against the base).
     current_version/current: the champion now, read under the promotion lock, and the figures
     its run recorded (adapter_<metric>; None if it recorded none). In order:
       - force: promoted regardless (an operator's rollback), the gate's verdict kept as reason;
@@ -205,7 +229,7 @@ def decide_promotion(
     metric, value = gate.metric, challenger[gate.metric]
     if force:
         usable = seen if seen and metric in seen else None
-        verdict = decide(gate, challenger, usable)
+        verdict = decide(gate, challenger, usable, base)
         reason = f"forced by operator ({verdict.reason})"
         champion = usable[metric] if usable else None
         return Decision(True, metric, value, champion, reason, FORCED, seen_version)
@@ -224,8 +248,8 @@ def decide_promotion(
     if champion_version is not None and (champion is None or metric not in champion):
         reason = f"champion v{champion_version} recorded no adapter_{metric}; not overwritten"
         return Decision(False, metric, value, None, reason, kept, champion_version, note)
-    verdict = decide(gate, challenger, champion)
-    outcome = PROMOTED if verdict.promote else kept
+    verdict = decide(gate, challenger, champion, base)
+    outcome = PROMOTED if verdict.promote else kept if champion_version else HELD_BACK
     return replace(verdict, outcome=outcome, champion_version=champion_version, note=note)
 
 

@@ -38,6 +38,8 @@ def test_smollm2_trains_registers_serves_and_exports(
             "training.batch_size=4",
             "training.logging_steps=1",
             "evaluation.max_new_tokens=12",
+            "evaluation.lm_eval.tasks=[]",  # tested in tests/flows/test_forgetting_guard.py
+            "registry.guards={}",
             "export.enabled=true",
             f"export.to=s3://{bucket}/real",
             "export.dtype=float32",

@@ -160,7 +160,65 @@ BAD = [
         {"base_model": "m", "training": {"num_nodes": 2}},
         "training.rendezvous must be host:port when num_nodes > 1 (got '')",
     ),
+    # the forgetting guard (evaluation.lm_eval); an unknown task name is refused at the checks
+    (
+        {"base_model": "m", "registry": {"guards": {"general_facts_acc": {"max_regression": 0}}}},
+        "registry.guards.general_facts_acc: 'general_facts_acc' is not computed",
+    ),
+    (
+        {
+            "base_model": "m",
+            "evaluation": {"lm_eval": {"tasks": ["facts"]}},
+            "registry": {"guards": {"general_facts_acc": {"max_regression": 0}}},
+        },
+        "'general_facts_acc' is not computed; add it to evaluation.metrics (computed: "
+        "eval_loss, perplexity, exact_match, or <task>_<metric> of facts)",
+    ),
+    (
+        {
+            "base_model": "m",
+            "evaluation": {"lm_eval": {"tasks": ["facts"]}, "slice_field": "task"},
+            "registry": {"guards": {"facts_acc": {"max_regression": 0, "per_slice": True}}},
+        },
+        "registry.guards.facts_acc.per_slice: an lm-eval figure has no slices",
+    ),
+    (
+        {"base_model": "m", "evaluation": {"lm_eval": {"tasks": ["facts", "facts"]}}},
+        "evaluation.lm_eval.tasks: a task is named twice (['facts', 'facts'])",
+    ),
+    (
+        {"base_model": "m", "evaluation": {"lm_eval": {"limit": 0}}},
+        "evaluation.lm_eval.limit: must be >= 1",
+    ),
 ]
+
+
+def test_an_lm_eval_figure_can_gate_promotion_in_its_direction():
+    config = config_from_dict(
+        {
+            "base_model": "m",
+            "data": {"format": "text"},  # lm-eval figures need no answers to match
+            "evaluation": {"lm_eval": {"tasks": ["facts", "wiki"]}},
+            "registry": {
+                "promote_metric": "eval_loss",
+                "guards": {
+                    "facts_acc": {"max_regression": 0.02, "against": "base"},
+                    "wiki_word_perplexity": {"max_regression": 0.5},
+                },
+            },
+        }
+    )
+    gate = config.gate()
+    assert gate.directions == {
+        "eval_loss": "min", "facts_acc": "max", "wiki_word_perplexity": "min"
+    }  # fmt: skip
+    assert [(g.metric, g.against) for g in gate.guards] == [
+        ("facts_acc", "base"), ("wiki_word_perplexity", "champion")
+    ]  # fmt: skip
+    assert config.check_spec("b").gate_metrics == [
+        "eval_loss", "facts_acc", "wiki_word_perplexity"
+    ]  # fmt: skip
+    assert config.eval_spec().lm_eval.tasks == ["facts", "wiki"]
 
 
 @pytest.mark.parametrize(("raw", "message"), BAD, ids=[m for _, m in BAD])

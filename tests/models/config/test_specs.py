@@ -70,6 +70,7 @@ CHANGED = {
     "evaluation.max_examples": 9,
     "evaluation.metrics": ["exact_match", "token_f1"],
     "evaluation.slice_field": "task",
+    "evaluation.lm_eval": {"tasks": ["general_facts"], "include_path": "configs/lm_eval"},
 }
 SECTIONS = ("data", "adapter", "training", "evaluation")
 DATA = {f"data.{name}" for name in DataSpec.__dataclass_fields__}
@@ -96,6 +97,7 @@ USED_BY = {
         "training.sharding",
         "evaluation.metrics",
         "evaluation.slice_field",
+        "evaluation.lm_eval",  # tasks known and loading before training
     },
     "train": {
         "base_model_trust_remote_code",
@@ -170,7 +172,9 @@ def test_spec_fields_carry_the_config_names_and_values():
         assert getattr(train.data, name) == getattr(config.data, name), name
     evaluation = config.eval_spec()
     for name in set(EvalSpec.__dataclass_fields__) & set(type(config.evaluation).model_fields):
-        assert getattr(evaluation, name) == getattr(config.evaluation, name), name
+        value = getattr(config.evaluation, name)
+        value = value.to_spec() if name == "lm_eval" else value  # a section: its own spec
+        assert getattr(evaluation, name) == value, name
     assert train.data == evaluation.data == config.check_spec("b").data
     assert train.data.train_path == "elsewhere/t.jsonl"
     assert evaluation.data.eval_path == "elsewhere/e.jsonl"

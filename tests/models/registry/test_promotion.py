@@ -276,3 +276,58 @@ def test_custom_metric_directions_decide_the_gain():
     lower = Gate("edit_distance", directions={"edit_distance": "min"})
     assert decide(lower, {"edit_distance": 2.0}, {"edit_distance": 3.0}).promote
     assert not decide(lower, {"edit_distance": 4.0}, {"edit_distance": 3.0}).promote
+
+
+# The forgetting guard: an lm-eval figure (models.evaluation.harness) guarded against the
+# champion, or against the base model on the same run.
+FACTS = {"exact_match": 0.9, "general_facts_acc": 0.60}
+FORGETS = {"exact_match": 0.95, "general_facts_acc": 0.45}  # better on its task, lost facts
+DIRECTIONS = {"exact_match": "max", "general_facts_acc": "max"}
+
+
+def forgetting_gate(against: str, max_regression: float = 0.05) -> Gate:
+    guard = Guard("general_facts_acc", max_regression, against=against)
+    return Gate("exact_match", guards=(guard,), directions=DIRECTIONS)
+
+
+def test_an_adapter_that_loses_on_an_lm_eval_task_is_not_promoted_over_the_champion():
+    d = decide_promotion(
+        version="2", gate=forgetting_gate("champion"), challenger=FORGETS, seen_version="1",
+        seen=FACTS, current_version="1", current=FACTS,
+    )  # fmt: skip
+    assert (d.promote, d.moves_champion, d.outcome) == (False, False, "kept champion v1")
+    assert d.reason == (
+        "exact_match 0.9500 vs champion 0.9000: better (gain +0.0500, needed > 0); guard broken: "
+        "general_facts_acc 0.4500 vs 0.6000: regression +0.1500 > 0.05 (broken)"
+    )
+    within = {**FORGETS, "general_facts_acc": 0.56}
+    kept = decide(forgetting_gate("champion"), within, FACTS)
+    assert kept.promote and kept.reason.endswith("; 1 guard figure(s) hold")
+
+
+def test_a_guard_against_the_base_holds_back_even_a_first_version():
+    base = {"exact_match": 0.0, "general_facts_acc": 0.60}
+    d = decide_promotion(
+        version="1", gate=forgetting_gate("base"), challenger=FORGETS, seen_version=None,
+        seen=None, current_version=None, current=None, base=base,
+    )  # fmt: skip
+    assert (d.promote, d.moves_champion, d.outcome) == (False, False, "not promoted")
+    assert d.reason == (
+        "no champion yet; guard broken: general_facts_acc 0.4500 vs base 0.6000: regression "
+        "+0.1500 > 0.05 (broken)"
+    )
+    assert d.tags()["promotion.guard.general_facts_acc"].endswith("(broken)")
+    assert d.tags()["promotion.champion_version"] == "none"
+    # Within the allowed loss it is promoted, the figure compared recorded; with no base
+    # figures (nothing to compare) it is named, not compared.
+    kept = {**FORGETS, "general_facts_acc": 0.58}
+    first = decide(forgetting_gate("base"), kept, None, base)
+    assert first.promote and first.reason == "no champion yet; 1 guard figure(s) hold"
+    assert dict(first.checks)["guard.general_facts_acc"] == (
+        "general_facts_acc 0.5800 vs base 0.6000: regression +0.0200 <= 0.05 (holds)"
+    )
+    blind = decide(forgetting_gate("base"), FORGETS, None, None)
+    assert blind.promote and "not compared" in dict(blind.checks)["guard.general_facts_acc"]
+    # Against the base with a champion: the champion's figure does not matter, the base's does.
+    over = decide(forgetting_gate("base"), FORGETS, {**FACTS, "general_facts_acc": 0.1}, base)
+    assert not over.promote and "vs base 0.6000" in over.reason

@@ -20,10 +20,14 @@ def _error(message: str, code: int = 2) -> int:
 
 def cmd_check(args) -> int:
     """The flows' check stage, called directly: no Prefect engine, nothing trained or written."""
+    from models.base_model.paths import canonical_base
+    from tasks.base_model import checked_base, fetch_base_model
     from tasks.preflight import check_inputs, check_services
 
     config = load_config(args.config, args.overrides)
-    splits = check_inputs.fn(config.check_spec(config.base_model))
+    # An s3:// base is checked on its local copy, fetched into the cache a run then reuses.
+    weights = fetch_base_model.fn(base_model=canonical_base(config.base_model))
+    splits = check_inputs.fn(config.check_spec(checked_base(config.base_model, weights)))
     check_services.fn(export_to=config.export.destination)
     for split in splits:
         print(f"{split.name}: {split.examples} examples ({split.path})")
@@ -101,9 +105,11 @@ def cmd_plan(args) -> int:
 
     from flows.console import print_plan
     from models.training.plan import card_fit, plan_run
+    from tasks.lib.base_cache import local_base
 
     config = load_config(args.config, args.overrides)
-    plan = plan_run(config.train_spec(config.base_model))
+    # An s3:// base: only its config.json (and model code) is fetched; plan loads no weights.
+    plan = plan_run(config.train_spec(local_base(config.base_model, config_only=True)))
     if args.json:
         print(json.dumps({**plan.to_dict(), **card_fit(plan, args.gpu_memory)}, sort_keys=True))
     else:

@@ -9,6 +9,7 @@ from prefect import flow
 from models.base_model.paths import canonical_base
 from models.config.file import apply_overrides
 from models.config.run import ConfigError, LoraflowConfig, config_from_dict
+from tasks.base_model import checked_base, fetch_base_model
 from tasks.data import push_data, version_data
 from tasks.evaluate import evaluate, record_comparison
 from tasks.lineage import collect_lineage, run_tags
@@ -42,13 +43,15 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
     """
     configs = method_configs(config, methods)
     base_model = canonical_base(config.base_model)
+    # An s3:// base is read from its local copy (the lineage keeps the URI), as in finetune.
+    weights = fetch_base_model(base_model=base_model)
     for method_config in configs.values():
-        check_inputs(method_config.check_spec(config.base_model))
+        check_inputs(method_config.check_spec(checked_base(config.base_model, weights)))
     check_services(export_to=config.export.destination)
 
     dataset = version_data(data_dir=config.data.path)
     push_data(dataset=dataset, remote=config.data.dvc_remote)
-    lineage = collect_lineage(base_model=base_model)
+    lineage = collect_lineage(base_model=base_model, weights_dir=weights)
 
     parent = open_run(
         experiment=config.registry.experiment,
@@ -57,7 +60,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
         config_yaml=config.to_yaml(),
         tags={**run_tags(config, lineage, dataset.md5), "method": ",".join(methods)},
     )
-    base_report = evaluate(candidates={"base": (base_model, None)}, spec=config.eval_spec())
+    base_report = evaluate(candidates={"base": (weights, None)}, spec=config.eval_spec())
     log_metrics(run_id=parent, metrics={f"base_{k}": v for k, v in base_report["base"].items()})
 
     rows = []
@@ -71,13 +74,13 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
             tags={**tags, "mlflow.parentRunId": parent},
         )
         adapter = train(
-            method_config.train_spec(base_model),
+            method_config.train_spec(weights),
             run_id=run_id,
             output_dir=method_config.adapter_dir(run_id),
             config_yaml=method_config.to_yaml(),
         )
         scores = evaluate(
-            candidates={"adapter": (base_model, adapter.adapter_dir)},
+            candidates={"adapter": (weights, adapter.adapter_dir)},
             spec=method_config.eval_spec(),
         )["adapter"]
         log_metrics(
@@ -88,7 +91,7 @@ def compare(config: LoraflowConfig, methods: list[str]) -> list[dict]:
         version = register_adapter(
             run_id=run_id,
             adapter_dir=adapter.adapter_dir,
-            base_model=base_model,
+            base_model=weights,
             model_name=config.registry.model_name,
             tags={**tags, **adapter.tags()},
             max_new_tokens=config.evaluation.max_new_tokens,

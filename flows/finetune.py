@@ -14,14 +14,13 @@ from models.base_model.paths import canonical_base
 from models.config.file import run_config
 from models.config.run import LoraflowConfig, RegistryConfig
 from models.errors import LoraflowError
-from tasks.base_model import fetch_base_model
+from tasks.base_model import checked_base, fetch_base_model
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.data_source import fetch_data
 from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
-from tasks.lib.s3 import is_s3_uri
 from tasks.lineage import collect_lineage, hash_inputs, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.promotion import promote
@@ -156,9 +155,7 @@ def finetune(
     weights = fetch_base_model(base_model=base_model)
 
     # The checks see the base model as the config names it: their messages quote it.
-    splits = check_inputs(
-        config.check_spec(weights if is_s3_uri(base_model) else config.base_model)
-    )
+    splits = check_inputs(config.check_spec(checked_base(config.base_model, weights)))
     for split in splits:
         for warning in split.warnings:
             logger.warning("%s split: %s", split.name, warning)

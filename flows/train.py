@@ -14,6 +14,7 @@ from pydantic import Field
 
 from models.base_model.paths import canonical_base
 from models.config.run import LoraflowConfig
+from tasks.base_model import fetch_base_model
 from tasks.data import fetch_data_version
 from tasks.evaluate import candidates_for, evaluate, publish_evaluation
 from tasks.registry import fetch_version
@@ -57,11 +58,13 @@ def train_remote(
     training.num_nodes > 1 every node runs this flow with the same run id; only the node of
     the global rank 0 gets the adapter and publishes (the others return "").
     """
+    # An s3:// base: this worker's local copy (downloaded once into its cache, verified).
+    weights = fetch_base_model(base_model=canonical_base(config.base_model))
     data_dir = fetch_data_version(md5=data_md5, remote=config.data.dvc_remote)
     local = config.with_data_dir(data_dir)
     adapter_dir = local.adapter_dir(run_id)
     result = train(
-        local.train_spec(canonical_base(config.base_model)),
+        local.train_spec(weights),
         run_id=run_id,
         output_dir=adapter_dir,
         config_yaml=local.to_yaml(),
@@ -75,8 +78,7 @@ def train_remote(
     if with_evaluation:
         uri = f"models:/{config.registry.model_name}/{champion_version}"
         champion = fetch_version(model_uri=uri) if champion_version else None
-        base_model = canonical_base(config.base_model)
-        candidates = candidates_for(base_model, result.adapter_dir, champion)
+        candidates = candidates_for(weights, result.adapter_dir, champion)
         report = evaluate(candidates=candidates, spec=local.eval_spec())
         publish_evaluation(run_id=run_id, report=report)
     if checkpoint_key and config.training.save_steps:

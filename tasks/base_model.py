@@ -7,6 +7,7 @@ from prefect import task
 
 from tasks.check_stage import FETCH_BASE_MODEL
 from tasks.lib.base_cache import local_base
+from tasks.lib.s3 import is_s3_uri
 from tasks.runtime import IO_RETRIES, logger
 
 
@@ -18,3 +19,9 @@ def fetch_base_model(*, base_model: str, cache_dir: str | None = None) -> str:
     if local != base_model:
         logger().info("base model %s: %s", base_model, local)
     return local
+
+
+def checked_base(base_model: str, weights: str) -> str:
+    """The base model as the checks see it: as the config names it (their messages quote it),
+    an s3:// base as its local copy (`weights`, what fetch_base_model returned)."""
+    return weights if is_s3_uri(base_model) else base_model

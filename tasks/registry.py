@@ -11,7 +11,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
@@ -21,6 +20,7 @@ from models.data.chat import load_prompt_format
 from models.errors import LoraflowError
 from models.registry.promotion import recorded_key
 from models.registry.summary import headline_metrics, model_description, version_description
+from tasks.lib import pyfunc_schema
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
@@ -246,18 +246,13 @@ def register_adapter(
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
-    # A chat adapter also takes lists of messages, an alpaca one {instruction, input} requests,
-    # which a string-column input schema would refuse or flatten into a table: their signature
-    # declares the output and params only.
-    structured = load_prompt_format(adapter_dir) in ("chat", "alpaca")
-    example_input = None if structured else ["prompt"]
-    signature = infer_signature(example_input, ["generated text"], params={"max_new_tokens": 32})
+    fmt = load_prompt_format(adapter_dir)
     with mlflow_errors(f"register versions of '{model_name}'", needs="EDIT"):
         version = _registered_for_run(mlf, model_name, run_id, tags.get("adapter_sha256", ""))
         if version is None:
-            # The signature is given explicitly; MLflow's hints about type hints and input
-            # examples (an input example would load the model once more just to log it) are
-            # noise here.
+            # The signature is given explicitly (tasks.lib.pyfunc_schema); MLflow's hint about
+            # type hints is noise here. The input example costs one load of the model: MLflow
+            # validates it by serving it once.
             with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), _quiet_model_logger():
                 warnings.simplefilter("ignore", UserWarning)
                 info = mlflow.pyfunc.log_model(
@@ -266,7 +261,8 @@ def register_adapter(
                     artifacts={"adapter": adapter_dir},
                     code_paths=[str(MODELS_DIR)],
                     model_config={"base_model": base_model, "max_new_tokens": max_new_tokens},
-                    signature=signature,
+                    signature=pyfunc_schema.signature(fmt, max_new_tokens),
+                    input_example=pyfunc_schema.input_example(fmt),
                     pip_requirements=pip_requirements(),
                 )
             _check_logged(mlf, info.model_id, adapter_dir)

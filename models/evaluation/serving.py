@@ -12,6 +12,16 @@ import torch
 
 from models.base_model.loading import load_base
 from models.data.chat import bos_prefix, encode_request, turn_end
+from models.data.formats import DataError
+
+# The named fields a served request carries, by the data.format the adapter was trained with;
+# the registered pyfunc's signature declares them (prompt_completion and text take bare strings).
+# A chat request is a `prompt` (one user turn) or `messages` (a conversation); a bare list of
+# messages arrives as a table with one message per row, hence `role` and `content`.
+REQUEST_FIELDS = {
+    "chat": ("prompt", "messages", "role", "content"),
+    "alpaca": ("prompt", "instruction", "input"),
+}
 
 
 def load_adapted(
@@ -80,3 +90,43 @@ def generate(
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         outputs.extend(t.split(stop_text)[0] if stop_text else t for t in texts)
     return outputs
+
+
+def _cell(value):
+    """A table cell as plain Python: None for what a table leaves empty (None, NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def requests_from_rows(rows: list[dict], fmt: str) -> list:
+    """The requests in a table of named fields (REQUEST_FIELDS[fmt]), one per row: a `prompt`
+    string, chat `messages`, or alpaca `instruction` (and `input`); rows of `role` and
+    `content` are one conversation, a message per row. DataError naming the row otherwise."""
+    fields = REQUEST_FIELDS[fmt]
+    rows = [{k: _cell(v) for k, v in row.items() if k in fields} for row in rows]
+    rows = [{k: v for k, v in row.items() if v is not None} for row in rows]
+    if fmt == "chat" and any("role" in row for row in rows):
+        if any(set(row) - {"role", "content"} for row in rows):
+            raise DataError("a request with role/content rows is one conversation: no other field")
+        return [[{"role": row.get("role"), "content": row.get("content", "")} for row in rows]]
+    requests = []
+    for i, row in enumerate(rows):
+        kinds = [f for f in ("prompt", "messages", "instruction") if f in row]
+        if len(kinds) != 1 or ("input" in row and kinds != ["instruction"]):
+            raise DataError(f"request {i}: {_takes(fmt)}, got fields {sorted(row) or 'none'}")
+        if kinds == ["messages"]:
+            requests.append([dict(m) for m in row["messages"]])
+        elif kinds == ["instruction"]:
+            requests.append({k: row[k] for k in ("instruction", "input") if k in row})
+        else:
+            requests.append(row["prompt"])
+    if not requests:
+        raise DataError(f"no request: {_takes(fmt)} (a bare string has no name: send prompt)")
+    return requests
+
+
+def _takes(fmt: str) -> str:
+    if fmt == "chat":
+        return "a chat adapter takes one of prompt (a string) or messages ([{role, content}])"
+    return "an alpaca adapter takes one of prompt (a string) or instruction (and input)"

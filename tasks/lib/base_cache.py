@@ -100,10 +100,16 @@ def _verify(path: Path, remote: RemoteFile, uri: str) -> None:
         raise S3Error(f"{uri}: md5 mismatch (the object differs from its ETag)")
 
 
-def fetch_s3_base(uri: str, cache_dir: str | Path | None = None, s3=None) -> Path:
+def fetch_s3_base(
+    uri: str, cache_dir: str | Path | None = None, s3=None, config_only: bool = False
+) -> Path:
     """The local directory of the base model under `uri`, downloaded and verified the first
     time, reused after. One-line S3Errors: no objects or no config.json under the prefix, a
-    checksum mismatch (nothing is cached then), missing or refused credentials."""
+    checksum mismatch (nothing is cached then), missing or refused credentials.
+
+    config_only: what describes the model without its weights (config.json and the model's own
+    .py files, for `loraflow plan`), cached beside the whole copy; the whole copy where it is
+    already cached."""
     location = parse_s3_uri(uri)
     s3 = s3 or client()
     files = _listing(s3, location)
@@ -114,6 +120,11 @@ def fetch_s3_base(uri: str, cache_dir: str | Path | None = None, s3=None) -> Pat
     out = root / f"{location.bucket}-{digest[:24]}"
     if out.is_dir():
         return out
+    if config_only:
+        files = [f for f in files if f.name == "config.json" or f.name.endswith(".py")]
+        out = out.with_name(out.name + "-config")
+        if out.is_dir():
+            return out
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
     try:
@@ -138,7 +149,11 @@ def fetch_s3_base(uri: str, cache_dir: str | Path | None = None, s3=None) -> Pat
     return out
 
 
-def local_base(base_model: str, cache_dir: str | Path | None = None) -> str:
+def local_base(
+    base_model: str, cache_dir: str | Path | None = None, config_only: bool = False
+) -> str:
     """Where to load `base_model` from: an s3:// prefix's local copy (fetch_s3_base), anything
     else (a directory, a hub id) as it is."""
-    return str(fetch_s3_base(base_model, cache_dir)) if is_s3_uri(base_model) else base_model
+    if not is_s3_uri(base_model):
+        return base_model
+    return str(fetch_s3_base(base_model, cache_dir, config_only=config_only))

@@ -29,18 +29,25 @@ def _alpaca(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, str)}
 
 
-def _requests(model_input) -> list:
-    """Prompts as a list: a string, a list of messages (one conversation), an alpaca request
-    ({"instruction", "input"}), a list of any of these, a one-column DataFrame/Series of strings
-    or conversations, or a DataFrame with an `instruction` (and `input`) column."""
+def _requests(model_input, fmt: str) -> list:
+    """Prompts as a list.
+
+    Through `load_model(...).predict` MLflow has already checked the input against the
+    signature and made it a table: for a chat or alpaca adapter one row per request in the
+    named fields of models.evaluation.serving.REQUEST_FIELDS, for the others one string column.
+    Called directly (unwrap_python_model()) it also takes a string, a list of messages (one
+    conversation), an alpaca request ({"instruction", "input"}) or a list of any of these.
+    """
+    from models.evaluation.serving import REQUEST_FIELDS, requests_from_rows
+
+    if hasattr(model_input, "columns") and fmt in REQUEST_FIELDS:
+        return requests_from_rows(model_input.to_dict(orient="records"), fmt)
     if isinstance(model_input, str) or _is_conversation(model_input):
         return [model_input]
     if _is_alpaca(model_input):
         return [_alpaca(model_input)]
     if isinstance(model_input, dict) and "messages" in model_input:
         return [list(model_input["messages"])]
-    if hasattr(model_input, "columns") and "instruction" in model_input.columns:
-        return [_alpaca(row) for row in model_input.to_dict(orient="records")]
     if hasattr(model_input, "iloc"):  # a pandas DataFrame or Series
         frame = model_input.to_frame() if hasattr(model_input, "to_frame") else model_input
         model_input = frame.iloc[:, 0].tolist()
@@ -55,8 +62,10 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Base model + LoRA-family adapter; predict(prompts) -> generated continuations.
 
     Requests are rendered as the adapter was trained (its recorded data.format and the chat
-    template saved with its tokenizer): a chat adapter takes strings (one user turn) and lists
-    of messages, an alpaca adapter strings and {"instruction", "input"} requests."""
+    template saved with its tokenizer): a chat adapter takes prompts (one user turn) and lists
+    of messages, an alpaca adapter prompts and {"instruction", "input"} requests. A request
+    this model cannot take is refused with MLflow's invalid-parameter error (HTTP 400 when
+    served), naming the request and its fields."""
 
     def load_context(self, context):
         from models.data.chat import load_prompt_format
@@ -70,16 +79,22 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.format = load_prompt_format(context.artifacts["adapter"])
 
     def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+
+        from models.data.formats import DataError
         from models.evaluation.serving import generate
 
         params = params or {}
-        return generate(
-            self.model,
-            self.tokenizer,
-            _requests(model_input),
-            max_new_tokens=int(params.get("max_new_tokens", self.max_new_tokens)),
-            fmt=self.format,
-        )
+        try:
+            return generate(
+                self.model,
+                self.tokenizer,
+                _requests(model_input, self.format),
+                max_new_tokens=int(params.get("max_new_tokens", self.max_new_tokens)),
+                fmt=self.format,
+            )
+        except DataError as e:
+            raise MlflowException.invalid_parameter_value(str(e)) from None
 
 
 set_model(AdapterModel())

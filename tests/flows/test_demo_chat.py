@@ -36,7 +36,7 @@ def test_the_chat_demo_registers_a_champion_that_answers_in_chat_form(project, p
     ]
     params = {"max_new_tokens": 8}
     answers = [champion.predict(conversation, params=params)[0]]
-    answers += champion.predict("Last word of: cold moon ring", params=params)
+    answers += champion.predict({"prompt": "Last word of: cold moon ring"}, params=params)
     model, tok = load_adapted(str(REPO / "demo" / "base"), project / result.adapter_dir)
     expected = generate(
         model, tok, [conversation, "Last word of: cold moon ring"], max_new_tokens=8, fmt="chat"

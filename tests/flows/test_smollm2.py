@@ -69,12 +69,12 @@ def test_smollm2_trains_registers_serves_and_exports(
     shown = flow_run_artifacts(state.state_details.flow_run_id)["evaluation-examples"]
     assert json.loads(shown.data) == rows
 
-    # The registry round trip: a list of messages and a string, answered as evaluation would.
+    # The registry round trip: a list of messages and a prompt, answered as evaluation would.
     champion = mlflow.pyfunc.load_model("models:/loraflow-smollm2@champion")
     conversation = [{"role": "user", "content": QUESTION}]
     params = {"max_new_tokens": 12}
     served = [champion.predict(conversation, params=params)[0]]
-    served += champion.predict(QUESTION, params=params)
+    served += champion.predict({"prompt": QUESTION}, params=params)
     model, tok = load_adapted(str(smollm2), project / result.adapter_dir)
     expected = generate(model, tok, [conversation, QUESTION], max_new_tokens=12, fmt="chat")
     assert served == expected and served[0] == served[1]

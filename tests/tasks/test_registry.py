@@ -80,11 +80,14 @@ def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, 
     assert mlf.get_model_version("roundtrip", "1").tags["promotion.outcome"] == "promoted"
 
 
-def test_a_chat_adapter_is_served_from_a_string_or_a_list_of_messages(
+def test_a_chat_adapter_is_served_from_a_prompt_or_a_list_of_messages(
     project, tiny_base, prefect_harness
 ):
     """Rendered through the registered pyfunc as training rendered it: the template and the
     format travel in the adapter folder."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
     from models.config.specs import DataSpec
     from models.data.chat import prepare_tokenizer, save_prompt_format
     from models.evaluation.serving import generate, load_adapted
@@ -114,8 +117,30 @@ def test_a_chat_adapter_is_served_from_a_string_or_a_list_of_messages(
     expected = generate(model, served_tok, [conversation, "a dog"], max_new_tokens=4, fmt="chat")
     params = {"max_new_tokens": 4}
     assert loaded.predict(conversation, params=params) == expected[:1]
-    assert loaded.predict("a dog", params=params) == expected[1:]
+    assert loaded.predict({"prompt": "a dog"}, params=params) == expected[1:]
     assert loaded.predict([{"role": "user", "content": "a dog"}], params=params) == expected[1:]
+    assert loaded.predict({"messages": conversation}, params=params) == expected[:1]
+    # One request per row, each a prompt or a conversation (the signature's named fields).
+    rows = pd.DataFrame({"prompt": [None, "a dog"], "messages": [conversation, None]})
+    assert loaded.predict(rows, params=params) == expected
+    # A bare string has no field name: MLflow drops it and the model says what it takes.
+    with pytest.raises(MlflowException, match="no request: a chat adapter takes one of prompt"):
+        loaded.predict("a dog", params=params)
+    with pytest.raises(MlflowException, match="Missing required properties.*content"):
+        loaded.predict({"messages": [{"role": "user"}]}, params=params)
+
+    # What the version page shows: the inputs (not "Inputs (0)") and an example that loads
+    # and is answered, a prompt and a list of messages.
+    info = mlflow.models.get_model_info("models:/chat/1")
+    assert info.signature.inputs.input_names() == ["prompt", "messages", "role", "content"]
+    assert info.signature.params.to_dict()[0]["default"] == 4  # the registered max_new_tokens
+    example = loaded.input_example
+    assert example["prompt"][0] == "Hello!"
+    assert example["messages"][1] == [{"role": "user", "content": "Hello!"}]
+    assert loaded.predict(example, params=params) == generate(
+        model, served_tok, ["Hello!", [{"role": "user", "content": "Hello!"}]], max_new_tokens=4,
+        fmt="chat",
+    )  # fmt: skip
 
 
 def test_an_alpaca_adapter_is_served_from_instruction_and_input(
@@ -154,7 +179,7 @@ def test_an_alpaca_adapter_is_served_from_instruction_and_input(
     assert loaded.predict(requests[0], params=params) == expected[:1]
     assert loaded.predict(requests, params=params) == expected
     assert loaded.predict(pd.DataFrame(requests), params=params) == expected  # input NaN: none
-    assert loaded.predict("Name a colour", params=params) == expected[1:]
+    assert loaded.predict({"prompt": "Name a colour"}, params=params) == expected[1:]
 
 
 def fail_once(monkeypatch, owner, name: str, error: Exception) -> list:

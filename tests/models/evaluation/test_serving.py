@@ -96,3 +96,44 @@ def test_generate_stops_at_the_tokenizers_eos_in_a_batch(tiny_base):
     alone = [generate(model, tok, [p], max_new_tokens=8)[0] for p in PROMPTS]
     assert expected in alone
     assert generate(model, tok, PROMPTS, max_new_tokens=8, batch_size=4) == alone
+
+
+def test_a_table_of_named_fields_is_one_request_per_row():
+    """What the registered pyfunc gets from MLflow once its signature is enforced: rows of
+    REQUEST_FIELDS, empty cells as None or NaN, messages as lists or arrays."""
+    import numpy as np
+
+    from models.data.formats import DataError
+    from models.evaluation.serving import requests_from_rows
+
+    conversation = [{"role": "user", "content": "a b"}]
+    rows = [
+        {"prompt": "x", "messages": None},
+        {"prompt": float("nan"), "messages": np.array(conversation, dtype=object)},
+    ]
+    assert requests_from_rows(rows, "chat") == ["x", conversation]
+    # A bare list of messages: one message per row, one conversation.
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert requests_from_rows(messages, "chat") == [messages]
+    alpaca = [{"instruction": "Add", "input": "2 and 2"}, {"instruction": "Name", "input": None}]
+    assert requests_from_rows(alpaca + [{"prompt": "p"}], "alpaca") == [
+        {"instruction": "Add", "input": "2 and 2"},
+        {"instruction": "Name"},
+        "p",
+    ]
+
+    refused = {
+        "no request: a chat adapter takes one of prompt": ([], "chat"),
+        "request 0: a chat adapter takes one of prompt .*got fields \\[.messages., .prompt.\\]": (
+            [{"prompt": "x", "messages": conversation}],
+            "chat",
+        ),
+        "request 1: an alpaca adapter takes one of prompt .*got fields \\['input'\\]": (
+            [{"prompt": "x"}, {"input": "y"}],
+            "alpaca",
+        ),
+        "role/content rows is one conversation": ([{"role": "user", "prompt": "x"}], "chat"),
+    }
+    for message, (table, fmt) in refused.items():
+        with pytest.raises(DataError, match=message):
+            requests_from_rows(table, fmt)

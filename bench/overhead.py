@@ -26,7 +26,7 @@ from bench.workers import run_worker, worker_main
 GOAL = 0.97
 
 
-def _config(steps: int, output_dir: str, setup: dict):
+def run_config(steps: int, output_dir: str, setup: dict):
     """The run config of `setup` ({config, base, data}: a config file, its base and data
     directories) for `steps` steps."""
     from models.config.file import load_config
@@ -49,7 +49,7 @@ def _pipeline(steps: int, tmp: str, tag: str, callbacks: list, setup: dict) -> d
     from tasks.tracking import open_run
     from tasks.train import train
 
-    config = _config(steps, f"{tmp}/runs", setup)
+    config = run_config(steps, f"{tmp}/runs", setup)
     run_id = open_run.fn(
         experiment="bench-overhead",
         run_name=tag,
@@ -70,7 +70,7 @@ def _pipeline(steps: int, tmp: str, tag: str, callbacks: list, setup: dict) -> d
 def _plain(steps: int, tmp: str, tag: str, callbacks: list, setup: dict) -> dict:
     from bench.plain import train_plain
 
-    spec = _config(steps, tmp, setup).train_spec(setup["base"])
+    spec = run_config(steps, tmp, setup).train_spec(setup["base"])
     return train_plain(spec, output_dir=f"{tmp}/plain-{tag}", callbacks=callbacks)
 
 

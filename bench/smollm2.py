@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.measure import Figure, median, paired_step_ratios
-from bench.overhead import GOAL, paired_rounds
+from bench.overhead import GOAL, paired_rounds, run_config
 from bench.workers import ROOT, run_worker, worker_main
 
 CONFIG = ROOT / "configs" / "smollm2_lora.yaml"
@@ -108,7 +108,6 @@ def _work(steps: int, reps: int, warmup_steps: int, probe_reps: int, tmp: str) -
     import torch
 
     from bench.flops import matmul_peak
-    from bench.overhead import _config
     from demo import build_smollm2_task_data
     from demo.smollm2 import build_smollm2
 
@@ -116,16 +115,17 @@ def _work(steps: int, reps: int, warmup_steps: int, probe_reps: int, tmp: str) -
     data = Path(tmp) / "data"
     build_smollm2_task_data(data)
     setup = {"config": str(CONFIG), "base": str(base), "data": str(data)}
+    config = run_config(steps, tmp, setup)
     peak_before = matmul_peak("cpu", torch.float32, 2048)
     runs = paired_rounds(setup, steps=steps, reps=reps, warmup_steps=warmup_steps, tmp=tmp)
-    split = _time_split(_config(steps, tmp, setup).train_spec(str(base)), probe_reps)
+    split = _time_split(config.train_spec(str(base)), probe_reps)
     peak_after = matmul_peak("cpu", torch.float32, 2048)
     return {
         "runs": runs,
         "split": split,
         "peak_flops": max(peak_before, peak_after),
         "peak_before_after": [peak_before, peak_after],
-        "batch_size": _config(steps, tmp, setup).training.batch_size,
+        "batch_size": config.training.batch_size,
     }
 
 

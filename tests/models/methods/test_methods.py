@@ -217,6 +217,28 @@ def test_lora_plus_gives_b_ratio_times_the_learning_rate(tiny_base):
     assert len(groups["lora_A"]["params"]) == len(groups["lora_B"]["params"]) > 0
 
 
+def _qlora_spec_of_nothing(tmp_path, **fields):
+    """A qlora CheckSpec whose base and data do not exist: a method check must come first."""
+    from models.config.specs import CheckSpec, DataSpec
+
+    data = DataSpec(
+        path=str(tmp_path / "missing"),
+        train_file="t",
+        eval_file="e",
+        prompt_field="p",
+        completion_field="c",
+        max_seq_len=64,
+        too_long="reject",
+    )
+    return CheckSpec(
+        base_model=str(tmp_path / "missing"),
+        data=data,
+        method="qlora",
+        target_modules="all-linear",
+        **fields,
+    )
+
+
 def test_dora_trains_magnitudes_and_rslora_scales_by_sqrt_r(tiny_base):
     dora = get_method("dora").build(load_base(str(tiny_base))[0], spec())
     names = [n for n, p in dora.named_parameters() if p.requires_grad]
@@ -231,27 +253,11 @@ def test_dora_trains_magnitudes_and_rslora_scales_by_sqrt_r(tiny_base):
 def test_qlora_is_rejected_without_cuda_before_loading(monkeypatch, tmp_path):
     from models import checks
     from models.base_model.loading import ModelError
-    from models.config.specs import CheckSpec, DataSpec
 
     monkeypatch.setattr(checks, "cuda_available", lambda: False)
     with pytest.raises(ModelError, match="qlora needs a CUDA GPU"):
         # Nothing exists at these paths: the method check must come first.
-        checks.check_inputs(
-            CheckSpec(
-                base_model=str(tmp_path / "missing"),
-                data=DataSpec(
-                    path=str(tmp_path / "missing"),
-                    train_file="t",
-                    eval_file="e",
-                    prompt_field="p",
-                    completion_field="c",
-                    max_seq_len=64,
-                    too_long="reject",
-                ),
-                method="qlora",
-                target_modules="all-linear",
-            )
-        )
+        checks.check_inputs(_qlora_spec_of_nothing(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -269,29 +275,12 @@ def test_sharded_qlora_is_refused_in_one_line_where_it_cannot_run(
 ):
     from models import checks
     from models.base_model.loading import ModelError
-    from models.config.specs import CheckSpec, DataSpec
 
     monkeypatch.setattr(checks, "cuda_available", lambda: cuda)
     monkeypatch.setattr(checks, "bitsandbytes_version", lambda: bnb)
     monkeypatch.setattr(checks, "bf16_gpu", lambda: bf16)
-    data = DataSpec(
-        path=str(tmp_path / "missing"),
-        train_file="t",
-        eval_file="e",
-        prompt_field="p",
-        completion_field="c",
-        max_seq_len=64,
-        too_long="reject",
-    )
-    spec = CheckSpec(
-        base_model=str(tmp_path / "missing"),
-        data=data,
-        method="qlora",
-        target_modules="all-linear",
-        sharding="fsdp",
-    )
     with pytest.raises(ModelError) as err:  # before anything is read or loaded
-        checks.check_inputs(spec)
+        checks.check_inputs(_qlora_spec_of_nothing(tmp_path, sharding="fsdp"))
     message = str(err.value)
     assert message.startswith("training.sharding fsdp with adapter.method qlora needs ")
     assert why in message and "\n" not in message

@@ -27,7 +27,7 @@ from tasks.lineage import collect_lineage
 from tasks.preflight import check_model_version, check_services
 from tasks.registry import VersionRef, fetch_version
 from tasks.runtime import logger
-from tasks.tracking import client
+from tasks.tracking import CONFIG_ARTIFACT, client
 from tasks.train import train
 
 
@@ -94,7 +94,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
 
     run_id, tags = _recorded(target, ref)
     mlf = client()
-    config_file = mlf.download_artifacts(run_id, "config/loraflow.yaml", workdir)
+    config_file = mlf.download_artifacts(run_id, CONFIG_ARTIFACT, workdir)
     config_yaml = Path(config_file).read_text()
     config = config_from_dict(yaml.safe_load(config_yaml), source=f"run {run_id} config")
     base_model = tags["base_model"]

@@ -59,6 +59,14 @@ class VersionRef:
             if k.startswith(prefix)
         }
 
+    def base_figures(self) -> dict[str, float]:
+        """The base model's figures on the same run (base_<metric>[/<slice>]), by metric: what
+        a guard against the base compares."""
+        return {
+            k.removeprefix("base_"): v for k, v in self.recorded_metrics.items()
+            if k.startswith("base_")
+        }  # fmt: skip
+
 
 PYFUNC_FILE = Path(__file__).parent / "lib" / "pyfunc_model.py"
 MODELS_DIR = Path(models.__file__).parent

@@ -36,6 +36,9 @@ PERMANENT_ERRORS = (
 # The basic-auth app's permissions, weakest first (DENY and NO_PERMISSIONS allow nothing).
 PERMISSIONS = ("NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE")
 
+# Where each run stores its resolved config (read back by reproduce and by promote).
+CONFIG_ARTIFACT = "config/loraflow.yaml"
+
 
 class TrackingError(LoraflowError):
     """MLflow could not be reached or refused a request."""
@@ -232,7 +235,7 @@ def open_run(*, experiment: str, run_name: str, config: dict, config_yaml: str, 
         batch = [mlflow.entities.Param(k, v) for k, v in sorted(params.items())]
         for start in range(0, len(batch), 100):
             mlf.log_batch(run_id, params=batch[start : start + 100])
-        mlf.log_text(run_id, config_yaml, "config/loraflow.yaml")
+        mlf.log_text(run_id, config_yaml, CONFIG_ARTIFACT)
     except MlflowException as e:
         raise tracking_error(e, f"log runs in experiment '{experiment}'") from None
     return run_id

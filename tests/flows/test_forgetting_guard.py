@@ -78,3 +78,15 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     metrics = mlf.get_run(summary.run_id).data.metrics
     assert metrics["adapter_plain_answer_brier_score"] == adapter["plain_answer_brier_score"]
     assert metrics["base_plain_answer_brier_score"] == base["plain_answer_brier_score"]
+
+    # `loraflow promote` re-runs the gate the version was registered under, its guard included:
+    # still held back. Forced (an operator's decision), it goes in and says so.
+    from flows.promote import promote_version
+
+    again = promote_version(model_name="flowtest", version="1", metric="eval_loss")
+    assert not again.moves_champion and again.outcome == "not promoted", again
+    assert again.reason.startswith("no champion yet; guard broken: plain_answer_brier_score ")
+    assert aliases(mlf.get_registered_model("flowtest")) == {"challenger": "1"}
+    forced = promote_version(model_name="flowtest", version="1", metric="eval_loss", force=True)
+    assert forced.outcome == "promoted (forced)" and "guard broken" in forced.reason, forced
+    assert aliases(mlf.get_registered_model("flowtest")) == {"challenger": "1", "champion": "1"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -11,6 +13,20 @@ from models.config.file import load_config
 from models.config.run import ExportConfig, RegistryConfig, validate_section
 from models.errors import LoraflowError
 from tasks.lib.environment import quiet_environ
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod stopped, `kill`, a scheduler's timeout) as an exception, the way Ctrl-C is.
+
+    Inside a flow run Prefect's engine catches SIGTERM itself (the run is marked crashed, the
+    hooks mark its MLflow run failed) and then delivers it again to the handler that was there
+    before: with Python's default the process dies on the spot, skipping its exit handlers, and
+    the temporary Prefect server it started keeps running. With this one the command returns,
+    and that server is stopped at exit."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -242,6 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     # Deprecations raised inside transformers' own code paths are not actionable for users.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     args = parser().parse_args(argv)
+    # Not where a host set its own handler, nor off the main thread (a caller embedding us).
+    own = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    )
+    if own:
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _dispatch(args)
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
     except LoraflowError as e:
@@ -249,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the traceback is in the Prefect logs above
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return _error(f"run failed: {type(e).__name__}: {first}", 1)
+    except Terminated:
+        return _error("terminated (SIGTERM)", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
         return _error("interrupted", 130)
 

@@ -5,9 +5,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import at_level, on_session_api
@@ -171,6 +173,46 @@ def test_set_overrides_are_validated_too(project, tiny_base):
     ok = loraflow("check", str(cfg), "--set", "adapter.r=16", cwd=project)
     assert ok.returncode == 0, ok.stderr
     assert "train: 256 examples" in ok.stdout and ok.stdout.strip().endswith("ok")
+
+
+def test_sigterm_mid_training_ends_the_run_and_stops_its_temporary_server(project, tiny_base):
+    """A pod stopped or a `kill` while training: the command exits 143 with one line, the flow
+    run and its MLflow run are closed as crashed/failed, nothing is registered, and the
+    temporary Prefect server the command started is gone with it (Python's default SIGTERM
+    action skipped its exit handlers and left that server running)."""
+    import psutil
+    from mlflow import MlflowClient
+
+    steps = 1_000_000  # far more than it gets through
+    cfg = write_config(project, tiny_base, training={"max_steps": steps, "logging_steps": 1})
+    err = project / "stderr.log"
+    with err.open("w") as stderr:
+        proc = subprocess.Popen([LORAFLOW, "run", str(cfg)], cwd=project, stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=os.environ.copy())  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while f"/{steps} [" not in err.read_text():  # the training's progress bar
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("prefect.server" in " ".join(p.cmdline()) for p in started), started
+        proc.send_signal(signal.SIGTERM)
+        exit_code = proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    left = [" ".join(p.cmdline()) for p in alive]
+    for p in alive:
+        p.kill()
+    assert not left, left
+    assert exit_code == 128 + signal.SIGTERM
+    said = [line for line in err.read_text().splitlines() if line.startswith("loraflow:")]
+    assert said == ["loraflow: error: terminated (SIGTERM)"]
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    mlf = MlflowClient(tracking_uri=store, registry_uri=store)
+    [run] = mlf.search_runs([e.experiment_id for e in mlf.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert not mlf.search_registered_models()
 
 
 def test_demo_config_end_to_end_then_registry_serves_champion(project, tiny_base, prefect_harness):

@@ -46,7 +46,10 @@ def candidates_for(
     return candidates
 
 
-@task(name="evaluate")
+# log_prints off: the flows log prints, and lm-eval's `datasets` hashes functions with dill, which
+# disassembles them with print() and reads its own stdout back; logged, that text went to the run's
+# log (a dozen lines a candidate) and never reached dill.
+@task(name="evaluate", log_prints=False)
 def evaluate(
     *, candidates: dict[str, tuple[str, str | None]], spec: EvalSpec
 ) -> dict[str, dict[str, float]]:

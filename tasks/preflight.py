@@ -34,7 +34,9 @@ from tasks.registry import (
 from tasks.tracking import check_model_permission, check_reachable
 
 
-@task(name=CHECK_INPUTS)
+# log_prints off, as on tasks.evaluate.evaluate: loading the lm-eval tasks prints dill's
+# disassembly, which belongs to dill, not to the run's log.
+@task(name=CHECK_INPUTS, log_prints=False)
 def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     """Data splits valid, base model safe to load, target modules present (see models.checks)."""
     return run_checks(spec)

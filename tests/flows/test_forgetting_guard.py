@@ -1,6 +1,7 @@
 """The forgetting guard end to end: an adapter that gains on its own task but loses on an lm-eval
 task the base model was better at is registered, not promoted, and nothing becomes champion."""
 
+import logging
 import random
 
 from demo.task import (
@@ -13,6 +14,7 @@ from demo.task import (
     format_prompt,
 )
 from tasks.tracking import client
+from tests.conftest import at_level
 from tests.flows.test_finetune import aliases
 from tests.flows.test_finetune import config as finetune_config
 from tests.models.evaluation.test_harness import write_task
@@ -47,9 +49,12 @@ def plain_answer_task(folder):
 
 
 def test_an_adapter_that_forgets_is_registered_but_never_champion(
-    project, tiny_base, prefect_harness
+    project, tiny_base, prefect_harness, monkeypatch
 ):
     from flows.finetune import finetune
+
+    for run_logger in ("prefect.flow_runs", "prefect.task_runs"):  # prints are logged at INFO
+        at_level(monkeypatch, run_logger, logging.INFO)
 
     raw = finetune_config(tiny_base, learning_rate=1e-2).model_dump()
     raw["evaluation"]["lm_eval"] = {
@@ -61,7 +66,8 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     }
     config = type(finetune_config(tiny_base)).model_validate(raw)
 
-    summary = finetune(config)
+    state = finetune(config, return_state=True)
+    summary = state.result()
     base, adapter = summary.report["base"], summary.report["adapter"]
     # Better on its own task, worse on the lm-eval one: the guard holds it back.
     assert adapter["eval_loss"] < base["eval_loss"]
@@ -79,6 +85,13 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     assert metrics["adapter_plain_answer_brier_score"] == adapter["plain_answer_brier_score"]
     assert metrics["base_plain_answer_brier_score"] == base["plain_answer_brier_score"]
 
+    # Nothing lm-eval's dependencies print reaches the run's log: `datasets` hashes functions
+    # with dill, which disassembles them to stdout and reads that back; under the flow's
+    # log_prints the disassembly went to the Prefect log instead (a dozen lines a candidate).
+    logged = run_log(state.state_details.flow_run_id)
+    assert any("evaluated base, adapter" in line for line in logged), logged
+    assert not [line for line in logged if "LOAD_GLOBAL" in line or "RETURN_VALUE" in line]
+
     # `loraflow promote` re-runs the gate the version was registered under, its guard included:
     # still held back. Forced (an operator's decision), it goes in and says so.
     from flows.promote import promote_version
@@ -90,3 +103,18 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     forced = promote_version(model_name="flowtest", version="1", metric="eval_loss", force=True)
     assert forced.outcome == "promoted (forced)" and "guard broken" in forced.reason, forced
     assert aliases(mlf.get_registered_model("flowtest")) == {"challenger": "1", "champion": "1"}
+
+
+def run_log(flow_run_id) -> list[str]:
+    """Every message the flow run logged to the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    logs = []
+    with get_client(sync_client=True) as prefect_client:
+        while page := prefect_client.read_logs(log_filter=only, limit=200, offset=len(logs)):
+            logs += page
+    return [log.message for log in logs]

@@ -35,13 +35,24 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The longest modules (whole team stacks) go first, so that with two workers they run beside
-# the rest instead of after it.
-_FIRST = ("tests/flows/test_team.py", "tests/flows/test_nightly.py")
+# The longest modules go first, longest first (whole team stacks, then the minute-long ones), so
+# that with two workers they run beside the rest instead of one worker finishing them alone.
+_FIRST = (
+    "tests/flows/test_nightly.py",
+    "tests/flows/test_team.py",
+    "tests/test_cli.py",
+    "tests/models/training/test_sharding.py",
+    "tests/flows/test_smollm2.py",
+    "tests/flows/test_architectures.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: not item.nodeid.startswith(_FIRST))
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return _FIRST.index(path) if path in _FIRST else len(_FIRST)
+
+    items.sort(key=rank)
 
 
 def on_session_api(**variables: str) -> dict[str, str]:

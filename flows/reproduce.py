@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from prefect import flow
 
 from models.base_model.paths import is_local
-from models.config.run import config_from_dict
+from models.errors import LoraflowError
 from models.registry.reproduction import (
     DIFFERENT,
     EQUIVALENT,
@@ -27,7 +26,7 @@ from tasks.lineage import collect_lineage
 from tasks.preflight import check_model_version, check_services
 from tasks.registry import VersionRef, fetch_version
 from tasks.runtime import logger
-from tasks.tracking import CONFIG_ARTIFACT, client
+from tasks.tracking import CONFIG_ARTIFACT, client, recorded_config
 from tasks.train import train
 
 
@@ -93,10 +92,9 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     ref = check_model_version(model_uri=target) if target.startswith("models:/") else None
 
     run_id, tags = _recorded(target, ref)
-    mlf = client()
-    config_file = mlf.download_artifacts(run_id, CONFIG_ARTIFACT, workdir)
-    config_yaml = Path(config_file).read_text()
-    config = config_from_dict(yaml.safe_load(config_yaml), source=f"run {run_id} config")
+    config = recorded_config(run_id)
+    if config is None:
+        raise LoraflowError(f"run {run_id}: it recorded no config ({CONFIG_ARTIFACT})")
     base_model = tags["base_model"]
     recorded = tags.get("adapter_sha256", "")
     if is_local(base_model) and not Path(base_model).is_dir():
@@ -140,7 +138,7 @@ def reproduce(target: str, workdir: str = ".loraflow/reproduce") -> Reproduction
     )["adapter"]
     recorded_metrics = {
         name.removeprefix("adapter_"): value
-        for name, value in mlf.get_run(run_id).data.metrics.items()
+        for name, value in client().get_run(run_id).data.metrics.items()
         if name.startswith("adapter_")
     }
     checks = check_metrics(recorded_metrics, rebuilt)

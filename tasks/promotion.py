@@ -5,15 +5,11 @@ The decision itself is models.registry.promotion.decide_promotion; nothing here 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
-import yaml
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from models.config.run import config_from_dict
 from models.registry.promotion import (
     METRIC_DIRECTIONS,
     Decision,
@@ -31,7 +27,7 @@ from tasks.registry import (
     valid_model_name,
 )
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
-from tasks.tracking import CONFIG_ARTIFACT, client, mlflow_errors
+from tasks.tracking import client, mlflow_errors, recorded_config
 
 
 def recorded_gate(ref: VersionRef, metric: str, min_improvement: float) -> Gate:
@@ -40,17 +36,12 @@ def recorded_gate(ref: VersionRef, metric: str, min_improvement: float) -> Gate:
     `min_improvement`: the promote flow re-runs the pipeline's gate, guards included, so a
     version a guard held back is not promoted by hand unless forced. A version whose run
     recorded no config (registered by hand, or by something else) gets the metric alone."""
-    mlf = client()
-    where = f"models:/{ref.model_name}/{ref.version}"
-    with mlflow_errors(f"read the runs of '{ref.model_name}'", needs="READ"):
-        folder = Path(CONFIG_ARTIFACT).parent.as_posix()
-        stored = {a.path for a in mlf.list_artifacts(ref.run_id, folder)}
-        if CONFIG_ARTIFACT not in stored:
-            logger().info("%s: its run recorded no config: gate on %s alone", where, metric)
-            return Gate(metric=metric, min_improvement=min_improvement)
-        with tempfile.TemporaryDirectory() as scratch:
-            text = Path(mlf.download_artifacts(ref.run_id, CONFIG_ARTIFACT, scratch)).read_text()
-    gate = config_from_dict(yaml.safe_load(text), source=f"{where}: its run's config").gate()
+    config = recorded_config(ref.run_id)
+    if config is None:
+        where = f"models:/{ref.model_name}/{ref.version}"
+        logger().info("%s: its run recorded no config: gate on %s alone", where, metric)
+        return Gate(metric=metric, min_improvement=min_improvement)
+    gate = config.gate()
     return replace(
         gate,
         metric=metric,

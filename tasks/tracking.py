@@ -7,17 +7,20 @@ import contextlib
 import os
 import queue
 import re
+import tempfile
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
+import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from models.config.run import LoraflowConfig, config_from_dict
 from models.errors import LoraflowError
 from tasks.runtime import IO_RETRIES, logger
 
@@ -154,6 +157,19 @@ def mlflow_errors(denied: str = "", needs: str = "EDIT"):
         yield
     except MlflowException as e:
         raise tracking_error(e, denied, needs) from None
+
+
+def recorded_config(run_id: str) -> LoraflowConfig | None:
+    """The resolved config run `run_id` stored (CONFIG_ARTIFACT, written by open_run),
+    validated; None where the run stored none (a run made by other means)."""
+    mlf = client()
+    with mlflow_errors(f"read run {run_id}", needs="READ"):
+        stored = {a.path for a in mlf.list_artifacts(run_id, Path(CONFIG_ARTIFACT).parent.name)}
+        if CONFIG_ARTIFACT not in stored:
+            return None
+        with tempfile.TemporaryDirectory() as scratch:
+            text = Path(mlf.download_artifacts(run_id, CONFIG_ARTIFACT, scratch)).read_text()
+    return config_from_dict(yaml.safe_load(text), source=f"run {run_id} config")
 
 
 def check_model_permission(*, model_name: str, needs: str, action: str) -> None:

@@ -64,6 +64,22 @@ def on_session_api(**variables: str) -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **variables}
 
 
+def api_log_messages(flow_run_id=None) -> list[str]:
+    """Every message logged to the session's Prefect API (one flow run's, where given), after
+    this process's log worker has sent what it held."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])) if flow_run_id else None
+    logs = []
+    with get_client(sync_client=True) as prefect_client:
+        while page := prefect_client.read_logs(log_filter=only, limit=200, offset=len(logs)):
+            logs += page
+    return [log.message for log in logs]
+
+
 def at_level(monkeypatch, name: str, level: int) -> None:
     """Logger `name` at `level` for this test only. A logger caches its answers to "is this level
     enabled?", and setting `level` alone keeps an answer an earlier test in the same process

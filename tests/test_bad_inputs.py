@@ -5,8 +5,6 @@ parsing; everything else stops at the first stage of the command's flow (its che
 session's Prefect harness.
 """
 
-from pathlib import Path
-
 import pytest
 
 from tests.bad_input_formats import FORMAT_CASES
@@ -25,12 +23,13 @@ from tests.bad_input_setups import (
     tracking_down,
     with_split,
 )
+from tests.conftest import REPO
 from tests.test_cli import prefect_console, rows, written
 
 # Each case: (id, setup(ctx) -> loraflow arguments, exit code, fragment of the message).
 # Exit 2 cases must print exactly one stderr line `loraflow: error: ...` naming the problem and
 # where; exit 0 cases are warnings the check prints on stdout. No case may write anything.
-LM_EVAL = str(Path(__file__).resolve().parents[1] / "configs" / "lm_eval")
+LM_EVAL = str(REPO / "configs" / "lm_eval")
 LONG = "one two three four five six seven eight nine ten eleven twelve " * 3
 TRAIN = [("Repeat the words: a b\nAnswer:", " a b"), ("Repeat: c\nAnswer:", " c")]
 

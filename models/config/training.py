@@ -187,27 +187,40 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
     refusal = shard_refusal(training.sharding, method, get_method(method).cannot_shard)
     if refusal:
         raise ValueError(refusal)
-    if training.sharding == "fsdp" and training.save_steps > 0 and training.dtype == "float16":
+    if training.sharding == "fsdp":
+        _check_fsdp(training, method)
+    if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
+        raise ValueError(
+            f"training.rendezvous must be host:port when num_nodes > 1 (got "
+            f"{training.rendezvous!r}): where the nodes' launchers meet"
+        )
+
+
+def _check_fsdp(training: TrainingConfig, method: str) -> None:
+    """What a sharded (fsdp) run cannot do: checkpoint float16's loss scale; for a quantized
+    base (FSDP-QLoRA, never run here), train in another dtype than bfloat16 or checkpoint at
+    all; keep checkpoints of several nodes in S3."""
+    if training.save_steps > 0 and training.dtype == "float16":
         raise ValueError(
             "training.sharding fsdp checkpoints cannot keep float16's loss scale (the Trainer "
             "saves only the adapter of a base sharded as it loads): set training.dtype: bfloat16 "
             "or float32, or training.save_steps: 0"
         )
-    quantized = get_method(method).quantized  # FSDP-QLoRA, never run here
-    if training.sharding == "fsdp" and quantized and training.dtype not in ("auto", "bfloat16"):
-        raise ValueError(
-            f"training.sharding fsdp with adapter.method {method} trains in bfloat16 (its 4-bit "
-            f"weights stored in it); set training.dtype: auto or bfloat16 (got {training.dtype})"
-        )
-    if training.sharding == "fsdp" and quantized and training.save_steps > 0:
-        raise ValueError(
-            f"training.sharding fsdp with adapter.method {method} does not checkpoint (the "
-            "Trainer's FSDP checkpoints of a 4-bit base were never run here): set "
-            f"training.save_steps: 0 (got {training.save_steps})"
-        )
+    if get_method(method).quantized:
+        if training.dtype not in ("auto", "bfloat16"):
+            raise ValueError(
+                f"training.sharding fsdp with adapter.method {method} trains in bfloat16 (its "
+                f"4-bit weights stored in it); set training.dtype: auto or bfloat16 (got "
+                f"{training.dtype})"
+            )
+        if training.save_steps > 0:
+            raise ValueError(
+                f"training.sharding fsdp with adapter.method {method} does not checkpoint (the "
+                "Trainer's FSDP checkpoints of a 4-bit base were never run here): set "
+                f"training.save_steps: 0 (got {training.save_steps})"
+            )
     if (
-        training.sharding == "fsdp"
-        and training.num_nodes > 1
+        training.num_nodes > 1
         and training.save_steps > 0
         and training.checkpoint_store.startswith("s3://")
     ):
@@ -215,9 +228,4 @@ def check_parallel(training: TrainingConfig, method: str) -> None:
             "training.checkpoint_store must be a directory all nodes share for a sharded run on "
             f"several nodes (got {training.checkpoint_store!r}): every rank writes its own "
             "optimizer and RNG state into each checkpoint, and only rank 0's node uploads to S3"
-        )
-    if training.num_nodes > 1 and not _ENDPOINT.match(training.rendezvous):
-        raise ValueError(
-            f"training.rendezvous must be host:port when num_nodes > 1 (got "
-            f"{training.rendezvous!r}): where the nodes' launchers meet"
         )

@@ -66,12 +66,17 @@ def wrap_refusal(model: torch.nn.Module, base_model: str) -> str:
     )
 
 
-def shards_at_load(sharding: str, world_size: int, quantized: bool = False) -> bool:
-    """Whether the base is sharded as it loads: FSDP with more than one process, a base that
-    is not quantized (a 4-bit one is sharded by the Trainer: trainer_fsdp_arguments)."""
+def fsdp_job(sharding: str, world_size: int) -> bool:
+    """Whether FSDP shards the base at all: sharding fsdp with more than one process."""
     if sharding not in SHARDINGS:
         raise ValueError(f"training.sharding must be one of {SHARDINGS} (got {sharding!r})")
-    return sharding == "fsdp" and world_size > 1 and not quantized
+    return sharding == "fsdp" and world_size > 1
+
+
+def shards_at_load(sharding: str, world_size: int, quantized: bool = False) -> bool:
+    """Whether the base is sharded as it loads: an FSDP job with a base that is not quantized
+    (a 4-bit one is sharded by the Trainer: trainer_fsdp_arguments)."""
+    return fsdp_job(sharding, world_size) and not quantized
 
 
 def sharded_load_kwargs(sharding: str, world_size: int, quantized: bool = False) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def trainer_fsdp_arguments(sharding: str, world_size: int, quantized: bool) -> d
     dtype: bnb_4bit_quant_storage) and the Trainer shards it through accelerate's FSDP2, per
     decoder layer (the model's _no_split_modules), as bitsandbytes' and PEFT's FSDP-QLoRA
     guides do. CUDA only; never run here (no GPU)."""
-    if sharding == "fsdp" and world_size > 1 and quantized:
+    if fsdp_job(sharding, world_size) and quantized:
         return {"fsdp": True, "fsdp_config": {"version": 2}}
     return {}
 

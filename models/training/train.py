@@ -30,6 +30,7 @@ from models.training.checkpoints import (
 from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
 from models.training.sharding import (
+    fsdp_job,
     gathered_state_dict,
     resident_param_bytes,
     sharded_load_kwargs,
@@ -240,8 +241,8 @@ def train_adapter(
 def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
     """(model with the adapter, tokenizer, tokenized train split)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    fsdp = spec.sharding == "fsdp" and world_size > 1
-    load_kwargs = method.load_kwargs(sharded=fsdp) if method.load_kwargs else {}
+    sharded = fsdp_job(spec.sharding, world_size)
+    load_kwargs = method.load_kwargs(sharded=sharded) if method.load_kwargs else {}
     load_kwargs |= sharded_load_kwargs(spec.sharding, world_size, method.quantized)
     model, tokenizer = load_base(
         spec.base_model,

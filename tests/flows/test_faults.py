@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import at_level, free_port
+from tests.conftest import api_log_messages, at_level, free_port
 
 SHORT_DELAYS = [0.3, 0.6, 1.2]
 
@@ -146,20 +146,25 @@ def test_production_retry_policy():
         assert not no_retries.retries, no_retries.name
 
 
-def task_run_count(state, timeout_s: float = 60.0) -> int:
-    """The task run's attempt count as the API records it, once the API has its final state.
-
-    Prefect 3 records task-run states from events, after the task has returned here, so an
-    immediate read can show one attempt too few (seen in CI: 3 of 4)."""
+def settled_task_run(find, state_type: str, timeout_s: float = 60.0):
+    """The task run `find(prefect_client)` returns (None while there is none), once the API has
+    it in `state_type`. Prefect 3 records task-run states from events, after the task has
+    returned here, so an immediate read can show one attempt too few (seen in CI: 3 of 4)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as prefect_client:
         while True:
-            run = prefect_client.read_task_run(state.state_details.task_run_id)
-            if run.state_type == state.type or time.monotonic() > deadline:
-                return run.run_count
+            run = find(prefect_client)
+            if (run is not None and run.state_type == state_type) or time.monotonic() > deadline:
+                return run
             time.sleep(0.2)
+
+
+def task_run_count(state) -> int:
+    """The attempts of the task run behind `state`, as the API records them."""
+    task_run_id = state.state_details.task_run_id
+    return settled_task_run(lambda c: c.read_task_run(task_run_id), state.type).run_count
 
 
 def test_io_tasks_wait_out_an_outage_and_fail_clearly_when_it_lasts(
@@ -286,8 +291,6 @@ def test_a_run_with_secrets_around_survives_an_outage_and_leaks_nothing(
     project directory, the console, and an error message."""
     import boto3
     import prefect.settings
-    from prefect.client.orchestration import get_client
-    from prefect.logging.handlers import APILogWorker
 
     from flows.finetune import finetune
     from tasks.tracking import TrackingError, check_reachable
@@ -321,26 +324,21 @@ def test_a_run_with_secrets_around_survives_an_outage_and_leaks_nothing(
     )
     summary = state.result()
     assert summary.promoted and summary.version == "1"
-    with get_client(sync_client=True) as prefect_client:
-        deadline = time.monotonic() + 60  # task-run states are recorded from events, later
-        while True:
-            fetch = [t for t in prefect_client.read_task_runs()
-                     if t.flow_run_id == state.state_details.flow_run_id
-                     and t.name.rsplit("-", 1)[0] == "fetch-champion"]  # fmt: skip
-            if (fetch and fetch[0].state_type == "COMPLETED") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert fetch[0].run_count >= 2  # it was refused, retried, and got through
-        APILogWorker.drain_all()
-        logs = []
-        while page := prefect_client.read_logs(limit=200, offset=len(logs)):
-            logs += page
-    assert any("http://***@127.0.0.1" in log.message for log in logs)  # retries were logged
+
+    def fetch_champion(prefect_client):
+        runs = prefect_client.read_task_runs()
+        mine = [t for t in runs if t.flow_run_id == state.state_details.flow_run_id]
+        return next((t for t in mine if t.name.rsplit("-", 1)[0] == "fetch-champion"), None)
+
+    # It was refused, retried, and got through.
+    assert settled_task_run(fetch_champion, "COMPLETED").run_count >= 2
+    logs = api_log_messages()
+    assert any("http://***@127.0.0.1" in message for message in logs)  # retries were logged
     with pytest.raises(TrackingError) as err:  # and an error message, for good measure
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://loraflow:{uri_password}@127.0.0.1:1")
         check_reachable()
 
-    written = [str(err.value).encode(), "\n".join(log.message for log in logs).encode()]
+    written = [str(err.value).encode(), "\n".join(logs).encode()]
     written.append(
         subprocess.run(
             ["pg_dump", "-h", "127.0.0.1", "-U", "postgres", tracking_server["database"]],

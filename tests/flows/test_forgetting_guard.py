@@ -14,7 +14,7 @@ from demo.task import (
     format_prompt,
 )
 from tasks.tracking import client
-from tests.conftest import at_level
+from tests.conftest import api_log_messages, at_level
 from tests.flows.test_finetune import aliases
 from tests.flows.test_finetune import config as finetune_config
 from tests.models.evaluation.test_harness import write_task
@@ -88,7 +88,7 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     # Nothing lm-eval's dependencies print reaches the run's log: `datasets` hashes functions
     # with dill, which disassembles them to stdout and reads that back; under the flow's
     # log_prints the disassembly went to the Prefect log instead (a dozen lines a candidate).
-    logged = run_log(state.state_details.flow_run_id)
+    logged = api_log_messages(state.state_details.flow_run_id)
     assert any("evaluated base, adapter" in line for line in logged), logged
     assert not [line for line in logged if "LOAD_GLOBAL" in line or "RETURN_VALUE" in line]
 
@@ -103,18 +103,3 @@ def test_an_adapter_that_forgets_is_registered_but_never_champion(
     forced = promote_version(model_name="flowtest", version="1", metric="eval_loss", force=True)
     assert forced.outcome == "promoted (forced)" and "guard broken" in forced.reason, forced
     assert aliases(mlf.get_registered_model("flowtest")) == {"challenger": "1", "champion": "1"}
-
-
-def run_log(flow_run_id) -> list[str]:
-    """Every message the flow run logged to the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all()
-    only = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-    logs = []
-    with get_client(sync_client=True) as prefect_client:
-        while page := prefect_client.read_logs(log_filter=only, limit=200, offset=len(logs)):
-            logs += page
-    return [log.message for log in logs]

@@ -13,12 +13,9 @@ from pathlib import Path
 import pytest
 
 from models.base_model.loading import load_base
-from models.config.specs import DataSpec
-from models.data.chat import prepare_tokenizer, save_prompt_format
 from models.methods import AdapterSpec, get_method
-from tasks.registry import register_adapter
-from tasks.tracking import open_run
 from tests.conftest import free_port
+from tests.tasks.test_registry import register_as_chat
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
 CONVERSATION = [{"role": "user", "content": "red cat"}]
@@ -28,14 +25,7 @@ def registered_chat_adapter(base: Path, out: Path) -> str:
     """A chat adapter (untrained: serving only needs its files) registered as chat v1."""
     model, tok = load_base(str(base))
     get_method("lora").build(model, SPEC).save_pretrained(out)
-    data = DataSpec(format="chat", chat_template="chatml")
-    prepare_tokenizer(tok, data).save_pretrained(out)
-    save_prompt_format(out, data)
-    run_id = open_run.fn(experiment="t", run_name="serve", config={}, config_yaml="", tags={})
-    return register_adapter.fn(
-        run_id=run_id, adapter_dir=str(out), base_model=str(base), model_name="chat",
-        tags={"adapter_sha256": "s"}, max_new_tokens=4,
-    )  # fmt: skip
+    return register_as_chat(base, out, tok)
 
 
 def serving_example(version: str) -> str:

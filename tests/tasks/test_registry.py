@@ -34,6 +34,34 @@ def trained_adapter(tiny_base, out_dir):
     return ids, logits
 
 
+def register_with_format(base: Path, adapter: Path, data, tokenizer=None) -> str:
+    """`adapter` registered as model `<data.format>` with its format recorded beside it, as
+    training leaves it (a chat adapter also with `tokenizer`, saved with its chat template);
+    its version."""
+    from models.data.chat import prepare_tokenizer, save_prompt_format
+
+    if tokenizer is not None:
+        prepare_tokenizer(tokenizer, data).save_pretrained(adapter)
+    save_prompt_format(adapter, data)
+    run_id = open_run.fn(experiment="t", run_name=data.format, config={}, config_yaml="", tags={})
+    return register_adapter.fn(
+        run_id=run_id,
+        adapter_dir=str(adapter),
+        base_model=str(base),
+        model_name=data.format,
+        tags={"adapter_sha256": data.format},
+        max_new_tokens=4,
+    )
+
+
+def register_as_chat(base: Path, adapter: Path, tokenizer) -> str:
+    """`adapter` as a ChatML chat adapter, registered as model `chat`; its version."""
+    from models.config.specs import DataSpec
+
+    return register_with_format(base, adapter, DataSpec(format="chat", chat_template="chatml"),
+                                tokenizer)  # fmt: skip
+
+
 def test_register_then_load_by_alias_gives_identical_logits(project, tiny_base, prefect_harness):
     ids, expected = trained_adapter(tiny_base, project / "adapter")
     run_id = open_run.fn(
@@ -88,25 +116,11 @@ def test_a_chat_adapter_is_served_from_a_prompt_or_a_list_of_messages(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from models.config.specs import DataSpec
-    from models.data.chat import prepare_tokenizer, save_prompt_format
     from models.evaluation.serving import generate, load_adapted
 
     adapter = project / "chat-adapter"
     trained_adapter(tiny_base, adapter)
-    data = DataSpec(format="chat", chat_template="chatml")
-    tok = prepare_tokenizer(load_adapted(str(tiny_base), adapter)[1], data)
-    tok.save_pretrained(adapter)  # as training saves it: with the chat template
-    save_prompt_format(adapter, data)
-    run_id = open_run.fn(experiment="t", run_name="chat", config={}, config_yaml="", tags={})
-    register_adapter.fn(
-        run_id=run_id,
-        adapter_dir=str(adapter),
-        base_model=str(tiny_base),
-        model_name="chat",
-        tags={"adapter_sha256": "c"},
-        max_new_tokens=4,
-    )
+    register_as_chat(tiny_base, adapter, load_adapted(str(tiny_base), adapter)[1])
     loaded = mlflow.pyfunc.load_model("models:/chat@challenger")
     conversation = [
         {"role": "user", "content": "the red cat"},
@@ -151,22 +165,12 @@ def test_an_alpaca_adapter_is_served_from_instruction_and_input(
     import pandas as pd
 
     from models.config.specs import DataSpec
-    from models.data.chat import save_prompt_format
     from models.data.formats import alpaca_prompt
     from models.evaluation.serving import generate, load_adapted
 
     adapter = project / "alpaca-adapter"
     trained_adapter(tiny_base, adapter)
-    save_prompt_format(adapter, DataSpec(format="alpaca"))
-    run_id = open_run.fn(experiment="t", run_name="alpaca", config={}, config_yaml="", tags={})
-    register_adapter.fn(
-        run_id=run_id,
-        adapter_dir=str(adapter),
-        base_model=str(tiny_base),
-        model_name="alpaca",
-        tags={"adapter_sha256": "a"},
-        max_new_tokens=4,
-    )
+    register_with_format(tiny_base, adapter, DataSpec(format="alpaca"))
     loaded = mlflow.pyfunc.load_model("models:/alpaca@challenger")
     model, tok = load_adapted(str(tiny_base), adapter)
     prompts = [alpaca_prompt("Reverse the words", "red cat"), alpaca_prompt("Name a colour")]

@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run demo-assets smollm2 test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
+.PHONY: setup browser run demo-assets smollm2 test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -33,6 +33,14 @@ $(BIN)/loraflow: requirements.lock pyproject.toml overrides.txt
 		$(UV_FLAGS) --compile-bytecode
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $@
+
+# Headless Chromium from Debian's packages for the browser tests and `make screenshots`
+# (tests/browser.py); Playwright drives it, and no browser build is downloaded.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; }
+	@$(CHROMIUM) --version 2>/dev/null
 
 # The demo data; the demo base model is shipped in demo/base. Prefect creates its home only one
 # level deep: on a fresh clone .loraflow/ does not exist yet.

@@ -1,0 +1,61 @@
+"""A real headless browser for tests and `make screenshots`: Debian's chromium driven by Playwright.
+
+No browser build is downloaded: Playwright launches the system's chromium (`make browser`
+installs it from Debian's packages). Where it is missing the caller decides: a test fails under
+CI=true and is skipped elsewhere (`require_chromium`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+
+def chromium_path() -> Path | None:
+    """The system's chromium, or None."""
+    named = os.environ.get("LORAFLOW_CHROMIUM")
+    for candidate in ([named] if named else []) + list(CHROMIUM_PATHS):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    found = shutil.which("chromium")
+    return Path(found) if found else None
+
+
+def require_chromium() -> Path:
+    """The chromium path; a failure under CI (a missing install step must not pass as a skip),
+    a skip naming `make browser` elsewhere."""
+    import pytest
+
+    path = chromium_path()
+    if path is None:
+        message = "Debian's chromium is not installed (run `make browser`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 900) -> Iterator:
+    """A Playwright page in headless chromium (the sync API), closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("Debian's chromium is not installed (run `make browser`)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(executable),
+            # root in a container: chromium's sandbox needs user namespaces it may not have
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()

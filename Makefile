@@ -56,10 +56,12 @@ smollm2: demo-assets
 run: demo-assets
 	$(BIN)/loraflow run configs/demo.yaml
 
-# Two pytest workers (one per file at a time; the team-stack module starts first).
+# Two pytest workers (one per file at a time; the team-stack module starts first). -rfEs: the
+# summary names failures, errors and every skip with its reason (pytest's default is -rfE);
+# under CI=true a skip that is not GPU-only fails instead (tests/skip_policy.py).
 PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -rfEs -n $(PYTEST_WORKERS) --dist loadfile
 
 # The benchmark suite on the demo model (docs/performance.md); BENCH_ARGS=--json for JSON.
 bench: demo-assets

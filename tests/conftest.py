@@ -35,6 +35,9 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under CI=true a skip for any reason but a missing GPU (or the gpu extra) fails the test.
+pytest_plugins = ["tests.skip_policy"]
+
 # The longest modules go first, longest first (whole team stacks, then the minute-long ones), so
 # that with two workers they run beside the rest instead of one worker finishing them alone.
 _FIRST = (
@@ -224,10 +227,58 @@ def moto_server(extra_env: dict[str, str] | None = None):
         proc.wait(timeout=10)
 
 
+class S3Requests:
+    """The requests an S3 API server on loopback (moto_server) receives from now on, from any
+    process: moto's request recorder (its documented /moto-api/recorder/ API, server mode).
+    boto3's event hooks would see this process's calls only, not a flow's subprocesses'."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._call("reset-recording")
+        self._call("start-recording")
+
+    def _call(self, action: str) -> str:
+        import urllib.request
+
+        method = "GET" if action == "download-recording" else "POST"
+        request = urllib.request.Request(f"{self.url}/moto-api/recorder/{action}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        self._call("stop-recording")
+
+    def requests(self) -> list[tuple[str, str, str]]:
+        """(method, bucket, key) of each request so far, in order; key "" for a bucket's own."""
+        import json
+        from urllib.parse import unquote, urlsplit
+
+        # One JSON object per request; read object by object, as requests served at the same
+        # time may append theirs before another's newline.
+        text, decoder, at, seen = self._call("download-recording"), json.JSONDecoder(), 0, []
+        while True:
+            while at < len(text) and text[at].isspace():
+                at += 1
+            if at == len(text):
+                break
+            entry, at = decoder.raw_decode(text, at)
+            bucket, _, key = unquote(urlsplit(entry["url"]).path).lstrip("/").partition("/")
+            seen.append((entry["method"], bucket, key))
+        return seen
+
+    def object_gets(self, bucket: str) -> dict[str, int]:
+        """GetObject calls per key of `bucket`."""
+        from collections import Counter
+
+        return dict(Counter(k for m, b, k in self.requests() if m == "GET" and b == bucket and k))
+
+
 @pytest.fixture(scope="session")
-def s3_server():
-    """One S3 API server for the session; it accepts any credentials."""
-    with moto_server() as url:
+def s3_server(tmp_path_factory):
+    """One S3 API server for the session; it accepts any credentials. Its request recorder
+    (moto's /moto-api/recorder/, off until a test starts it) writes to a temporary file."""
+    recording = tmp_path_factory.mktemp("moto-recorder") / "requests.jsonl"
+    with moto_server({"MOTO_RECORDER_FILEPATH": str(recording)}) as url:
         yield url
 
 

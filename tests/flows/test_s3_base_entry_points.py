@@ -1,7 +1,7 @@
 """`base_model: s3://bucket/prefix/` in every entry point besides `loraflow run` (tested in
-test_s3_base.py with reproduce and export): `loraflow check` and `loraflow plan`, the compare
-flow and the dispatched training flow, on moto's S3 server. The same cache; one-line errors
-before anything is trained."""
+test_s3_base.py with reproduce and the champion's export): `loraflow check` and `loraflow plan`,
+the compare flow and the dispatched training flow, on moto's S3 server. The same cache;
+one-line errors before anything is trained."""
 
 import json
 
@@ -45,11 +45,12 @@ def test_check_and_plan_read_an_s3_base_through_the_cache(
     # check: the whole copy, verified, checked as a local base; plan then reads that copy.
     assert main(["check", str(cfg)]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.endswith("ok\n")
-    copies = sorted(cache.iterdir())
-    assert len(copies) == 2 and weights_sha256(copies[0]) == weights_sha256(tiny_base)
+    whole = cache / config_only.name.removesuffix("-config")
+    assert sorted(cache.iterdir()) == sorted([config_only, whole])
+    assert weights_sha256(whole) == weights_sha256(tiny_base)
     assert main(["plan", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == expected
-    assert sorted(cache.iterdir()) == copies
+    assert sorted(cache.iterdir()) == sorted([config_only, whole])
 
 
 def test_check_and_plan_refuse_a_bad_s3_base_in_one_line(

@@ -72,9 +72,22 @@ def test_figure_names_and_their_directions():
     assert figure_name("gsm", "exact_match", "strict-match") == "gsm_exact_match_strict-match"
     assert figure_name("a/b", "acc", "x y") == "a-b_acc_x-y"  # '/' would read as a slice
     assert direction("facts_acc", tasks) == direction("facts_hard_acc_norm", tasks) == "max"
-    assert direction("facts_perplexity", tasks) == direction("facts_hard_brier_score", tasks)
+    assert direction("facts_perplexity", tasks) == "min"
+    assert direction("facts_hard_brier_score", tasks) == "min"
     assert direction("facts_word_perplexity", tasks) == "min"
     assert direction("exact_match", tasks) is direction("other_acc", tasks) is None
+
+
+def test_each_direction_is_the_one_lm_eval_registers_for_its_metric():
+    """The recorded direction of a figure against lm-eval's own registry (an independent
+    reference): lower is better for the perplexities, bits_per_byte, brier_score and ter."""
+    from lm_eval.api.registry import is_higher_better
+
+    lower = ["perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "brier_score"]
+    metrics = [*lower, "ter", "acc", "acc_norm", "exact_match", "f1", "mcc", "bleu"]
+    expected = {m: "max" if is_higher_better(m) else "min" for m in metrics}
+    assert {m: direction(f"facts_{m}", ["facts"]) for m in metrics} == expected
+    assert list(expected.values()).count("min") == 6
 
 
 def test_scores_equal_what_lm_eval_reports_when_it_loads_the_models_itself(tiny_base, tmp_path):

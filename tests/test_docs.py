@@ -51,10 +51,11 @@ def code_texts(text: str) -> list[str]:
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: the rendered text (links and code marks dropped), lower
-    case, every character but letters, digits, spaces, '-' and '_' removed, spaces to '-'."""
+    """GitHub's anchor for a heading: the rendered text (a link's text, no tags), lower case,
+    every character but letters, digits, spaces, '-' and '_' (code marks too) removed, spaces
+    to '-'."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)
-    text = re.sub(r"<[^>]+>", "", text).replace("`", "").lower()
+    text = re.sub(r"<[^>]+>", "", text).lower()
     kept = "".join(
         c for c in text if c in " -_" or unicodedata.category(c)[0] in "LN" or c.isdigit()
     )

@@ -2,7 +2,7 @@
 
 A Prefect server (its UI on) and an MLflow server (sqlite) start on free loopback ports, their
 state in a fresh `.loraflow/screenshots/` (git-ignored). `loraflow run configs/demo.yaml` runs
-against them, with fewer training steps than the demo's 3000 to keep it quick (`--steps`). Then
+against them, the demo as `make run` trains it (`--steps 300` for a quicker, worse adapter). Then
 headless chromium (Debian's, driven by Playwright: tests/browser.py, as the UI tests use it)
 opens the flow run's page (the task graph, then its artifacts) and the registered version's
 page, and saves them as PNGs in docs/images/, quantized to 256 colours to stay small in git.
@@ -65,9 +65,10 @@ def start_stack(procs: Processes, prefect_port: int, mlflow_port: int, env: dict
     wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow, mlflow_log)
 
 
-def run_demo(env: dict, steps: int, overrides: list[str]) -> None:
-    cmd = [str(BIN / "loraflow"), "run", str(CONFIG.relative_to(REPO)),
-           "--set", f"training.max_steps={steps}"]  # fmt: skip
+def run_demo(env: dict, steps: int | None, overrides: list[str]) -> None:
+    cmd = [str(BIN / "loraflow"), "run", str(CONFIG.relative_to(REPO))]
+    if steps is not None:
+        overrides = [f"training.max_steps={steps}", *overrides]
     for override in overrides:
         cmd += ["--set", override]
     print("$ loraflow", " ".join(cmd[1:]), flush=True)
@@ -134,7 +135,9 @@ def photograph(prefect_url: str, flow_run: str, mlflow_url: str, version: str) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.screenshots", description=__doc__)
-    p.add_argument("--steps", type=int, default=600, help="training steps (the demo has 3000)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the demo's 3000)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",

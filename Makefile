@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup browser run demo-assets smollm2 test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
+.PHONY: setup browser run demo-assets smollm2 screenshots test bench gpu-check gpu-wheels soak docs lint lock clean up up-gpu down
 
 setup: $(BIN)/loraflow
 
@@ -55,6 +55,11 @@ smollm2: demo-assets
 
 run: demo-assets
 	$(BIN)/loraflow run configs/demo.yaml
+
+# The README's two pictures (docs/images/): the demo against a local Prefect and MLflow server,
+# photographed in headless chromium (bench/screenshots.py, docs/demo.md). SCREENSHOT_ARGS=--steps 3000.
+screenshots: demo-assets browser
+	$(BIN)/python -m bench.screenshots $(SCREENSHOT_ARGS)
 
 # Two pytest workers (one per file at a time; the team-stack module starts first). -rfEs: the
 # summary names failures, errors and every skip with its reason (pytest's default is -rfE);

@@ -266,9 +266,11 @@ def register_adapter(
 
     All or nothing, and safe to retry: the artifacts are uploaded and checked first, then the
     version is created with all its tags in one request, so no version exists without its
-    artifacts and tags. base_model: the local weights the adapter was trained on (an s3://
-    base's cached copy); the version records the base as the config named it (base_record). A retry after a lost answer or a failed alias finds the version this run
+    artifacts and tags. A retry after a lost answer or a failed alias finds the version this run
     already made (same run id and adapter sha256) instead of registering a second one.
+
+    base_model: the local weights the adapter was trained on (an s3:// base's cached copy); the
+    version records the base as the config named it, from `tags` (base_record).
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()

@@ -156,3 +156,6 @@ def test_a_version_from_an_s3_base_serves_anywhere_and_only_on_its_base(
     other = mlflow.pyfunc.load_model(model_uri, model_config={"allow_other_base": True})
     with torch.no_grad():
         assert not torch.equal(other.unwrap_python_model().model(**ids).logits, logits)
+    # The same, said the way `mlflow models serve` takes it: MLflow's inference-config variable.
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", json.dumps({"allow_other_base": True}))
+    assert mlflow.pyfunc.load_model(model_uri).predict(PROMPTS[:1])

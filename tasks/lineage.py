@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 from prefect import task
 
-from models.base_model.paths import canonical_base, is_local
+from models.base_model.identity import base_model_sha256
+from models.base_model.paths import canonical_base
 from models.config.run import LoraflowConfig
-from models.hashing import FileHashes, dvc_dir_md5, weights_sha256
+from models.hashing import FileHashes, dvc_dir_md5
 from tasks.data import DvcError, dvc_file_of, find_dvc_repo, read_dvc_md5
 from tasks.lib.s3 import is_s3_uri
 
@@ -66,11 +67,6 @@ def remembered_hashes() -> Iterator[FileHashes]:
         yield hashes
     finally:
         hashes.save()
-
-
-def base_model_sha256(base_model: str, hashes: FileHashes | None = None) -> str:
-    """A hub id is identified by its name (and revision); local weights by their hash."""
-    return weights_sha256(base_model, hashes) if is_local(base_model) else "hub"
 
 
 @task(name="hash-inputs")

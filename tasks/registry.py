@@ -15,12 +15,15 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 import models
+from models.base_model.identity import base_model_sha256
+from models.base_model.paths import canonical_base
 from models.config.run import check_model_name
 from models.data.chat import load_prompt_format
 from models.errors import LoraflowError
 from models.registry.promotion import recorded_key
 from models.registry.summary import headline_metrics, model_description, version_description
 from tasks.lib import pyfunc_schema
+from tasks.lineage import remembered_hashes
 from tasks.runtime import IO_RETRIES, in_prefect_run, logger
 from tasks.tracking import client, mlflow_errors, safe_tracking_uri, tracking_error
 
@@ -70,6 +73,8 @@ class VersionRef:
 
 PYFUNC_FILE = Path(__file__).parent / "lib" / "pyfunc_model.py"
 MODELS_DIR = Path(models.__file__).parent
+# The pyfunc resolves an s3:// base through tasks.lib.base_cache: the version carries `tasks` too.
+TASKS_DIR = Path(__file__).parent
 
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
@@ -186,15 +191,27 @@ def pip_requirements() -> list[str]:
 
     torch_version = torch.__version__.split("+")[0]
     reqs = [f"torch=={torch_version}"]
-    reqs += [f"{p}=={version(p)}" for p in ("transformers", "peft", "safetensors", "accelerate")]
-    return reqs
+    packages = ("transformers", "peft", "safetensors", "accelerate", "boto3")
+    return reqs + [f"{p}=={version(p)}" for p in packages]
+
+
+def base_record(base_model: str, tags: dict[str, str]) -> dict[str, str]:
+    """What a version records of its base in model_config, for serving_base at load time: the
+    base as the run's config named it and its weights sha256, from the lineage tags; where the
+    tags lack them, `base_model` (the local weights trained on) and their hash now."""
+    named = canonical_base(tags.get("base_model") or base_model)
+    sha256 = tags.get("base_model_sha256")
+    if not sha256:
+        with remembered_hashes() as hashes:
+            sha256 = base_model_sha256(canonical_base(base_model), hashes)
+    return {"base_model": named, "base_model_sha256": sha256}
 
 
 @contextlib.contextmanager
 def _quiet_model_logger():
     # log_model also tries to log model_config as run params; the run already has the config's
-    # `base_model` as written (maybe relative) while model_config holds the resolved path, and
-    # MLflow warns about the clash. The resolved path is in model_config and the version's tags.
+    # `base_model` as written (maybe relative) while model_config holds it resolved, and MLflow
+    # warns about the clash. The resolved base is in model_config and the version's tags.
     model_logger = logging.getLogger("mlflow.models.model")
     level = model_logger.level
     model_logger.setLevel(logging.ERROR)
@@ -251,6 +268,9 @@ def register_adapter(
     version is created with all its tags in one request, so no version exists without its
     artifacts and tags. A retry after a lost answer or a failed alias finds the version this run
     already made (same run id and adapter sha256) instead of registering a second one.
+
+    base_model: the local weights the adapter was trained on (an s3:// base's cached copy); the
+    version records the base as the config named it, from `tags` (base_record).
     """
     valid_model_name(model_name, where="registry.model_name")
     mlf = client()
@@ -267,8 +287,12 @@ def register_adapter(
                     name="adapter",
                     python_model=str(PYFUNC_FILE),
                     artifacts={"adapter": adapter_dir},
-                    code_paths=[str(MODELS_DIR)],
-                    model_config={"base_model": base_model, "max_new_tokens": max_new_tokens},
+                    code_paths=[str(MODELS_DIR), str(TASKS_DIR)],
+                    model_config={
+                        **base_record(base_model, tags),
+                        "allow_other_base": False,  # a key MLflow lets load_model override
+                        "max_new_tokens": max_new_tokens,
+                    },
                     signature=pyfunc_schema.signature(fmt, max_new_tokens),
                     input_example=pyfunc_schema.input_example(fmt),
                     pip_requirements=pip_requirements(),

@@ -10,6 +10,9 @@ What identifies each file, and what its download is verified against, in order o
 The cache directory is named after a digest of every (name, size, checksum), so a changed
 object gives a new directory and an unchanged prefix costs one listing; a directory appears
 complete or not at all (downloaded beside it, then renamed).
+
+A registered version loads its base through `serving_base`: the base as the run's config named it
+(this cache for an s3:// prefix), its weights checked against the sha256 the lineage recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from models.hashing import file_digest
+from models.base_model.identity import check_base_weights
+from models.base_model.paths import canonical_base, is_local
+from models.errors import LoraflowError
+from models.hashing import FileHashes, file_digest
 from tasks.lib.s3 import (
     MANIFEST,
     SHA_META,
@@ -157,3 +163,53 @@ def local_base(
     if not is_s3_uri(base_model):
         return base_model
     return str(fetch_s3_base(base_model, cache_dir, config_only=config_only))
+
+
+class MissingBaseError(LoraflowError):
+    """A registered version's base model is not where its record says."""
+
+
+def base_hashes_path(cache_dir: str | Path | None = None) -> Path:
+    """The table of base weight digests that loads keep beside the S3 cache (models.hashing.
+    FileHashes: a file whose size, inode and mtime are unchanged is not read again)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return root.parent / "base-hashes.json"
+
+
+def serving_base(
+    base_model: str,
+    recorded_sha256: str,
+    *,
+    allow_other: bool = False,
+    cache_dir: str | Path | None = None,
+) -> str:
+    """Where a registered version loads its base from, checked to be the weights it was trained
+    on: `base_model` as its run's config named it, or as the caller overrides it (an s3://
+    prefix through fetch_s3_base, a hub id, a directory: a relative one from the working
+    directory, as at training). One-line errors: no base recorded or no such directory
+    (MissingBaseError, naming the override), S3 failures (S3Error), weights whose sha256 is not
+    `recorded_sha256` (models.base_model.identity.OtherBaseError) unless allow_other."""
+    override = 'pass model_config={"base_model": "<directory, hub id or s3:// URI>"}'
+    if not base_model:
+        raise MissingBaseError(f"this version records no base model; {override} to load it")
+    if is_s3_uri(base_model):
+        local = str(fetch_s3_base(base_model, cache_dir))
+    else:
+        local = canonical_base(base_model)
+        if is_local(local) and not Path(local).is_dir():
+            raise MissingBaseError(
+                f"base model {base_model}: no such directory on this machine; {override} "
+                "to load it from where it is"
+            )
+    hashes = FileHashes(base_hashes_path(cache_dir))
+    try:
+        check_base_weights(
+            local, recorded_sha256, hashes, allow_other=allow_other, where=base_model
+        )
+    finally:
+        # Bases that are gone (an older cache entry, a deleted directory) leave the table.
+        kept = {k: v for k, v in hashes.table.items() if Path(k.split(":", 1)[1]).exists()}
+        if len(kept) < len(hashes.table):
+            hashes.table, hashes.changed = kept, True
+        hashes.save()
+    return local

@@ -1,9 +1,12 @@
 """The registered model as MLflow sees it: a pyfunc that generates text with the adapter.
 
 This file is logged as "model from code": MLflow runs it at load time, with loraflow's `models`
-package shipped beside it (code_paths), so any environment with torch, transformers and peft can
-load a registered adapter. The base model is resolved at load time from `model_config["base_model"]`
-(recorded at registration; override it with `load_model(uri, model_config={"base_model": ...})`).
+and `tasks` packages shipped beside it (code_paths), so any environment with torch, transformers,
+peft and boto3 can load a registered adapter. The base model is resolved at load time from
+`model_config["base_model"]`, the base as the run's config named it (an s3:// prefix, a hub id, a
+directory; override it with `load_model(uri, model_config={"base_model": ...})`), and its weights
+must hash to the recorded `model_config["base_model_sha256"]` unless `allow_other_base` is true
+(tasks.lib.base_cache.serving_base).
 """
 
 from __future__ import annotations
@@ -70,12 +73,16 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from models.data.chat import load_prompt_format
         from models.evaluation.serving import load_adapted
+        from tasks.lib.base_cache import serving_base
 
         config = context.model_config or {}
         self.max_new_tokens = int(config.get("max_new_tokens", 32))
-        self.model, self.tokenizer = load_adapted(
-            config["base_model"], context.artifacts["adapter"]
+        base = serving_base(
+            config.get("base_model", ""),
+            config.get("base_model_sha256", ""),
+            allow_other=str(config.get("allow_other_base", False)).lower() == "true",
         )
+        self.model, self.tokenizer = load_adapted(base, context.artifacts["adapter"])
         self.format = load_prompt_format(context.artifacts["adapter"])
 
     def predict(self, context, model_input, params=None):

@@ -2,6 +2,7 @@
 verified, reused; an export's prefix as it is; one-line errors."""
 
 import json
+import os
 import uuid
 
 import boto3
@@ -125,3 +126,81 @@ def test_missing_credentials_are_named_in_one_line(s3_server, monkeypatch, tmp_p
     assert one_line(e) == (
         "s3://some-bucket/base: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_PROFILE)"
     )
+
+
+# What a registered version does at load (tasks.lib.base_cache.serving_base): the base it records
+# or the caller's override, its weights checked against the recorded sha256.
+
+
+def local_model(root, weights=b"\x00weights\x01" * 1000):
+    root.mkdir(parents=True)
+    (root / "config.json").write_bytes(b"{}")
+    (root / "model.safetensors").write_bytes(weights)
+    return root
+
+
+def test_a_recorded_base_is_checked_and_a_warm_load_trusts_the_remembered_hashes(tmp_path):
+    from models.base_model.identity import OtherBaseError
+    from models.hashing import FileHashes, weights_sha256
+    from tasks.lib.base_cache import base_hashes_path, serving_base
+
+    base = local_model(tmp_path / "base")
+    recorded = weights_sha256(base)
+    cache = tmp_path / "cache" / "s3-bases"
+    assert serving_base(str(base), recorded, cache_dir=cache) == str(base)
+    table = base_hashes_path(cache)
+    assert table == tmp_path / "cache" / "base-hashes.json"
+
+    # A warm load reads the table, not the weights: a remembered digest that lies is believed.
+    remembered = FileHashes(table)
+    (key,) = remembered.table
+    remembered.table[key][3] = "0" * 64
+    remembered.changed = True
+    remembered.save()
+    with pytest.raises(OtherBaseError) as e:
+        serving_base(str(base), recorded, cache_dir=cache)
+    assert recorded in one_line(e)
+    # Touched weights are read again (their mtime changed), and they are the recorded ones.
+    st = (base / "model.safetensors").stat()
+    os.utime(base / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert serving_base(str(base), recorded, cache_dir=cache) == str(base)
+
+
+def test_other_weights_are_refused_in_one_line_unless_allowed(tmp_path):
+    from models.base_model.identity import OtherBaseError
+    from models.hashing import weights_sha256
+    from tasks.lib.base_cache import serving_base
+
+    trained = weights_sha256(local_model(tmp_path / "trained"))
+    other = local_model(tmp_path / "other", weights=b"other weights")
+    found = weights_sha256(other)
+    with pytest.raises(OtherBaseError) as e:
+        serving_base(str(other), trained, cache_dir=tmp_path / "cache")
+    assert one_line(e) == (
+        f"base model {other}: weights sha256 {found} differ from the recorded base_model_sha256 "
+        f"{trained} this adapter was trained on; load the base it was trained on, or pass "
+        'model_config={"allow_other_base": true} to use these weights anyway'
+    )
+    assert serving_base(str(other), trained, allow_other=True, cache_dir=tmp_path) == str(other)
+    # A hub id is identified by its name (the lineage records "hub"): nothing to compare.
+    assert serving_base(str(other), "hub", cache_dir=tmp_path / "cache") == str(other)
+    assert serving_base("org/some-model", "hub", cache_dir=tmp_path / "cache") == "org/some-model"
+
+
+def test_a_base_that_is_not_here_names_it_and_the_override(tmp_path, monkeypatch):
+    from tasks.lib.base_cache import MissingBaseError, serving_base
+
+    gone = tmp_path / "trainer" / "base"
+    with pytest.raises(MissingBaseError) as e:
+        serving_base(str(gone), "0" * 64, cache_dir=tmp_path / "cache")
+    assert one_line(e) == (
+        f"base model {gone}: no such directory on this machine; pass model_config="
+        '{"base_model": "<directory, hub id or s3:// URI>"} to load it from where it is'
+    )
+    with pytest.raises(MissingBaseError) as e:
+        serving_base("", "0" * 64, cache_dir=tmp_path / "cache")
+    assert "records no base model" in one_line(e)
+    # A relative path is taken from the working directory, as at training.
+    base = local_model(tmp_path / "here" / "base")
+    monkeypatch.chdir(tmp_path / "here")
+    assert serving_base("./base", "", cache_dir=tmp_path / "cache") == str(base)

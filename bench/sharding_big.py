@@ -186,7 +186,7 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
     }
 
 
-FIGURE_15 = LargeRun(hidden=2048, layers=22, seq_len=64, batch_size=2, warmup=1, steps=2)
+FIGURE_15 = LargeRun(hidden=2048, layers=22, seq_len=64, batch_size=1, warmup=1, steps=2)
 
 
 def _available() -> int:

@@ -10,7 +10,10 @@ torchrun child's for 2; all with bench.workers.MEMORY_ENV, so freed memory leave
 - process peak: the kernel's high-water mark (getrusage maxrss: the largest child's for 2);
 - per rank and phase, sampled every 20 ms from /proc (the rank read from each child's
   environment): loading and the first step (until its log), the other steps, the checkpoint
-  save (last log to its announcement) and the final save (announcement to the end);
+  save (last log to its announcement) and the final save (announcement to the end); the
+  resident set and its anonymous part (the rest is file pages mapped in: an unsharded load
+  maps the whole safetensors file while it copies it, page cache shared by the ranks, which
+  the samples see and the kernel's high-water mark did not here);
 - rank 0's training peak as a run logs it (TrainResult.peak_memory_bytes, growth over
   trainer.train(), the checkpoint save inside it).
 Beside each arm, `loraflow plan`'s per-rank estimate for the same spec (plan_run: weights per
@@ -46,12 +49,18 @@ PHASES = ("load + step 1", "steps", "checkpoint save", "final save")
 GOAL = 0.6  # the largest FSDP process peak over DDP's
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int) -> tuple[int, int]:
+    """(resident set, its anonymous part) of `pid` in bytes; (0, 0) once it is gone. The rest
+    is file pages mapped into it (e.g. a safetensors file), shared with other processes."""
+    found = {}
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "RssAnon:")):
+                    found[line.split(":")[0]] = int(line.split()[1]) * 1024
     except OSError:
-        return 0
+        pass
+    return found.get("VmRSS", 0), found.get("RssAnon", 0)
 
 
 def _children(pid: int) -> list[int]:
@@ -111,12 +120,14 @@ class RankSampler:
         while not self._stop.wait(self.interval_s):
             now = time.perf_counter()
             for rank, pid in self._workers().items():
-                rss = _rss(pid)
+                rss, anon = _rss(pid)
                 if rss:
-                    self.samples.setdefault(rank, []).append((now, rss))
+                    self.samples.setdefault(rank, []).append((now, rss, anon))
 
-    def peak(self, rank: int, start: float, end: float) -> int:
-        return max((b for t, b in self.samples.get(rank, []) if start <= t < end), default=0)
+    def peak(self, rank: int, start: float, end: float, anon: bool = False) -> int:
+        """The largest sample of `rank` between start and end (its anonymous part: anon)."""
+        samples = self.samples.get(rank, [])
+        return max((s[2 if anon else 1] for s in samples if start <= s[0] < end), default=0)
 
 
 def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
@@ -167,6 +178,17 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
         rank: {name: sampler.peak(rank, bounds[i], bounds[i + 1]) for i, name in enumerate(PHASES)}
         for rank in range(ranks)
     }
+    anon = {
+        rank: {
+            name: sampler.peak(rank, bounds[i], bounds[i + 1], True)
+            for i, name in enumerate(PHASES)
+        }
+        for rank in range(ranks)
+    }
+    # rank 0 every ~0.5 s: seconds since the start, resident MiB, anonymous MiB
+    timeline = [
+        (round(t - started, 2), b // MiB, a // MiB) for t, b, a in sampler.samples.get(0, [])[::25]
+    ]
     return {
         "ranks": ranks,
         "sharding": sharding,
@@ -174,6 +196,12 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
         "peak_rss_per_rank": resource.getrusage(who).ru_maxrss * 1024,  # KiB on Linux
         "train_peak_bytes": result.peak_memory_bytes,  # rank 0's growth over trainer.train()
         "phase_peaks": phases,  # rank -> phase -> sampled peak RSS
+        "phase_anon_peaks": anon,  # the same, anonymous memory only
+        "timeline": timeline,
+        "stamps": {
+            "steps": {s: round(t - started, 2) for s, t in stamps.items()},
+            "checkpoint": [round(t - started, 2) for t in saved],
+        },
         "plan_peak_bytes": plan.est_peak_memory_bytes,
         "plan": plan.to_dict(),
         "tokens_per_second": run.steps
@@ -195,6 +223,11 @@ def _available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _largest(arm: dict, key: str) -> int:
+    """The largest sampled peak of any rank in any phase (key: phase_peaks, phase_anon_peaks)."""
+    return max(peak for phases in arm[key].values() for peak in phases.values())
 
 
 def run(large: LargeRun = FIGURE_15, need_gib: float = 16.0) -> Figure:
@@ -227,6 +260,7 @@ def run(large: LargeRun = FIGURE_15, need_gib: float = 16.0) -> Figure:
                 )
     one, ddp, fsdp = (arms[f"{r} {s}"] for r, s in ARMS)
     ratio = fsdp["peak_rss_per_rank"] / ddp["peak_rss_per_rank"]
+    anon_ratio = _largest(fsdp, "phase_anon_peaks") / _largest(ddp, "phase_anon_peaks")
 
     def measured_tensors(arm: dict) -> int:
         return arm["param_bytes_per_rank"] + arm["train_peak_bytes"]
@@ -236,15 +270,21 @@ def run(large: LargeRun = FIGURE_15, need_gib: float = 16.0) -> Figure:
         lines = [
             f"{name}: params {arm['param_bytes_per_rank'] / MiB:,.0f} MiB/rank, training peak "
             f"{arm['train_peak_bytes'] / MiB:,.0f} MiB (rank 0), process peak RSS "
-            f"{arm['peak_rss_per_rank'] / MiB:,.0f} MiB (largest rank), "
+            f"{arm['peak_rss_per_rank'] / MiB:,.0f} MiB (largest rank; sampled: "
+            f"{_largest(arm, 'phase_peaks') / MiB:,.0f}, anonymous "
+            f"{_largest(arm, 'phase_anon_peaks') / MiB:,.0f}), "
             f"{arm['tokens_per_second']:,.1f} tokens/s",
             f"  plan {arm['plan_peak_bytes'] / MiB:,.0f} MiB vs measured params + training "
             f"peak {measured_tensors(arm) / MiB:,.0f} MiB ({off:+.0%})",
         ]
         for rank, peaks in sorted(arm["phase_peaks"].items()):
             lines.append(
-                f"  rank {rank} peak RSS: "
-                + ", ".join(f"{phase} {peaks[phase] / MiB:,.0f}" for phase in PHASES)
+                f"  rank {rank} peak RSS (anonymous): "
+                + ", ".join(
+                    f"{phase} {peaks[phase] / MiB:,.0f} "
+                    f"({arm['phase_anon_peaks'][rank][phase] / MiB:,.0f})"
+                    for phase in PHASES
+                )
                 + " MiB"
             )
         return lines
@@ -255,7 +295,7 @@ def run(large: LargeRun = FIGURE_15, need_gib: float = 16.0) -> Figure:
         measured=(
             "process peak RSS per rank 1 rank / DDP / FSDP "
             + " / ".join(f"{a['peak_rss_per_rank'] / MiB:,.0f}" for a in (one, ddp, fsdp))
-            + f" MiB (FSDP {ratio:.2f}x DDP); tokens/s "
+            + f" MiB (FSDP {ratio:.2f}x DDP; anonymous {anon_ratio:.2f}x); tokens/s "
             + " / ".join(f"{a['tokens_per_second']:,.1f}" for a in (one, ddp, fsdp))
             + "; plan vs measured "
             + " / ".join(
@@ -267,6 +307,7 @@ def run(large: LargeRun = FIGURE_15, need_gib: float = 16.0) -> Figure:
         details={
             "arms": arms,
             "fsdp_over_ddp": ratio,
+            "fsdp_over_ddp_anonymous": anon_ratio,
             "goal_met": ratio <= GOAL
             and all(
                 abs(a["plan_peak_bytes"] / measured_tensors(a) - 1) <= 0.25

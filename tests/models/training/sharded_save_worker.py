@@ -1,10 +1,12 @@
 """One torchrun process of test_sharding's save test: a tiny base sharded at load (FSDP2, gloo),
 LoRA attached, its weights set to seeded random values; the adapter saved from
-saved_state_dict and from the full gathered state dict (how it was saved before), each under
-the profiler, which records every collective (gloo's all_gather) the process runs.
+saved_state_dict and from the full gathered state dict (how it was saved before), then as a
+checkpoint by the pipeline's Trainer for a sharded base and by the plain Trainer (how
+checkpoints were saved before), each under the profiler, which records every collective
+(gloo's all_gather) the process runs.
 
 `python -m torch.distributed.run --standalone --nproc-per-node 2 THIS BASE OUT`: rank 0 writes
-OUT/saved, OUT/full and OUT/report.json.
+OUT/saved, OUT/full, OUT/checkpoint-sharded, OUT/checkpoint-plain and OUT/report.json.
 """
 
 import json
@@ -17,10 +19,11 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.profiler import ProfilerActivity, profile
+from transformers import Trainer, TrainingArguments
 
 from models.base_model.loading import load_base
 from models.methods import AdapterSpec, get_method
-from models.training.sharding import saved_state_dict, sharded_load_kwargs
+from models.training.sharding import saved_state_dict, sharded_load_kwargs, sharded_trainer
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
 
@@ -49,11 +52,23 @@ def main(base: str, out: Path) -> None:
     if rank == 0:
         model.save_pretrained(out / "saved", state_dict=saved)
         model.save_pretrained(out / "full", state_dict=full)
+    # A checkpoint: the Trainer the pipeline uses for a base sharded at load, and the plain one.
+    checkpoint_gathers = {}
+    for name, trainer_class in (("sharded", sharded_trainer()), ("plain", Trainer)):
+        args = TrainingArguments(
+            out / "trainer", use_cpu=True, report_to="none", save_only_model=True
+        )
+        trainer = trainer_class(model=model, args=args)
+        with profile(activities=[ProfilerActivity.CPU]) as checkpoint_prof:
+            trainer.save_model(str(out / f"checkpoint-{name}"))
+        checkpoint_gathers[name] = gathers(checkpoint_prof)
+    if rank == 0:
         report = {
             "sharded": len(sharded),
             "saved_gathers": gathers(saved_prof),
             "full_gathers": gathers(full_prof),
             "sharded_keys_in_saved": sorted(sharded & set(saved)),
+            "checkpoint_gathers": checkpoint_gathers,
         }
         (out / "report.json").write_text(json.dumps(report))
     dist.barrier()

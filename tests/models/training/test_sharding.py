@@ -243,9 +243,10 @@ def test_two_nodes_of_one_process_match_one_node_of_two(fsdp_lora, tiny_base, ti
 
 @pytest.mark.slow
 def test_a_sharded_save_gathers_no_frozen_weight_and_writes_the_same_bytes(tiny_base, tmp_path):
-    """The adapter of a base sharded over 2 ranks is saved without one collective that gathers
-    (the profiler sees every gloo all_gather), and its file is byte for byte the one saved
-    from the full gathered state dict, as it was before, which gathers every frozen weight."""
+    """The adapter of a base sharded over 2 ranks is saved, at the end and in a checkpoint,
+    without one collective that gathers (the profiler sees every gloo all_gather), and its
+    file is byte for byte the one saved from the full gathered state dict, as it was before,
+    which gathers every frozen weight."""
     worker = Path(__file__).with_name("sharded_save_worker.py")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -259,6 +260,12 @@ def test_a_sharded_save_gathers_no_frozen_weight_and_writes_the_same_bytes(tiny_
     saved = (tmp_path / "saved" / "adapter_model.safetensors").read_bytes()
     assert saved == (tmp_path / "full" / "adapter_model.safetensors").read_bytes()
     assert len(load_file(tmp_path / "saved" / "adapter_model.safetensors")) == 2 * 2 * 2  # A, B
+    # Checkpoints: the pipeline's Trainer gathers nothing either; the plain one (PEFT handed the
+    # model's sharded state dict) gathered every frozen weight, on every rank.
+    gathered = report["checkpoint_gathers"]
+    assert gathered["sharded"] == 0 and gathered["plain"] >= report["sharded"]
+    for name in ("sharded", "plain"):
+        assert (tmp_path / f"checkpoint-{name}" / "adapter_model.safetensors").read_bytes() == saved
 
 
 @pytest.mark.parametrize(("arch", "shards"), [("llama", True), ("opt", True), ("gpt2", False)])

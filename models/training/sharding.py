@@ -5,7 +5,7 @@ it is loaded: `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N)
 `torch.distributed.fsdp.fully_shard` to every decoder layer (`layers.*`), the input embedding
 and the final norm (the model's FSDP plan), and each rank reads only its 1/N of every weight.
 In the forward and backward pass each layer's full weights are all-gathered just before it
-runs and freed after, so a rank holds its shards plus about one layer in full.
+runs and freed after, so a rank holds its shards plus a few layers in full (below).
 
 Frozen and trainable parameters: the frozen base weights are the sharded ones. The adapter is
 attached afterwards (PEFT, as for any base) and its small trainable weights stay whole on every
@@ -17,20 +17,29 @@ sharded trainable weights, but accelerate enables it on accelerators only, never
 where this is tested.
 
 Saving: only what PEFT saves is gathered, never the frozen base. The model's own state dict is
-sharded (FSDP2 hands out each rank's shards as DTensors, no collective); PEFT's
-get_peft_model_state_dict picks the adapter's entries out of it, and only a picked entry that is
-sharded (none for an adapter attached after sharding; a frozen embedding PEFT saves after a
-vocabulary resize would be one) is gathered, on every rank, in the same order
-(saved_state_dict). save_pretrained then writes the same tensors as from a full state dict: a
-standard PEFT adapter, byte for byte the one the full gather gave, that PeftModel.from_pretrained
-loads and the export merges. Gathering the full state dict instead (torch's get_model_state_dict
-with full_state_dict) put a whole copy of the base in rank 0's memory at the save: 1.6x DDP's
-peak at 1.1B parameters (docs/performance.md, figure 15).
+sharded (FSDP2 hands out each rank's shards as DTensors, no collective). PEFT's
+get_peft_model_state_dict, handed DTensors, gathers every one of them (its tensor-parallel path,
+taken for an FSDP model too), so saved_state_dict asks it which entries it saves on a stand-in
+with no DTensor in it, and gathers, on every rank and in the same order, only the sharded
+entries among them (none for an adapter attached after sharding; a frozen embedding PEFT saves
+after a vocabulary resize would be one). save_pretrained then writes the same tensors as from a
+full state dict: a standard PEFT adapter, byte for byte the one the full gather gave, that
+PeftModel.from_pretrained loads and the export merges. The full gather (torch's
+get_model_state_dict with full_state_dict) put a whole copy of the base in rank 0's memory at the
+final save; PEFT's own gather put one in every rank at each checkpoint (issue 38;
+docs/performance.md, row 15).
 
 Checkpoints: the Trainer saves only the adapter and its trainer_state.json for a base sharded
-at load (save_only_model; it refuses more); every rank adds the optimizer, schedule and RNG
-state beside them (models.training.checkpoints.sharded_train_state), so a run killed on any
-rank resumes from the newest complete checkpoint with the adapter of an uninterrupted run.
+at load (save_only_model; it refuses more), through sharded_trainer's save_model, which saves
+from saved_state_dict too; every rank adds the optimizer, schedule and RNG state beside them
+(models.training.checkpoints.sharded_train_state), so a run killed on any rank resumes from the
+newest complete checkpoint with the adapter of an uninterrupted run.
+
+Memory per rank: the rank's shard, about three decoder layers whole at the end of the forward
+pass (the one computing; its all-gather output, which FSDP2 keeps until the next layer's
+gather is copied out; the next gather, and on gloo that collective's own temporary), the
+output embedding (kept whole from forward to backward by transformers' FSDP plan), the adapter
+state and the activations: models.training.plan counts these (GATHERED_LAYERS).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ On CPU every worker runs with 1 torch thread unless --threads says otherwise (se
 
 Outside the suite (its own command, minutes and ~2x the base's bytes of disk):
   python -m bench.export_big --size 7b   the largest base exported here, peak RSS, to S3
+  python -m bench.sharding_big           15. DDP vs FSDP on a 1.1B float32 base: peak memory per
+                                         rank and phase, the plan beside it (~14 GB, 16 GiB free)
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Per rank: the parameter bytes it keeps (TrainResult.param_bytes_per_rank: its sh
 FSDP); rank 0's peak memory growth over `trainer.train()` (TrainResult.peak_memory_bytes, what
 a run logs: gradients, optimizer state, activations, gathered layers); and the peak resident set
 over the whole process (getrusage's maxrss: the worker's own for 1 rank, its largest torchrun
-child's for 2), which also holds torch itself, the loading and, under FSDP, rank 0's gathered
-full state dict at the save.
+child's for 2), which also holds torch itself and the loading (figure 15, bench.sharding_big,
+measures it by phase on a base 11x larger).
 Tokens/s is the whole job's (all ranks), timed from the relayed per-step log after `warmup`.
 """
 

@@ -14,8 +14,13 @@ from models.export.merge import export_peak_bytes
 from models.methods import get_method
 from models.methods.base import lora_saved_bytes_per_token
 
-# FSDP2 holds one decoder layer whole while it computes and prefetches the next one's gather.
-GATHERED_LAYERS = 2
+# FSDP2 holds the decoder layer it computes whole, keeps that layer's all-gather output until the
+# next layer's gather is copied out (forward), and the next gather needs its own output; on gloo
+# the collective adds a temporary of the same size (measured: ~3 layers, docs/team.md).
+GATHERED_LAYERS = 3
+# DistributedDataParallel broadcasts rank 0's parameters, frozen ones too, when it wraps the
+# model, one coalesced bucket of up to 250 MiB at a time (torch's broadcast_bucket_size).
+DDP_BROADCAST_BUCKET = 250 * 2**20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAM_BYTES_PER_TRAINABLE = 4 + 4 + 8  # fp32 weight, fp32 grad, two fp32 Adam moments
 
@@ -44,6 +49,8 @@ class Plan:
     layer_bytes: int = 0  # frozen weights of the largest decoder layer
     base_weight_bytes_per_rank: int = 0
     gathered_bytes: int = 0  # layers held whole at once while computing (sharded only)
+    output_embedding_bytes: int = 0  # kept whole from forward to backward when sharded
+    broadcast_bytes: int = 0  # DDP's broadcast of the parameters as it wraps the model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +162,9 @@ def plan_run(spec: TrainSpec) -> Plan:
     sharded = spec.sharding == "fsdp" and ranks > 1
     per_rank = -(-base_bytes // ranks) if sharded else base_bytes
     layer = largest_layer_bytes(model, width)
-    gathered = GATHERED_LAYERS * layer if sharded else 0
+    head = output_embedding_bytes(model, width)
+    gathered = GATHERED_LAYERS * layer + head if sharded else 0
+    broadcast = min(base_bytes, DDP_BROADCAST_BUCKET) if ranks > 1 and not sharded else 0
     return Plan(
         method=method,
         trainable_params=trainable,
@@ -165,7 +174,7 @@ def plan_run(spec: TrainSpec) -> Plan:
         base_weight_bytes=base_bytes,
         optimizer_state_bytes=optimizer,
         activation_bytes=acts,
-        est_peak_memory_bytes=per_rank + gathered + optimizer + acts,
+        est_peak_memory_bytes=per_rank + gathered + broadcast + optimizer + acts,
         est_export_peak_bytes=export_peak,
         batch_size=batch_size,
         seq_len=seq_len,
@@ -175,6 +184,8 @@ def plan_run(spec: TrainSpec) -> Plan:
         layer_bytes=layer,
         base_weight_bytes_per_rank=per_rank,
         gathered_bytes=gathered,
+        output_embedding_bytes=head,
+        broadcast_bytes=broadcast,
     )
 
 
@@ -190,6 +201,14 @@ def largest_layer_bytes(model, width: int) -> int:
     return max(sizes, default=0) * width
 
 
+def output_embedding_bytes(model, width: int) -> int:
+    """Bytes of the frozen output embedding (the input one where they are tied): transformers'
+    FSDP plan keeps it whole from the forward pass to the backward (keep_full_weight)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return weight.numel() * width if weight is not None else 0
+
+
 def fsdp_ranks_needed(plan: Plan, gpu_memory_bytes: int) -> int | None:
     """The fewest ranks over which sharding (fsdp) fits the plan's training in
     `gpu_memory_bytes` per card: 1 when it fits one card unsharded, None when it fits no
@@ -197,7 +216,12 @@ def fsdp_ranks_needed(plan: Plan, gpu_memory_bytes: int) -> int | None:
     whole = plan.base_weight_bytes + plan.optimizer_state_bytes + plan.activation_bytes
     if whole <= gpu_memory_bytes:
         return 1
-    fixed = GATHERED_LAYERS * plan.layer_bytes + plan.optimizer_state_bytes + plan.activation_bytes
+    fixed = (
+        GATHERED_LAYERS * plan.layer_bytes
+        + plan.output_embedding_bytes
+        + plan.optimizer_state_bytes
+        + plan.activation_bytes
+    )
     room = gpu_memory_bytes - fixed
     if room <= 0:
         return None
@@ -218,8 +242,13 @@ def sharding_notes(plan: Plan, gpu_memory: str | None) -> str:
     if plan.sharding == "fsdp":
         lines.append(
             f"per rank          {plan.ranks} ranks, fsdp: weights "
-            f"{plan.base_weight_bytes_per_rank / gib:.2f} GiB + gathered layers "
-            f"{plan.gathered_bytes / gib:.2f} GiB (in the peak above)"
+            f"{plan.base_weight_bytes_per_rank / gib:.2f} GiB + gathered layers and output "
+            f"embedding {plan.gathered_bytes / gib:.2f} GiB (in the peak above)"
+        )
+    elif plan.broadcast_bytes:
+        lines.append(
+            f"per rank          {plan.ranks} ranks, DDP: the whole base + its broadcast bucket "
+            f"{plan.broadcast_bytes / gib:.2f} GiB (in the peak above)"
         )
     fit = card_fit(plan, gpu_memory)
     if fit:

@@ -5,7 +5,7 @@ it is loaded: `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N)
 `torch.distributed.fsdp.fully_shard` to every decoder layer (`layers.*`), the input embedding
 and the final norm (the model's FSDP plan), and each rank reads only its 1/N of every weight.
 In the forward and backward pass each layer's full weights are all-gathered just before it
-runs and freed after, so a rank holds its shards plus about one layer in full.
+runs and freed after, so a rank holds its shards plus a few layers in full (below).
 
 Frozen and trainable parameters: the frozen base weights are the sharded ones. The adapter is
 attached afterwards (PEFT, as for any base) and its small trainable weights stay whole on every
@@ -16,16 +16,30 @@ sharding; accelerate's own FSDP wrapping (TrainingArguments `fsdp`) would do the
 sharded trainable weights, but accelerate enables it on accelerators only, never on CPU/gloo,
 where this is tested.
 
-Saving: every rank takes part in gathering the full state dict (torch's get_model_state_dict,
-full_state_dict and cpu_offload: it lands in rank 0's host memory only, one tensor at a time
-through the collectives), and PEFT's save_pretrained picks the adapter's tensors out of it: a
-standard PEFT adapter that PeftModel.from_pretrained loads and the export merges. Rank 0's host
-memory holds one full copy of the base while it saves.
+Saving: only what PEFT saves is gathered, never the frozen base. The model's own state dict is
+sharded (FSDP2 hands out each rank's shards as DTensors, no collective). PEFT's
+get_peft_model_state_dict, handed DTensors, gathers every one of them (its tensor-parallel path,
+taken for an FSDP model too), so saved_state_dict asks it which entries it saves on a stand-in
+with no DTensor in it, and gathers, on every rank and in the same order, only the sharded
+entries among them (none for an adapter attached after sharding; a frozen embedding PEFT saves
+after a vocabulary resize would be one). save_pretrained then writes the same tensors as from a
+full state dict: a standard PEFT adapter, byte for byte the one the full gather gave, that
+PeftModel.from_pretrained loads and the export merges. The full gather (torch's
+get_model_state_dict with full_state_dict) put a whole copy of the base in rank 0's memory at the
+final save; PEFT's own gather put one in every rank at each checkpoint (issue 38;
+docs/performance.md, row 15).
 
 Checkpoints: the Trainer saves only the adapter and its trainer_state.json for a base sharded
-at load (save_only_model; it refuses more); every rank adds the optimizer, schedule and RNG
-state beside them (models.training.checkpoints.sharded_train_state), so a run killed on any
-rank resumes from the newest complete checkpoint with the adapter of an uninterrupted run.
+at load (save_only_model; it refuses more), through sharded_trainer's save_model, which saves
+from saved_state_dict too; every rank adds the optimizer, schedule and RNG state beside them
+(models.training.checkpoints.sharded_train_state), so a run killed on any rank resumes from the
+newest complete checkpoint with the adapter of an uninterrupted run.
+
+Memory per rank: the rank's shard, about three decoder layers whole at the end of the forward
+pass (the one computing; its all-gather output, which FSDP2 keeps until the next layer's
+gather is copied out; the next gather, and on gloo that collective's own temporary), the
+output embedding (kept whole from forward to backward by transformers' FSDP plan), the adapter
+state and the activations: models.training.plan counts these (GATHERED_LAYERS).
 """
 
 from __future__ import annotations
@@ -128,19 +142,58 @@ def quantized_shard_refusal(
     return ""
 
 
-def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """The full state dict of a sharded model, on rank 0's CPU ({} on the other ranks); None
-    for a model with no sharded parameter (it saves as it is).
+def saved_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The entries of a sharded model's state dict that PEFT's save_pretrained saves, whole:
+    the adapter's as they are (references, no copies), a sharded one gathered; None for a model
+    with no sharded parameter (it saves as it is).
 
-    A collective for a sharded model: every rank must call it.
+    A collective for a sharded model (one gather per sharded entry PEFT saves; none for an
+    adapter attached after sharding): every rank must call it. The frozen base is not gathered.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    import torch
+    from peft import get_peft_model_state_dict
     from torch.distributed.tensor import DTensor
 
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
+    state = model.state_dict()  # FSDP2: this rank's shards, no collective
+    if not any(isinstance(v, DTensor) for v in state.values()):
         return None
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+    # PEFT picks by name and passes the picked values through, but given a DTensor it gathers
+    # every one (its tensor-parallel path, taken for FSDP too), so it is asked on a stand-in
+    # holding each entry's index and no DTensor.
+    keys = list(state)
+    stand_in = {key: torch.tensor([i]) for i, key in enumerate(keys)}
+    picked = [keys[int(v)] for v in get_peft_model_state_dict(model, state_dict=stand_in).values()]
+    return {
+        key: state[key].full_tensor() if isinstance(state[key], DTensor) else state[key]
+        for key in picked
+    }
+
+
+def sharded_trainer():
+    """The Trainer class for a base sharded at load: its checkpoints save the adapter from
+    saved_state_dict. The Trainer's own save hands PEFT the model's state dict, and PEFT
+    gathers every sharded weight into it, a whole copy of the base in every rank at each
+    checkpoint."""
+    import os
+
+    import torch
+    from transformers import Trainer
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    class ShardedTrainer(Trainer):
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+            out = output_dir or self.args.output_dir
+            state = saved_state_dict(self.model)  # every rank takes part
+            if not self.args.should_save:
+                return
+            os.makedirs(out, exist_ok=True)
+            self.model.save_pretrained(out, state_dict=state)
+            tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(out)
+            torch.save(self.args, os.path.join(out, TRAINING_ARGS_NAME))
+
+    return ShardedTrainer
 
 
 def resident_param_bytes(model: torch.nn.Module) -> int:

@@ -31,9 +31,10 @@ from models.training.hardware import numeric_environment
 from models.training.memory import page_in, track_peak_memory
 from models.training.sharding import (
     fsdp_job,
-    gathered_state_dict,
     resident_param_bytes,
+    saved_state_dict,
     sharded_load_kwargs,
+    sharded_trainer,
     shards_at_load,
     trainer_fsdp_arguments,
 )
@@ -184,7 +185,9 @@ def train_adapter(
     chunked = use_chunked_loss(spec.chunked_loss, model, batch_tokens, world_size, spec.kernels)
     if spec.compile and device == "cuda":
         causal_lm_parts(model)[0].compile()  # the decoder; the loss path calls it either way
-    trainer = (ChunkedLossTrainer if chunked else Trainer)(
+    # A base sharded at load saves checkpoints without gathering it (chunked is off for > 1 rank).
+    trainer_class = sharded_trainer() if sharded else ChunkedLossTrainer if chunked else Trainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_items(
@@ -230,7 +233,7 @@ def train_adapter(
         chunked_loss=chunked,
         param_bytes_per_rank=resident_param_bytes(model),
     )
-    state_dict = gathered_state_dict(model)  # sharded: every rank takes part; else None
+    state_dict = saved_state_dict(model)  # sharded: every rank takes part; else None
     if save:
         _save(
             result, model, tokenizer, method, spec, Path(output_dir), extra_files or {}, state_dict
@@ -376,7 +379,7 @@ def _save(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Adapter, tokenizer and extra files to `out`; the result gets their place and hash.
-    state_dict: a sharded model's gathered full state dict (PEFT picks the adapter's tensors)."""
+    state_dict: a sharded model's saved_state_dict (PEFT picks the adapter's tensors)."""
     out.mkdir(parents=True, exist_ok=True)
     if method.before_save is not None:
         method.before_save(model, spec.adapter)

@@ -190,13 +190,15 @@ def test_the_plan_counts_one_chunk_of_logits_where_training_chunks_the_loss(
     plain = estimate(chunked_loss="off")
     assert plain - estimate(chunked_loss="auto") == (tokens - 16) * vocab * 8
     assert estimate(chunked_loss="on") == estimate(chunked_loss="auto")
-    assert estimate(chunked_loss="auto", num_processes=2) == plain  # DDP: the plain path
+    ddp = estimate(chunked_loss="off", num_processes=2)
+    assert estimate(chunked_loss="auto", num_processes=2) == ddp  # DDP: the plain path
     # Gemma 2 softcaps its logits: auto keeps every logit there.
     assert estimate("gemma2", chunked_loss="auto") == estimate("gemma2", chunked_loss="off")
 
 
 def test_fsdp_plan_is_per_rank(llama7b):
-    """Llama-7B in bf16 over 8 ranks: 1/8 of the base each, plus two whole decoder layers."""
+    """Llama-7B in bf16 over 8 ranks: 1/8 of the base each, plus three whole decoder layers
+    and the output embedding; DDP: the whole base plus one 250 MiB broadcast bucket."""
     args = dict(base_model=llama7b, method="lora", adapter=spec(), batch_size=1, seq_len=512)
     ddp = plan(**args, dtype="bfloat16", num_processes=8)
     fsdp = plan(**args, dtype="bfloat16", num_processes=4, num_nodes=2, sharding="fsdp")
@@ -206,12 +208,18 @@ def test_fsdp_plan_is_per_rank(llama7b):
     assert (fsdp.ranks, fsdp.sharding, ddp.sharding) == (8, "fsdp", "none")
     assert fsdp.base_weight_bytes == ddp.base_weight_bytes == ddp.base_weight_bytes_per_rank
     assert fsdp.base_weight_bytes_per_rank == -(-fsdp.base_weight_bytes // 8)
-    assert fsdp.gathered_bytes == 2 * layer and ddp.gathered_bytes == 0
+    head = 32000 * 4096 * 2  # lm_head, untied
+    assert fsdp.output_embedding_bytes == ddp.output_embedding_bytes == head
+    assert fsdp.gathered_bytes == 3 * layer + head and ddp.gathered_bytes == 0
     assert fsdp.est_peak_memory_bytes == (
-        fsdp.base_weight_bytes_per_rank + 2 * layer + fsdp.optimizer_state_bytes
+        fsdp.base_weight_bytes_per_rank + 3 * layer + head + fsdp.optimizer_state_bytes
         + fsdp.activation_bytes
     )  # fmt: skip
-    assert ddp.est_peak_memory_bytes - fsdp.est_peak_memory_bytes > 10 * 2**30
+    assert (ddp.broadcast_bytes, fsdp.broadcast_bytes) == (250 * 2**20, 0)
+    assert ddp.est_peak_memory_bytes == (
+        ddp.base_weight_bytes + 250 * 2**20 + ddp.optimizer_state_bytes + ddp.activation_bytes
+    )
+    assert ddp.est_peak_memory_bytes - fsdp.est_peak_memory_bytes > 9 * 2**30
 
 
 def test_ranks_needed_for_a_card_is_the_fewest_that_fit(llama7b):

@@ -2,9 +2,12 @@
 process against 1 node x 2 processes (two torchrun launchers meeting on loopback)."""
 
 import dataclasses
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -236,6 +239,33 @@ def test_two_nodes_of_one_process_match_one_node_of_two(fsdp_lora, tiny_base, ti
     assert first.steps == one_node.steps and first.loss_history == one_node.loss_history
     assert first.adapter_sha256 == one_node.adapter_sha256  # same ranks, same sums: same bytes
     assert first.param_bytes_per_rank == one_node.param_bytes_per_rank
+
+
+@pytest.mark.slow
+def test_a_sharded_save_gathers_no_frozen_weight_and_writes_the_same_bytes(tiny_base, tmp_path):
+    """The adapter of a base sharded over 2 ranks is saved, at the end and in a checkpoint,
+    without one collective that gathers (the profiler sees every gloo all_gather), and its
+    file is byte for byte the one saved from the full gathered state dict, as it was before,
+    which gathers every frozen weight."""
+    worker = Path(__file__).with_name("sharded_save_worker.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(worker), str(tiny_base), str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sharded"] > 0 and report["full_gathers"] >= report["sharded"]  # it can see
+    assert report["saved_gathers"] == 0 and report["sharded_keys_in_saved"] == []
+    saved = (tmp_path / "saved" / "adapter_model.safetensors").read_bytes()
+    assert saved == (tmp_path / "full" / "adapter_model.safetensors").read_bytes()
+    assert len(load_file(tmp_path / "saved" / "adapter_model.safetensors")) == 2 * 2 * 2  # A, B
+    # Checkpoints: the pipeline's Trainer gathers nothing either; the plain one (PEFT handed the
+    # model's sharded state dict) gathered every frozen weight, on every rank.
+    gathered = report["checkpoint_gathers"]
+    assert gathered["sharded"] == 0 and gathered["plain"] >= report["sharded"]
+    for name in ("sharded", "plain"):
+        assert (tmp_path / f"checkpoint-{name}" / "adapter_model.safetensors").read_bytes() == saved
 
 
 @pytest.mark.parametrize(("arch", "shards"), [("llama", True), ("opt", True), ("gpt2", False)])

@@ -15,16 +15,18 @@ from models.registry.approval import (
     status_of,
     waiting_run,
 )
-from models.registry.promotion import Gate, Guard, decide, decide_promotion
+from models.registry.promotion import Gate, Guard, decide_promotion
 
 GATE = Gate("eval_loss", guards=(Guard("exact_match", 0.05),))
 BETTER = {"eval_loss": 1.0, "exact_match": 0.5}
 CHAMPION = {"eval_loss": 1.2, "exact_match": 0.5}
 
 
-def decision(challenger=BETTER, force=False):
-    return decide_promotion(version="3", gate=GATE, challenger=challenger, seen_version="2",
-                            seen=CHAMPION, current_version="2", current=CHAMPION, force=force)  # fmt: skip
+def decision(challenger=BETTER, force=False, champion="2"):
+    seen = CHAMPION if champion else None
+    return decide_promotion(version="3", gate=GATE, challenger=challenger, force=force,
+                            seen_version=champion, seen=seen, current_version=champion,
+                            current=seen)  # fmt: skip
 
 
 def test_only_a_version_the_gate_passes_waits_for_signoff():
@@ -41,19 +43,13 @@ def test_only_a_version_the_gate_passes_waits_for_signoff():
 
 
 def test_a_first_version_waits_too_unless_a_base_guard_holds_it_back():
-    first = decide(GATE, BETTER, None)
-    assert needs_signoff("required", replace_outcome(first))
+    assert needs_signoff("required", decision(champion=None))
     held_back = decide_promotion(
         version="1", gate=Gate("eval_loss", guards=(Guard("exact_match", 0.0, against="base"),)),
         challenger=BETTER, seen_version=None, seen=None, current_version=None, current=None,
         base={"exact_match": 0.9},
     )  # fmt: skip
     assert not needs_signoff("required", held_back)
-
-
-def replace_outcome(d):
-    return decide_promotion(version="1", gate=GATE, challenger=BETTER, seen_version=None,
-                            seen=None, current_version=None, current=None)  # fmt: skip
 
 
 def test_statuses_and_tags():
@@ -105,7 +101,9 @@ def test_review_shows_figures_guards_examples_and_links():
         "adapter": {"eval_loss": 1.0, "exact_match": 0.5, "exact_match/easy": 0.7},
         "champion": {"eval_loss": 1.2, "exact_match": 0.5},
     }
-    examples = [{"prompt": "2+2 | ?", "expected": "4", "base": "5", "adapter": "4", "champion": "4"}]
+    examples = [
+        {"prompt": "2+2 | ?", "expected": "4", "base": "5", "adapter": "4", "champion": "4"}
+    ]
     text = review_markdown(model_name="m", version="3", decision=decision(), report=report,
                            examples=examples, run_link="http://mlflow/#/run", version_link="V",
                            timeout_s=600)  # fmt: skip

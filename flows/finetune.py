@@ -20,6 +20,7 @@ from models.registry.approval import (
     AWAITING,
     PENDING,
     approval_tags,
+    expiry_note,
     not_approved,
     review_markdown,
     status_of,
@@ -77,7 +78,7 @@ def _sign_off(
         flow_run_id=waiting, review=review, timeout_s=registry.approval_timeout
     )
     status = status_of(answer)
-    tags = approval_tags(status, waiting, answer)
+    tags = approval_tags(status, waiting, answer, note=expiry_note(registry.approval_timeout))
     if status != APPROVED:
         decision = not_approved(decision, tags)
         tags = {**tags, **decision.tags()}

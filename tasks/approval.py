@@ -30,6 +30,7 @@ from models.registry.approval import (
     REJECT,
     Answer,
     ApprovalError,
+    expiry_note,
     waiting_run,
 )
 from tasks.events import DATA_LANDED, announce_approval, data_landed_event
@@ -94,8 +95,7 @@ def wait_for_signoff(*, flow_run_id: str, review: str, timeout_s: int) -> Answer
     expired = threading.Event()
 
     def expire() -> None:
-        note = f"no answer within registry.approval_timeout ({timeout_s} s)"
-        answer = {"decision": REJECT, "reviewer": NOBODY, "comment": note}
+        answer = {"decision": REJECT, "reviewer": NOBODY, "comment": expiry_note(timeout_s)}
         if resume_with(flow_run_id, answer) is None:
             expired.set()  # ours was the answer; a person's would have made this one fail
 

@@ -71,10 +71,20 @@ def status_of(answer: Answer | None) -> str:
     return APPROVED if answer.decision == APPROVE else REJECTED
 
 
+def expiry_note(timeout_s: int) -> str:
+    """approval.comment of a version nobody answered for."""
+    return f"no answer within registry.approval_timeout ({timeout_s} s)"
+
+
 def approval_tags(
-    status: str, flow_run: str, answer: Answer | None = None, at: datetime | None = None
+    status: str,
+    flow_run: str,
+    answer: Answer | None = None,
+    at: datetime | None = None,
+    note: str = "",
 ) -> dict[str, str]:
-    """The five approval.* tags, all of them in every state."""
+    """The five approval.* tags, all of them in every state; `note` is the comment when there
+    is no answer (expired)."""
     if status not in STATUSES:
         raise ApprovalError(
             f"approval.status must be one of {', '.join(STATUSES)} (got {status!r})"
@@ -85,7 +95,7 @@ def approval_tags(
         "approval.status": status,
         "approval.by": by,
         "approval.at": when,
-        "approval.comment": answer.comment if answer else "",
+        "approval.comment": answer.comment if answer else note,
         "approval.flow_run": flow_run,
     }
 

@@ -8,6 +8,7 @@ from models.registry.approval import (
     Answer,
     ApprovalError,
     approval_tags,
+    expiry_note,
     held_for_approval,
     needs_signoff,
     not_approved,
@@ -65,7 +66,9 @@ def test_statuses_and_tags():
     }  # fmt: skip
     rejected = approval_tags("rejected", "run-1", Answer("reject", "bob", "too terse"), at)
     assert rejected["approval.by"] == "bob" and rejected["approval.comment"] == "too terse"
-    assert approval_tags("expired", "run-1", at=at)["approval.by"] == NOBODY
+    expired = approval_tags("expired", "run-1", at=at, note=expiry_note(600))
+    assert expired["approval.by"] == NOBODY
+    assert expired["approval.comment"] == "no answer within registry.approval_timeout (600 s)"
     kept = not_approved(held_for_approval(decision()), rejected)
     assert not kept.promote and kept.outcome == "not promoted (rejected)"
     assert kept.reason.startswith("rejected by bob (too terse); the gate had passed: eval_loss")

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 _FIRST = (
     "tests/flows/test_nightly.py",
     "tests/flows/test_team.py",
+    "tests/flows/test_approval.py",
     "tests/test_cli.py",
     "tests/models/training/test_sharding.py",
     "tests/flows/test_smollm2.py",

@@ -121,6 +121,7 @@ class TeamStack:
     passwords: dict[str, str] = field(default_factory=dict)
     databases: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, dict] = field(default_factory=dict)  # extra variables, per pool
+    ui: bool = False  # serve the Prefect UI at the API's origin (browser tests)
     env: dict = field(default_factory=dict)
     workers: dict = field(default_factory=dict)
     deployed: str = ""
@@ -151,7 +152,7 @@ class TeamStack:
             "PREFECT_HOME": str(self.root / "prefect-home"),
             "PREFECT_API_URL": self.prefect_api,
             "PREFECT_API_AUTH_STRING": self.auth_string,
-            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true" if self.ui else "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_LOGGING_LEVEL": "INFO",
             "MLFLOW_TRACKING_URI": self.mlflow_uri,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import signal
 import sys
 import threading
@@ -57,6 +59,10 @@ def cmd_run(args) -> int:
     from flows.console import checks_first, print_summary
 
     config = load_config(args.config, args.overrides)  # a bad config: one line, before imports
+    if config.registry.approval == "required":
+        from tasks.approval import prefect_server
+
+        prefect_server()  # a reviewer must reach the waiting run: not on a temporary server
     from flows.finetune import finetune
 
     with checks_first():
@@ -79,6 +85,32 @@ def cmd_promote(args) -> int:
         )
     verdict = "champion moved" if decision.moves_champion else "champion unchanged"
     print(f"{args.model}: {verdict}: {decision.reason}")
+    return 0
+
+
+def cmd_answer(args) -> int:
+    """`loraflow approve|reject`: answer the flow run waiting for sign-off of a version."""
+    from flows.console import print_answer
+    from tasks.approval import answer_signoff, settled_status
+
+    flow_run_id = answer_signoff(
+        model_name=args.model,
+        version=args.version,
+        decision=args.decision,
+        by=args.by,
+        comment=args.comment,
+    )
+    status = settled_status(args.model, args.version, args.wait)
+    print_answer(args.model, args.version, args.decision, flow_run_id, status)
+    return 0
+
+
+def cmd_notify(args) -> int:
+    """`loraflow notify`: new data under a source; deployments triggered on it start."""
+    from tasks.approval import notify_landed
+
+    resource = notify_landed(args.source)
+    print(f"loraflow.data.landed emitted for {resource}")
     return 0
 
 
@@ -211,6 +243,32 @@ def parser() -> argparse.ArgumentParser:
     )
     prom.add_argument("--force", action="store_true", help="move champion even if not better")
     prom.set_defaults(func=cmd_promote)
+    for decision, verb in (("approve", "approve"), ("reject", "reject")):
+        answer = sub.add_parser(
+            verb, help=f"{verb} a version waiting for sign-off (registry.approval: required)"
+        )
+        answer.add_argument("model", help="registered model name")
+        answer.add_argument("version", help="version number")
+        answer.add_argument("--comment", default="", help="why (recorded as approval.comment)")
+        answer.add_argument(
+            "--by",
+            default=os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser(),
+            help="reviewer recorded as approval.by (default: MLFLOW_TRACKING_USERNAME, "
+            "else the login name)",
+        )
+        answer.add_argument(
+            "--wait",
+            type=float,
+            default=120.0,
+            help="seconds to wait for the run to record the decision (default 120)",
+        )
+        answer.set_defaults(func=cmd_answer, decision=decision)
+    notify = sub.add_parser(
+        "notify",
+        help="emit loraflow.data.landed for a data source: triggered deployments start",
+    )
+    notify.add_argument("source", help="s3://bucket/prefix/ where new objects landed")
+    notify.set_defaults(func=cmd_notify)
     with_config("check", "validate config, base model and data; train nothing").set_defaults(
         func=cmd_check
     )

@@ -251,3 +251,15 @@ def print_plan(plan, gpu_memory: str | None = None) -> None:
         f"est. export peak {plan.est_export_peak_bytes / gib:.2f} GiB (merge-and-export: one "
         "base shard, the adapter, one layer's fp32 copies)" + sharding_notes(plan, gpu_memory)
     )
+
+
+def print_answer(model_name: str, version: str, decision: str, flow_run_id: str, status: str):
+    """`loraflow approve|reject`: the answer given, and what the waiting run recorded."""
+    done = {"approve": "approved", "reject": "rejected"}[decision]
+    if status == "pending":
+        print(
+            f"{model_name} v{version}: {done} (flow run {flow_run_id} resumed); it has not "
+            "recorded the decision yet: see approval.status on the version"
+        )
+        return
+    print(f"{model_name} v{version}: approval.status {status} (flow run {flow_run_id})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -14,21 +15,86 @@ from models.base_model.paths import canonical_base
 from models.config.file import run_config
 from models.config.run import LoraflowConfig, RegistryConfig
 from models.errors import LoraflowError
+from models.registry.approval import (
+    APPROVED,
+    AWAITING,
+    PENDING,
+    approval_tags,
+    expiry_note,
+    not_approved,
+    review_markdown,
+    status_of,
+)
+from tasks.approval import links, record_approval, wait_for_signoff
 from tasks.base_model import checked_base, fetch_base_model
 from tasks.dashboard import record_loss_curve
 from tasks.data import push_data, version_data
 from tasks.data_source import fetch_data
-from tasks.evaluate import candidates_for, evaluate, fetch_evaluation, record_evaluation
+from tasks.evaluate import (
+    EXAMPLES_FILE,
+    candidates_for,
+    evaluate,
+    fetch_evaluation,
+    record_evaluation,
+)
 from tasks.events import announce_failure
 from tasks.lib.checkpoint_store import training_key
 from tasks.lineage import collect_lineage, hash_inputs, run_tags
 from tasks.preflight import check_inputs, check_services
 from tasks.promotion import promote
-from tasks.registry import VersionRef, fetch_champion, register_adapter
+from tasks.registry import VersionRef, fetch_champion, find_champion, register_adapter
 from tasks.retrain_check import check_unchanged, record_skip
 from tasks.runtime import adapter_kept, config_of, config_parameter
 from tasks.tracking import close_run, fail_run, log_metrics, open_run
 from tasks.train import clear_checkpoints, dispatch_training, fetch_trained_adapter, train
+
+
+def _sign_off(
+    config: LoraflowConfig, run_id: str, version: str, decision, report: dict, adapter_dir: str
+):
+    """Stage 6b (registry.approval: required, the gate passed): record the version as pending,
+    pause for a person's answer with the review as the form's description, record it; on
+    approval the gate runs again, under the promotion lock, against the champion of that
+    moment (a version approved after a better champion arrived stays challenger)."""
+    registry = config.registry
+    waiting = str(flow_run.id)
+    record_approval(
+        model_name=registry.model_name, version=version, tags=approval_tags(PENDING, waiting)
+    )
+    examples_file = Path(adapter_dir, EXAMPLES_FILE)
+    examples = json.loads(examples_file.read_text()) if examples_file.is_file() else []
+    run_link, version_link = links(run_id, registry.model_name, version)
+    review = review_markdown(
+        model_name=registry.model_name,
+        version=version,
+        decision=decision,
+        report=report,
+        examples=examples[:EXAMPLES_REVIEWED],
+        run_link=run_link,
+        version_link=version_link,
+        timeout_s=registry.approval_timeout,
+    )
+    answer = wait_for_signoff(
+        flow_run_id=waiting, review=review, timeout_s=registry.approval_timeout
+    )
+    status = status_of(answer)
+    tags = approval_tags(status, waiting, answer, note=expiry_note(registry.approval_timeout))
+    if status != APPROVED:
+        decision = not_approved(decision, tags)
+        tags = {**tags, **decision.tags()}
+    record_approval(model_name=registry.model_name, version=version, tags=tags)
+    if status != APPROVED:
+        return decision
+    champion = find_champion(registry.model_name, download=False)
+    return promote(
+        model_name=registry.model_name,
+        version=version,
+        gate=config.gate(),
+        challenger=report["adapter"],
+        champion_version=decision.champion_version,
+        champion=report.get("champion") or (champion.figures() if champion else None),
+        base=report.get("base"),
+    )
 
 
 def _initial_run_name() -> str:
@@ -51,6 +117,9 @@ def _skipped(config: LoraflowConfig, champion: VersionRef, inputs: dict[str, str
     record_skip(model_name=config.registry.model_name, champion=champion, inputs=inputs)
     return skipped_summary(config, champion, inputs["data_md5"])
 
+
+# How many eval examples the sign-off form shows side by side.
+EXAMPLES_REVIEWED = 3
 
 # The MLflow run each finetune flow run in this process has open, for the state hooks below.
 _OPEN_RUNS: dict[str, str] = {}
@@ -122,7 +191,10 @@ def finetune(
          per slice of evaluation.slice_field); with training.deployment, on its pool
       5. register: the adapter as a new version of the registered model, alias `challenger`
       6. promote: alias `champion` moves to it only when the gate passes: registry.
-         promote_metric better (a tie broken by registry.tie_breaker), registry.guards held
+         promote_metric better (a tie broken by registry.tie_breaker), registry.guards held;
+         with registry.approval: required, a version that passes waits for a person's
+         sign-off first (6b, after the MLflow run is closed): this flow run pauses with a
+         form in the Prefect UI, answered there or by `loraflow approve|reject`
       7. export (export.enabled, new champions only): merge into the base, publish to S3
     With skip_if_unchanged (scheduled retraining), data md5, config sha256 and base weights
     sha256 are compared with the champion's tags (tasks.retrain_check): before stage 0 where
@@ -246,6 +318,7 @@ def finetune(
             # The champion as evaluated on this run's split, else the figures its run recorded.
             champion=report.get("champion") or (champion.figures() if champion else None),
             base=report.get("base"),  # for the guards against the base (forgetting)
+            approval=registry.approval,
         )
     except Exception as error:
         # A failure after training says where the adapter is kept (the MLflow run is marked
@@ -263,6 +336,11 @@ def finetune(
             checkpoint_key=checkpoint_key,
             output_dir=adapter_dir,
         )
+
+    if decision.outcome == AWAITING:
+        # Training, evaluation and registration are done and the MLflow run is closed: the wait
+        # holds no GPU, only this flow run's process on the pipeline's (cpu) pool.
+        decision = _sign_off(config, run_id, version, decision, report, adapter.adapter_dir)
 
     if config.export.enabled and decision.promote:
         export_model(f"models:/{registry.model_name}/{version}", config.export)

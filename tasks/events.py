@@ -7,6 +7,10 @@ Every model event's resource is `loraflow.model.<model name>` with these labels 
   and for promotion decisions loraflow.promotion.outcome, loraflow.promotion.metric,
   loraflow.champion.version (the champion it was compared with; "none" if there was none).
 Inside a flow run Prefect adds the flow run, flow and deployment as related resources.
+Sign-off (registry.approval: required) emits loraflow.promotion.<status> (pending, approved,
+rejected, expired) on the same resource, with the version's approval.* tags as labels.
+New data emits loraflow.data.landed on `loraflow.data.<source prefix>` (data_landed_event):
+the resource is the prefix, never the object, so a deployment trigger can debounce per source.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ NOT_PROMOTED = "loraflow.model.not-promoted"  # the gate kept the champion
 SKIPPED = "loraflow.model.skipped"  # scheduled retraining found nothing changed
 RUN_FAILED = "loraflow.run.failed"  # a fine-tune run failed or crashed
 EVENTS = (PROMOTED, NOT_PROMOTED, SKIPPED, RUN_FAILED)
+APPROVAL_PREFIX = "loraflow.promotion."  # + approval.status
+DATA_LANDED = "loraflow.data.landed"  # new objects under a data source (loraflow notify)
 
 
 def model_resource(model_name: str, version: str | None, metrics: dict[str, float]) -> dict:
@@ -80,3 +86,23 @@ def announce_failure(model_name: str, mlflow_run_id: str | None, state) -> None:
         resource["loraflow.mlflow.run_id"] = mlflow_run_id
     message = (state.message or "").strip().splitlines()
     _emit(RUN_FAILED, resource, {"message": message[0][:500] if message else ""}, hook=True)
+
+
+def announce_approval(model_name: str, version: str, tags: dict[str, str]) -> None:
+    """loraflow.promotion.<approval.status> for a version's sign-off, its approval.* tags as
+    labels (models.registry.approval)."""
+    resource = model_resource(model_name, version, {})
+    resource.update({f"loraflow.{k}": v for k, v in tags.items()})
+    _emit(APPROVAL_PREFIX + tags["approval.status"], resource, {"record": tags})
+
+
+def data_landed_event(source: str) -> tuple[dict, dict]:
+    """The resource and payload of loraflow.data.landed for an s3://bucket/prefix/ source (with
+    its trailing slash: one resource per prefix, however it was spelled)."""
+    prefix = source.rstrip("/") + "/"
+    resource = {
+        "prefect.resource.id": f"loraflow.data.{prefix}",
+        "prefect.resource.name": prefix,
+        "loraflow.data.source": prefix,
+    }
+    return resource, {"source": prefix}

@@ -10,6 +10,7 @@ from dataclasses import replace
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from models.registry.approval import held_for_approval, needs_signoff
 from models.registry.promotion import (
     METRIC_DIRECTIONS,
     Decision,
@@ -61,9 +62,12 @@ def promote(
     champion: Figures | None,
     force: bool = False,
     base: Figures | None = None,
+    approval: str = "none",
 ) -> Decision:
     """Move `champion` to `version` only if models.registry.promotion.decide_promotion says
-    so; record the decision on the version.
+    so; record the decision on the version. With approval "required" (registry.approval) a
+    version the gate passes does not move yet: it is recorded as awaiting approval
+    (models.registry.approval.held_for_approval) and tasks.approval waits for a person.
 
     challenger: the version's figures (metric or metric/slice -> value). champion_version/
     champion: the champion the caller compared against (read before its evaluation) and its
@@ -91,6 +95,9 @@ def promote(
             force=force,
             base=base,
         )
+        held = needs_signoff(approval, decision)
+        if held:
+            decision = held_for_approval(decision)
         for key, value in decision.tags().items():
             mlf.set_model_version_tag(model_name, version, key, value)
         if decision.moves_champion:
@@ -101,7 +108,8 @@ def promote(
                 mlf.set_model_version_tag(model_name, version, "promotion.note", checked.note)
             decision = checked
         figures = describe_version(mlf, model_name, version)
-    announce_decision(model_name, version, decision, figures)
+    if not held:  # a held version is announced as loraflow.promotion.pending (tasks.approval)
+        announce_decision(model_name, version, decision, figures)
     if in_prefect_run():
         create_markdown_artifact(
             key="promotion",

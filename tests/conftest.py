@@ -43,6 +43,7 @@ pytest_plugins = ["tests.skip_policy"]
 _FIRST = (
     "tests/flows/test_nightly.py",
     "tests/flows/test_team.py",
+    "tests/flows/test_approval.py",
     "tests/test_cli.py",
     "tests/models/training/test_sharding.py",
     "tests/flows/test_smollm2.py",

@@ -270,3 +270,22 @@ def test_plan_reports_per_rank_memory_and_whether_a_card_needs_sharding(
     assert got["base_weight_bytes_per_rank"] == -(-got["base_weight_bytes"] // 4)
     # 1 MiB: fewer bytes than the tiny base's activations alone, on any number of ranks
     assert got["fsdp_ranks_needed"] is None
+
+
+def test_signoff_and_notify_need_a_prefect_server(project, tiny_base, capsys, monkeypatch):
+    """Runs wait for sign-off, and triggers fire, only on a real Prefect server: without
+    PREFECT_API_URL `run` with registry.approval: required, `approve` and `notify` refuse in one
+    line before anything starts (the temporary server would stop with the command)."""
+    from flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    cfg = write_config(project, tiny_base)
+    line = "loraflow: error: no Prefect server: set PREFECT_API_URL to the team's server"
+    for args in (
+        ["run", str(cfg), "--set", "registry.approval=required"],
+        ["approve", "demo", "1", "--comment", "ok"],
+        ["notify", "s3://team-data/incoming/demo/"],
+    ):
+        assert main(args) == 2, args
+        assert capsys.readouterr().err.startswith(line), args
+    assert written(project) == {"data.dvc": False, "dvc_remote": []}

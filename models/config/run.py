@@ -128,6 +128,18 @@ class RegistryConfig(_Section):
         "this run, e.g. an evaluation.lm_eval figure as a forgetting guard); a challenger "
         "breaking one is not promoted.",
     )
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description="none: a challenger that passes the gate becomes champion at once; "
+        "required: it waits (approval.status pending) until a person approves it in the Prefect "
+        "UI or with `loraflow approve`; a reject or no answer keeps it challenger.",
+    )
+    approval_timeout: int = Field(
+        7 * 24 * 3600,
+        ge=10,
+        description="Seconds a version waits for sign-off (registry.approval: required) before "
+        "it expires and stays challenger.",
+    )
 
     @field_validator("model_name")
     @classmethod

@@ -175,6 +175,7 @@ class PreparedSplit:
     offsets: np.ndarray
     lines: np.ndarray
     digests: np.ndarray
+    meta: dict  # meta.json: the key's parts, counts, file digests
     reused: bool = False  # mapped from an earlier preparation
 
     def __len__(self) -> int:
@@ -219,6 +220,7 @@ def _map(directory: Path, meta: dict, reused: bool) -> PreparedSplit:
         key=meta["key"],
         source=meta["source"],
         truncated=meta["truncated"],
+        meta=meta,
         reused=reused,
         **arrays,
     )
@@ -249,6 +251,7 @@ class _Writer:
         self.handles["offsets.i64"].write(np.zeros(1, np.int64).tobytes())
         self.total = 0
         self.examples = 0
+        self.slow = 0
 
     def add(self, chunk: _Chunk) -> None:
         self.handles["ids.i32"].write(chunk.ids.tobytes())
@@ -330,6 +333,7 @@ def prepare_split(
                     "examples": writer.examples,
                     "tokens": writer.total,
                     "truncated": truncated,
+                    "by_chat_features": writer.slow,
                 }
             )
         except BaseException:
@@ -351,6 +355,7 @@ class _Chunk:
     lines: np.ndarray
     digests: np.ndarray
     long_lines: list[int]
+    slow: int = 0  # conversations that went through chat_features
     mismatch: str = ""  # a sampled conversation whose fast tokens differ from chat_features'
 
 
@@ -363,6 +368,7 @@ def _build(
         if chunk.mismatch:
             raise _Mismatch(chunk.mismatch)
         writer.add(chunk)
+        writer.slow += chunk.slow
         long_lines += chunk.long_lines
     if writer.examples == 0:
         raise DataError(f"{path}: split is empty")
@@ -468,7 +474,7 @@ class _Encoder:
 
     def encode(self, jsonl: bool, rows: list) -> _Chunk:
         examples = self._examples(jsonl, rows)
-        mismatch = ""
+        mismatch, self.slow = "", 0
         if self.data.format == "chat":
             features, mismatch = self._chat(examples)
         else:
@@ -488,6 +494,7 @@ class _Encoder:
             lines=np.array([e.line for e in examples], dtype=np.int64),
             digests=np.array([_digest(e) for e in examples], dtype=np.uint64),
             long_lines=long_lines,
+            slow=self.slow,
             mismatch=mismatch,
         )
 
@@ -556,7 +563,7 @@ class _Encoder:
                 pieces += [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
         whole_ids = iter(self.tok(texts, add_special_tokens=False)["input_ids"] if texts else [])
         piece_ids = iter(self.tok(pieces, add_special_tokens=False)["input_ids"] if pieces else [])
-        features, mismatch = [], ""
+        features, mismatch, self.slow = [], "", 0
         for k, (ex, plan) in enumerate(zip(examples, plans, strict=True)):
             at = f"{self.path}:{ex.line}"
             feature = None
@@ -565,6 +572,7 @@ class _Encoder:
                 tokens_of_pieces = [next(piece_ids) for _ in range(len(plan[1]) + 1)]
                 feature = self._from_pieces(raw, tokens_of_pieces, plan)
             if feature is None:
+                self.slow += 1
                 feature = chat_features(self.tok, ex.messages, self.data.train_on, self.prefix, at)
             elif k < _SAMPLE_FIRST or ex.line % _SAMPLE_EVERY == 0:
                 want = chat_features(self.tok, ex.messages, self.data.train_on, self.prefix, at)
@@ -584,7 +592,10 @@ class _Encoder:
         contents = [m["content"] for m in ex.messages]
         text = render(self.tok, ex.messages, at=at)
         if self._fill(shape.whole, contents) != text:
-            return None  # the template changes some content: the placeholder's cuts do not hold
+            # Templates that trim content (Llama-3's): the cuts hold for the trimmed contents.
+            contents = [c.strip() for c in contents]
+            if self._fill(shape.whole, contents) != text:
+                return None  # the template changes content otherwise: chat_features decides
         turns = []
         for before, through in shape.turns:
             ends = []

@@ -16,6 +16,7 @@ from models.data.chat import CHATML, prepare_tokenizer
 from models.data.formats import DataError, read_split
 from models.data.prepared import prepare_split
 from models.data.splits import tokenize
+from tests.conftest import REPO
 
 # Llama-3's and Qwen2's templates as they ship (tools and date lines left out): headers with a
 # blank line and trimmed content, ended by <|eot_id|>; ChatML with a default system prompt.
@@ -97,10 +98,11 @@ def assert_same(prepared, want):
 
 
 @pytest.fixture(scope="module")
-def demo_tok(tiny_base):
+def demo_tok():
+    """A fresh copy of the demo base's tokenizer per call (the tests change it)."""
     from transformers import AutoTokenizer
 
-    return lambda: AutoTokenizer.from_pretrained(tiny_base)
+    return lambda: AutoTokenizer.from_pretrained(REPO / "demo" / "base")
 
 
 def chat_tokenizer(make, name, tmp_path, adds_bos=False):
@@ -137,6 +139,8 @@ def test_chat_prepared_equals_todays_tokens(demo_tok, tmp_path, name, train_on):
     data = DataSpec(**{**data.to_dict(), "train_on": train_on})
     prepared = prepare_split(path, data, tok, cache_dir=tmp_path / "cache")
     assert_same(prepared, reference(path, data, tok))
+    # Every conversation took the linear path (none needed chat_features).
+    assert prepared.meta["by_chat_features"] == 0
 
 
 def test_chat_truncated_and_a_bos_the_tokenizer_adds(demo_tok, tmp_path):

@@ -65,6 +65,7 @@ from models.data.formats import (
     read_rows,
     to_example,
 )
+from models.data.splits import SplitReport
 
 PREPARED_VERSION = "1"
 CHUNK_ROWS = 2000
@@ -641,3 +642,34 @@ class _Encoder:
         if self.eos not in ids[last_start:last_end]:
             ids, labels = ids + [self.eos], labels + [self.eos]
         return ids, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# What the checks report
+
+
+def prepared_reports(
+    data: DataSpec, tokenizer, *, cache_dir: str | Path | None = None
+) -> list[SplitReport]:
+    """Both splits prepared (so training maps them) and reported: examples, the eval examples
+    that repeat train ones (by content digest), truncation warnings, the preparation key."""
+    data_dir = Path(data.path)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found")
+    reports = []
+    splits = {}
+    for name, path in (("train", data.train_path), ("eval", data.eval_path)):
+        split = prepare_split(path, data, tokenizer, cache_dir=cache_dir)
+        splits[name] = split
+        report = SplitReport(name, path, len(split), prepared_key=split.key)
+        if split.truncated:
+            report.warnings.append(
+                f"{split.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
+                "tokens will be truncated"
+            )
+        reports.append(report)
+    dups = int(np.isin(splits["eval"].digests, splits["train"].digests).sum())
+    if dups:
+        reports[1].duplicates_of_train = dups
+        reports[1].warnings.insert(0, f"{dups} eval examples also appear in the train split")
+    return reports

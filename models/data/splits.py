@@ -23,6 +23,7 @@ class SplitReport:
     examples: int
     duplicates_of_train: int = 0
     warnings: list[str] = field(default_factory=list)
+    prepared_key: str = ""  # the split's tokens in the cache (models.data.prepared)
 
 
 def validate_dataset(data: DataSpec) -> list[SplitReport]:

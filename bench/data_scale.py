@@ -63,7 +63,7 @@ def _write_rows(path: Path, make_row, n: int, seed: int, block: int = 20_000) ->
 
 
 def _chat_rows(rng, n: int) -> list[dict]:
-    texts = _words(rng, n * MESSAGES, 8, 24)
+    texts = _words(rng, n * MESSAGES, 14, 33)
     return [
         {
             "messages": [

@@ -692,3 +692,17 @@ def prepared_reports(
         reports[1].duplicates_of_train = dups
         reports[1].warnings.insert(0, f"{dups} eval examples also appear in the train split")
     return reports
+
+
+def eval_features(data: DataSpec, tokenizer, n: int) -> list[dict[str, list[int]]]:
+    """The first n eval examples' tokens as evaluation scores them (too long: truncated). The
+    check stage's preparation where it holds them: with too_long=reject one that passed has no
+    example to cut, so its tokens are the truncated ones."""
+    try:
+        split = prepare_split(data.eval_path, data, tokenizer)
+    except DataError:
+        if data.too_long == "truncate":
+            raise
+        truncating = DataSpec(**{**data.to_dict(), "too_long": "truncate"})
+        split = prepare_split(data.eval_path, truncating, tokenizer)
+    return [split.feature(i) for i in range(min(n, len(split)))]

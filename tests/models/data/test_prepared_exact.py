@@ -230,3 +230,41 @@ def test_other_file_types_prepared_equal_todays_tokens(demo_tok, tmp_path):
         data = DataSpec(path=str(tmp_path), train_file=name)
         prepared = prepare_split(tmp_path / name, data, tok, cache_dir=tmp_path / "cache")
         assert_same(prepared, reference(tmp_path / name, data, tok))
+
+
+def test_a_turn_boundary_inside_a_token_is_refused_as_today(demo_tok, tmp_path):
+    # No separator: "gar" + "den" tokenizes as g|ard|en whole but g|ar + d|en cut at the turn,
+    # so the assistant turn has no token boundary to start at.
+    (tmp_path / "nosep.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    data = DataSpec(path=str(tmp_path), format="chat", chat_template=str(tmp_path / "nosep.jinja"))
+    tok = prepare_tokenizer(demo_tok(), data)
+    rows = [
+        {"messages": [{"role": "user", "content": "gar"}, {"role": "assistant", "content": "den"}]}
+    ]
+    path = tmp_path / "train.jsonl"
+    # Blank lines first: it is line 20, past the conversations compared with chat_features.
+    path.write_text("\n" * 19 + json.dumps(rows[0]) + "\n")
+    with pytest.raises(DataError) as today:
+        reference(path, data, tok)
+    with pytest.raises(DataError) as prepared:
+        prepare_split(path, data, tok, cache_dir=tmp_path / "cache")
+    assert str(prepared.value) == str(today.value)
+    assert ":20: the chat template does not render message 2" in str(prepared.value)
+
+
+def test_a_sampled_difference_prepares_the_whole_split_by_chat_features(
+    demo_tok, tmp_path, monkeypatch
+):
+    from models.data import prepared as prep
+
+    def wrong(self, raw, pieces, plan):  # a linear path that gets one label wrong
+        ids, labels = right(self, raw, pieces, plan)
+        return ids, [-100, *labels[1:]] if labels[0] != -100 else [ids[0], *labels[1:]]
+
+    right = prep._Encoder._from_pieces
+    monkeypatch.setattr(prep._Encoder, "_from_pieces", wrong)
+    path = write_jsonl(tmp_path / "train.jsonl", conversations(30))
+    tok, data = chat_tokenizer(demo_tok, "chatml", tmp_path)
+    prepared = prepare_split(path, data, tok, cache_dir=tmp_path / "cache")
+    assert_same(prepared, reference(path, data, tok))
+    assert prepared.meta["by_chat_features"] == 30

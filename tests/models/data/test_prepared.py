@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from models.config.specs import DataSpec
+from models.data import encoder
 from models.data import prepared as prep
 from models.data.chat import prepare_tokenizer
 from models.data.formats import DataError
@@ -184,7 +185,7 @@ def test_two_processes_at_once_one_prepares_the_other_waits_and_maps(tmp_path):
 def test_several_processes_tokenize_the_same_files_and_a_bad_row_deep_in_is_named(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(prep, "CHUNK_ROWS", 200)
+    monkeypatch.setattr(encoder, "CHUNK_ROWS", 200)
     rows = conversations(1500, seed=4)
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     data = chat_spec(tmp_path)

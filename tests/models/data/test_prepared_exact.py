@@ -255,14 +255,14 @@ def test_a_turn_boundary_inside_a_token_is_refused_as_today(demo_tok, tmp_path):
 def test_a_sampled_difference_prepares_the_whole_split_by_chat_features(
     demo_tok, tmp_path, monkeypatch
 ):
-    from models.data import prepared as prep
+    from models.data import encoder
 
     def wrong(self, raw, pieces, plan):  # a linear path that gets one label wrong
         ids, labels = right(self, raw, pieces, plan)
         return ids, [-100, *labels[1:]] if labels[0] != -100 else [ids[0], *labels[1:]]
 
-    right = prep._Encoder._from_pieces
-    monkeypatch.setattr(prep._Encoder, "_from_pieces", wrong)
+    right = encoder.Encoder._from_pieces
+    monkeypatch.setattr(encoder.Encoder, "_from_pieces", wrong)
     path = write_jsonl(tmp_path / "train.jsonl", conversations(30))
     tok, data = chat_tokenizer(demo_tok, "chatml", tmp_path)
     prepared = prepare_split(path, data, tok, cache_dir=tmp_path / "cache")

@@ -38,6 +38,10 @@ def test_token_budget_batches_through_the_trainer(tiny_base, tiny_data, tmp_path
         tiny_base, tiny_data, tmp_path / "a", spec=ADAPTER, steps=steps, batch_tokens=budget
     )
     assert result.steps == steps
+    # Training read the split the check stage prepares (the same content key), and says so in
+    # the run's lineage.
+    assert result.data_prepared_key == split.key
+    assert result.tags()["data_prepared_key"] == split.key
     assert all(rows * width <= budget for rows, width in shapes)
     assert max(rows for rows, _ in shapes) > 8  # more rows than batch_size where they are short
     assert sorted(seen) == sorted(tuple(f["input_ids"]) for f in examples)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from models.base_model.loading import (
     ModelError,
     check_target_modules,
@@ -18,7 +20,9 @@ from models.base_model.probes import (
 )
 from models.config.specs import CheckSpec, EvalSpec
 from models.data.chat import prepare_tokenizer
-from models.data.splits import SplitReport, read_split, tokenize, validate_dataset
+from models.data.formats import DataError, read_split
+from models.data.prepared import prepared_reports
+from models.data.splits import SplitReport
 from models.evaluation.evaluate import slices_of
 from models.evaluation.harness import check_tasks
 from models.evaluation.metrics import check_custom
@@ -54,10 +58,11 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
     tasks known and loading (and the gate's lm-eval metrics reported by them), packing and
     gradient checkpointing supported by the base's own code.
 
-    Cheapest first: reading the splits takes milliseconds, building the model skeleton seconds.
-    Every example is then tokenized with the base model's tokenizer: examples over
-    data.max_seq_len are an error naming how many and the first line (too_long='reject'), or a
-    warning with the count (too_long='truncate').
+    Cheapest first: the eval split and the model skeleton take seconds. Both splits are then
+    prepared with the base model's tokenizer (models.data.prepared: tokenized once, kept for
+    training; minutes for a large set the first time, a digest check after): every row is
+    checked there, and examples over data.max_seq_len are an error naming how many and the
+    first line (too_long='reject'), or a warning with the count (too_long='truncate').
     """
     data = spec.data
     method = get_method(spec.method)
@@ -72,7 +77,8 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
             f"adapter.method {spec.method} needs a CUDA GPU (4-bit bitsandbytes kernels) and none "
             "is available here; use lora or lora_fa on this machine"
         )
-    reports = validate_dataset(data)
+    if not Path(data.path).is_dir():
+        raise DataError(f"{data.path}: data directory not found")
     check_evaluation(spec)
     preflight_base(spec.base_model, spec.trust_remote_code)
     skeleton = meta_model(spec.base_model, spec.trust_remote_code)
@@ -92,21 +98,7 @@ def check_inputs(spec: CheckSpec) -> list[SplitReport]:
         raise ModelError(refusal)
     tokenizer = load_tokenizer(spec.base_model, spec.trust_remote_code)
     prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
-    for report in reports:
-        examples = read_split(report.path, data)
-        cut = tokenize(
-            examples,
-            tokenizer,
-            data.max_seq_len,
-            data.too_long,
-            source=report.path,
-            train_on=data.train_on,
-        )
-        if cut.truncated:
-            report.warnings.append(
-                f"{cut.truncated} example(s) longer than data.max_seq_len={data.max_seq_len} "
-                "tokens will be truncated"
-            )
+    reports = prepared_reports(data, tokenizer)
     # lm-eval: seconds to import, and it reads each task's data.
     check_tasks(spec.lm_eval, spec.gate_metrics)
     # Last: they build and run a copy of the base (models.base_model.probes).

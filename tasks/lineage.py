@@ -139,6 +139,9 @@ MANIFEST_TAGS = (
     "method",
     "seed",
     "adapter_sha256",
+    # the prepared train split's key (models.data.prepared): the data md5 of its file, the
+    # tokenizer, the template and the data settings the tokens were made from
+    "data_prepared_key",
 )
 
 

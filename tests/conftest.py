@@ -21,6 +21,7 @@ os.environ.update(
     {
         **QUIET_ENV,
         "PREFECT_HOME": str(_STATE / "prefect"),
+        "LORAFLOW_PREPARED_DIR": str(_STATE / "prepared"),  # prepared splits (models.data)
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "HF_HUB_OFFLINE": "1",
     }

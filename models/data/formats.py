@@ -58,18 +58,43 @@ def where(path: Path, n: int) -> str:
     return f"{path}:{n}" if path.suffix.lower() == ".jsonl" else f"{path}: row {n}"
 
 
+def jsonl_lines(path: Path, block: int = 1 << 24) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a JSONL file, read a block at a time (memory does not grow with
+    the file); lines as bytes.splitlines cuts them."""
+    n = 0
+    rest = b""
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1  # every piece ends a line: splitlines of the pieces
+            rest = chunk[cut:]  # is splitlines of the whole
+            for line in chunk[:cut].splitlines():
+                n += 1
+                yield n, line
+    for line in rest.splitlines():
+        n += 1
+        yield n, line
+
+
+def parse_jsonl_line(path: Path, n: int, line_bytes: bytes) -> object | None:
+    """One JSONL line's record (None for a blank line); a DataError names file:line."""
+    try:
+        line = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{n}: not valid UTF-8 (byte {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    for n, line_bytes in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid UTF-8 (byte {e.start})") from None
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for n, line_bytes in jsonl_lines(path):
+        obj = parse_jsonl_line(path, n, line_bytes)
+        if obj is not None:
+            yield n, obj
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, object]]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from models.config.specs import DataSpec
 from models.data.chat import bos_prefix, chat_features, with_bos
 from models.data.formats import DataError, Example, read_split
 
@@ -23,22 +21,7 @@ class SplitReport:
     examples: int
     duplicates_of_train: int = 0
     warnings: list[str] = field(default_factory=list)
-
-
-def validate_dataset(data: DataSpec) -> list[SplitReport]:
-    """Check both splits parse as data.format and are non-empty; count eval examples that
-    repeat train ones."""
-    data_dir = Path(data.path)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found")
-    train = read_split(data.train_path, data)
-    evals = read_split(data.eval_path, data)
-    seen = {e.key() for e in train}
-    dups = sum(e.key() in seen for e in evals)
-    eval_report = SplitReport("eval", data.eval_path, len(evals), dups)
-    if dups:
-        eval_report.warnings.append(f"{dups} eval examples also appear in the train split")
-    return [SplitReport("train", data.train_path, len(train)), eval_report]
+    prepared_key: str = ""  # the split's tokens in the cache (models.data.prepared)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from models.base_model.loading import load_base, resolve_device
 from models.config.specs import EvalSpec
 from models.data.chat import prepare_tokenizer
 from models.data.formats import read_rows, where
-from models.data.splits import pad_batch, read_split, tokenize
+from models.data.prepared import eval_features
+from models.data.splits import pad_batch, read_split
 from models.evaluation.harness import harness_scores, task_manager
 from models.evaluation.metrics import resolve, score, slice_key, sliced
 from models.evaluation.serving import generate, load_adapted
@@ -96,9 +97,7 @@ def evaluate_model(
     themselves are appended to `answers` where one is given (none for data.format text)."""
     data = spec.data
     examples = read_split(data.eval_path, data)[: spec.max_examples]
-    features = tokenize(
-        examples, tokenizer, data.max_seq_len, "truncate", train_on=data.train_on
-    ).features
+    features = eval_features(data, tokenizer, len(examples))
     chunked = wanted(spec.chunked_loss, model, spec.batch_size * data.max_seq_len)
     losses = completion_losses(model, tokenizer, features, spec.batch_size, chunked)
     references = [e.completion.strip() for e in examples]

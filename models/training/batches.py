@@ -11,20 +11,48 @@ from models.data.splits import pad_batch
 from models.data.token_batches import token_batches
 
 
+class Examples(torch.utils.data.Dataset):
+    """The examples of a prepared split (models.data.prepared), read from its mapped files one
+    at a time: memory does not grow with the split."""
+
+    def __init__(self, split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.split.feature(int(i))
+
+
+class Batches(torch.utils.data.Dataset):
+    """Pre-cut batches of a split's examples, one per item (training.batch_tokens)."""
+
+    def __init__(self, split, batches: list[list[int]]) -> None:
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> list[dict[str, list[int]]]:
+        return [self.split.feature(j) for j in self.batches[i]]
+
+
 def train_items(
-    features: list[dict],
+    split,
     *,
     batch_tokens: int | None,
     packing: bool,
     row_len: int,
     seed: int,
-) -> list:
-    """The Trainer's dataset: the examples, or (batch_tokens) lists of examples, one batch each."""
+) -> torch.utils.data.Dataset:
+    """The Trainer's dataset over a prepared split: the examples, or (batch_tokens) lists of
+    examples, one batch each, planned from the examples' lengths alone."""
     if batch_tokens is None:
-        return features
-    lengths = [len(f["input_ids"]) for f in features]
+        return Examples(split)
+    lengths = split.lengths().tolist()
     batches = token_batches(lengths, batch_tokens, packing=packing, row_len=row_len, seed=seed)
-    return [[features[i] for i in batch] for batch in batches]
+    return Batches(split, batches)
 
 
 class Collator:

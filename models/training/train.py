@@ -15,7 +15,7 @@ import torch
 from models.base_model.loading import cpu_threads, load_base, resolve_device, resolve_dtype
 from models.config.specs import TrainSpec
 from models.data.chat import prepare_tokenizer, save_prompt_format
-from models.data.splits import read_split, tokenize
+from models.data.prepared import prepare_split
 from models.hashing import file_sha256
 from models.methods import AdapterMethod, get_method
 from models.training.batches import Collator, train_items
@@ -66,6 +66,9 @@ class TrainResult:
     environment: dict[str, str] = field(default_factory=dict)
     # Whether the loss was computed one chunk of logits at a time (training.chunked_loss).
     chunked_loss: bool = False
+    # The key of the prepared train split it read (models.data.prepared): what its tokens were
+    # made from.
+    data_prepared_key: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready figures (for another process or machine)."""
@@ -89,7 +92,8 @@ class TrainResult:
         """What the run and the model version record of this training: the adapter's sha256 and
         the environment it was trained in (`env.cpu`, `env.threads`, ...)."""
         env = {f"env.{k}": v for k, v in self.environment.items()}
-        return {"adapter_sha256": self.adapter_sha256, **env}
+        prepared = {"data_prepared_key": self.data_prepared_key} if self.data_prepared_key else {}
+        return {"adapter_sha256": self.adapter_sha256, **prepared, **env}
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainResult:
@@ -191,7 +195,7 @@ def train_adapter(
         model=model,
         args=args,
         train_dataset=train_items(
-            data.features,
+            data,
             batch_tokens=spec.batch_tokens,
             packing=spec.packing,
             row_len=spec.data.max_seq_len,
@@ -232,6 +236,7 @@ def train_adapter(
         environment=environment,
         chunked_loss=chunked,
         param_bytes_per_rank=resident_param_bytes(model),
+        data_prepared_key=data.key,
     )
     state_dict = saved_state_dict(model)  # sharded: every rank takes part; else None
     if save:
@@ -242,7 +247,7 @@ def train_adapter(
 
 
 def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torch.dtype):
-    """(model with the adapter, tokenizer, tokenized train split)."""
+    """(model with the adapter, tokenizer, prepared train split)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     sharded = fsdp_job(spec.sharding, world_size)
     load_kwargs = method.load_kwargs(sharded=sharded) if method.load_kwargs else {}
@@ -256,16 +261,10 @@ def _load(spec: TrainSpec, method: AdapterMethod, device: str, torch_dtype: torc
     )
     data = spec.data
     prepare_tokenizer(tokenizer, data, spec.base_model, spec.trust_remote_code)
-    train_path = data.train_path
-    tokenized = tokenize(
-        read_split(train_path, data),
-        tokenizer,
-        data.max_seq_len,
-        data.too_long,
-        source=train_path,
-        train_on=data.train_on,
-    )
-    return method.build(model, spec.adapter), tokenizer, tokenized
+    # Mapped from the check stage's preparation; prepared here where none is (one rank
+    # prepares, the others wait for it and map).
+    prepared = prepare_split(data.train_path, data, tokenizer)
+    return method.build(model, spec.adapter), tokenizer, prepared
 
 
 def _training_arguments(

@@ -15,6 +15,7 @@ REQUIRED_TAGS = {
     "method",
     "seed",
     "adapter_sha256",
+    "data_prepared_key",
 }
 
 
@@ -75,6 +76,11 @@ def test_flow_registers_promotes_and_keeps_a_better_champion(project, tiny_base,
     version = mlf.get_model_version("flowtest", "1")
     assert REQUIRED_TAGS <= set(version.tags)
     assert version.tags["adapter_sha256"] == first.adapter_sha256
+    # The tokens it trained on: a complete preparation under that key (models.data.prepared).
+    from models.data.prepared import default_cache_dir, read_complete
+
+    prepared = read_complete(default_cache_dir() / version.tags["data_prepared_key"])
+    assert prepared["parts"]["data"]["max_seq_len"] == 64
     assert version.tags["method"] == "lora" and version.tags["seed"] == "0"
     assert version.tags["config_sha256"] == first_cfg.sha256()
     dvc_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]

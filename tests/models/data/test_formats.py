@@ -7,7 +7,8 @@ import pytest
 
 from models.config.specs import DataSpec
 from models.data.formats import alpaca_prompt
-from models.data.splits import DataError, read_split, validate_dataset
+from models.data.splits import DataError, read_split
+from tests.models.data.test_splits import validate_dataset
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -143,5 +144,6 @@ def test_validate_dataset_reads_each_split_in_its_own_file_type(tmp_path):
     write(tmp_path / "train.parquet", RECORDS["chat"])
     write(tmp_path / "eval.csv", RECORDS["chat"][:1])
     spec = DataSpec(path=str(tmp_path), train_file="train.parquet", eval_file="eval.csv")
-    train, evals = validate_dataset(DataSpec(**{**spec.to_dict(), "format": "chat"}))
+    chat = {**spec.to_dict(), "format": "chat", "chat_template": "chatml"}
+    train, evals = validate_dataset(DataSpec(**chat))
     assert (train.examples, evals.examples, evals.duplicates_of_train) == (2, 1, 1)

@@ -1,9 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from models.config.specs import DataSpec
-from models.data.splits import DataError, pad_batch, read_split, tokenize, validate_dataset
+from models.data.prepared import prepared_reports
+from models.data.splits import DataError, pad_batch, read_split, tokenize
+from tests.models.data.test_prepared import demo_tokenizer
 
 
 def write(path, lines):
@@ -39,6 +42,11 @@ def test_bad_lines_name_file_and_line(tmp_path, lines, message):
         read_split(f)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def validate_dataset(data: DataSpec):
+    """The check stage's data part (models.data.prepared.prepared_reports)."""
+    return prepared_reports(data, demo_tokenizer(data), cache_dir=Path(data.path) / "prepared")
 
 
 def test_missing_dir_and_file(tmp_path):

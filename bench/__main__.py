@@ -14,7 +14,7 @@ Benchmarks (each measured in fresh worker processes, see its module):
   vocab    12. training.chunked_loss on vs off with a 128k vocabulary: peak memory, loss
   sharding 13. 1 vs 2 ranks, DDP vs FSDP: parameter bytes and peak memory per rank, tokens/s
   smollm2  14. 1 and 6 on a real model (SmolLM2-135M-Instruct, chat data), where the time goes
-  data_scale 15. 10k and 200k chat conversations: preparation tokens/s, first step cold/warm, RSS
+  data_scale 16. 10k and 200k chat conversations: preparation tokens/s, first step cold/warm, RSS
 
 Trials, run only when named in --only (a change that was tried and not kept):
   compile   9. torch.compile vs eager: compile time, steady speedup, break-even steps

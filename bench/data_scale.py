@@ -1,4 +1,4 @@
-"""Figure 15: data at scale: preparing a large chat training set, and the first training step.
+"""Figure 16: data at scale: preparing a large chat training set, and the first training step.
 
 Generated chat data in the demo's vocabulary (`write_chat_data`: 12 messages a conversation, about
 340 tokens with the demo's chat template), at each size of SIZES (10,000 and 200,000
@@ -247,7 +247,7 @@ def run() -> Figure:
     )
     lines.append(f"peak RSS {largest:,} vs {min(sizes):,} conversations: {rss_ratio:.2f}x")
     return Figure(
-        number=15,
+        number=16,
         name=f"data at scale: {largest:,} chat conversations, first training step cold / warm",
         measured=(
             f"{big['cold']['first_step_s']:.0f} s cold / {big['warm']['first_step_s']:.1f} s "

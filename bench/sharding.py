@@ -33,14 +33,12 @@ MiB = 1 << 20
 ARMS = ((1, "none"), (2, "none"), (2, "fsdp"))
 
 
-def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
-    from models.training.distributed import train_adapter_distributed
-    from models.training.train import train_adapter
-
-    run = LargeRun(**large)
+def arm_spec(run: LargeRun, ranks: int, sharding: str, base: str, tmp: str, **training):
+    """One arm's run spec: LoRA on `base`, `ranks` processes, long rows written under `tmp`
+    (warmup + timed steps of batch_size x seq_len per rank, one torch thread each)."""
     steps = run.warmup + run.steps
     data = write_long_data(Path(tmp) / "data", n=run.batch_size * ranks * steps)
-    spec = lora_spec(
+    return lora_spec(
         steps=steps,
         data={"path": str(data), "max_seq_len": run.seq_len, "too_long": "truncate"},
         base_model=base,
@@ -50,7 +48,17 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
         num_processes=ranks,
         sharding=sharding,
         cpu_threads=1,
+        **training,
     )
+
+
+def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
+    from models.training.distributed import train_adapter_distributed
+    from models.training.train import train_adapter
+
+    run = LargeRun(**large)
+    steps = run.warmup + run.steps
+    spec = arm_spec(run, ranks, sharding, base, tmp)
     stamps: dict[int, float] = {}
 
     def on_log(logs: dict, step: int) -> None:

@@ -36,10 +36,10 @@ import threading
 import time
 from pathlib import Path
 
-from bench.assets import lora_spec, require_demo_assets
-from bench.data import write_long_data
+from bench.assets import require_demo_assets
 from bench.flops import LargeRun, _build_large_base
 from bench.measure import Figure
+from bench.sharding import arm_spec
 from bench.workers import MEMORY_ENV, BenchError, run_worker, worker_main
 
 MiB = 1 << 20
@@ -137,19 +137,8 @@ def _work(ranks: int, sharding: str, large: dict, base: str, tmp: str) -> dict:
 
     run = LargeRun(**large)
     steps = run.warmup + run.steps
-    data = write_long_data(Path(tmp) / "data", n=run.batch_size * ranks * steps)
-    spec = lora_spec(
-        steps=steps,
-        data={"path": str(data), "max_seq_len": run.seq_len, "too_long": "truncate"},
-        base_model=base,
-        learning_rate=1e-4,
-        batch_size=run.batch_size,
-        logging_steps=1,
-        num_processes=ranks,
-        sharding=sharding,
-        cpu_threads=1,
-        save_steps=steps,  # one checkpoint, at the last step
-    )
+    # one checkpoint, at the last step
+    spec = arm_spec(run, ranks, sharding, base, tmp, save_steps=steps)
     plan = plan_run(spec)
     stamps: dict[int, float] = {}
     saved: list[float] = []

@@ -275,6 +275,39 @@ class S3Requests:
         return dict(Counter(k for m, b, k in self.requests() if m == "GET" and b == bucket and k))
 
 
+@contextlib.contextmanager
+def served_model(model_uri: str, cwd: Path, env: dict[str, str]):
+    """`mlflow models serve` of `model_uri` on a free loopback port (this interpreter, no new
+    environment); yields its URL once /ping answers, stops the server's process group on exit."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    # the server runs `uvicorn` from PATH: this interpreter's
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    server = subprocess.Popen(
+        cmd, cwd=cwd, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One S3 API server for the session; it accepts any credentials. Its request recorder

@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -26,7 +24,7 @@ from tasks.lib.s3 import parse_s3_uri
 from tasks.lineage import collect_lineage
 from tasks.registry import register_adapter
 from tasks.tracking import open_run
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, served_model
 from tests.flows.test_s3_base import upload_base
 from tests.tasks.test_pyfunc_schema import post
 from tests.tasks.test_registry import trained_adapter
@@ -116,31 +114,11 @@ def test_a_version_from_an_s3_base_serves_anywhere_and_only_on_its_base(
     assert len(list(s3_bases.iterdir())) == 1
 
     # `mlflow models serve` on the same machine (warm: the copy and its hashes are there).
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(
-        cmd, cwd=cwd, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not come up"
-                time.sleep(0.5)
+    with served_model(model_uri, cwd, env) as url:
         body = {"inputs": PROMPTS, "params": {"max_new_tokens": TOKENS}}
         status, answer = post(f"{url}/invocations", body)
         assert status == 200, answer
         assert answer["predictions"] == answers
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
     # The base retrained under the same name: the same load is refused, naming both hashes.
     changed = change_weights(tiny_base, tmp_path / "retrained")

@@ -3,9 +3,6 @@ the server takes, and a malformed request is refused with HTTP 400 naming the fi
 
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +11,7 @@ import pytest
 
 from models.base_model.loading import load_base
 from models.methods import AdapterSpec, get_method
-from tests.conftest import free_port
+from tests.conftest import served_model
 from tests.tasks.test_registry import register_as_chat
 
 SPEC = AdapterSpec(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=0)
@@ -53,31 +50,8 @@ def test_mlflow_models_serve_takes_the_signature_and_refuses_a_malformed_request
     project, tiny_base, prefect_harness
 ):
     version = registered_chat_adapter(tiny_base, project / "adapter")
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-        # the server runs `uvicorn` from PATH: this interpreter's
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/chat/{version}"]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(
-        cmd, cwd=project, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-3000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not come up"
-                time.sleep(0.5)
-
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    with served_model(f"models:/chat/{version}", project, env) as url:
         # The stored input example, as a request: a prompt and a list of messages.
         status, answer = post(f"{url}/invocations", json.loads(serving_example(version)))
         assert status == 200, answer
@@ -100,6 +74,3 @@ def test_mlflow_models_serve_takes_the_signature_and_refuses_a_malformed_request
         # A bare string has no field: refused by the model, saying what it takes.
         status, answer = post(f"{url}/invocations", {"inputs": "red cat"})
         assert status == 400 and "takes one of prompt (a string) or messages" in answer["message"]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)

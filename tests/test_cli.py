@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import at_level, on_session_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,20 +274,26 @@ def test_plan_reports_per_rank_memory_and_whether_a_card_needs_sharding(
     assert got["fsdp_ranks_needed"] is None
 
 
+@pytest.mark.timeout(300)  # a run that is not refused would wait for sign-off: fail, not hang
 def test_signoff_and_notify_need_a_prefect_server(project, tiny_base, capsys, monkeypatch):
     """Runs wait for sign-off, and triggers fire, only on a real Prefect server: without
     PREFECT_API_URL `run` with registry.approval: required, `approve` and `notify` refuse in one
     line before anything starts (the temporary server would stop with the command)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     cfg = write_config(project, tiny_base)
     line = "loraflow: error: no Prefect server: set PREFECT_API_URL to the team's server"
-    for args in (
-        ["run", str(cfg), "--set", "registry.approval=required"],
-        ["approve", "demo", "1", "--comment", "ok"],
-        ["notify", "s3://team-data/incoming/demo/"],
-    ):
-        assert main(args) == 2, args
-        assert capsys.readouterr().err.startswith(line), args
+    # No API URL in the settings either: a test of this worker that started the session's
+    # harness before this one left it there (as a user's Prefect profile could).
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        for args in (
+            ["run", str(cfg), "--set", "registry.approval=required"],
+            ["approve", "demo", "1", "--comment", "ok"],
+            ["notify", "s3://team-data/incoming/demo/"],
+        ):
+            assert main(args) == 2, args
+            assert capsys.readouterr().err.startswith(line), args
     assert written(project) == {"data.dvc": False, "dvc_remote": []}

@@ -102,21 +102,29 @@ def loraflow(stack, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
-def events(stack, model: str) -> list[str]:
+def events(stack, model: str, ending: list[str]) -> list[str]:
+    """The loraflow.* events of `model`'s versions in the order they occurred, read again (up to
+    60 s) until they end with `ending`: the server stores an event after a short delay, so one
+    emitted just before the flow run completed may not be readable yet."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     server = {PREFECT_API_URL: stack.prefect_api, PREFECT_API_AUTH_STRING: stack.auth_string}
+    only = EventFilter(
+        event=EventNameFilter(prefix=["loraflow."]),
+        resource=EventResourceFilter(id=[f"loraflow.model.{model}"]),
+    )
+    deadline = time.monotonic() + 60
     with temporary_settings(updates=server), get_client(sync_client=True) as c:
-        page = c.read_events(
-            filter=EventFilter(
-                event=EventNameFilter(prefix=["loraflow."]),
-                resource=EventResourceFilter(id=[f"loraflow.model.{model}"]),
-            ),
-            limit=50,
-        )
-    return [e.event for e in sorted(page.events, key=lambda e: e.occurred)]
+        while True:
+            page = c.read_events(filter=only, limit=50)
+            shown = [e.event for e in sorted(page.events, key=lambda e: e.occurred)]
+            if shown[-len(ending) :] == ending or time.monotonic() > deadline:
+                return shown
+            time.sleep(0.5)
 
 
 def assert_pending(stack, model: str, flow_run_id: str) -> dict[str, str]:
@@ -234,8 +242,9 @@ def test_reject_from_the_command_line_and_bad_answers(stack, waiting, monkeypatc
         and len(again.stderr.strip().splitlines()) == 1
     ), again.stderr
     assert version_tags(stack, CLI) == tags and aliases(stack, CLI) == {"challenger": "1"}
-    shown = events(stack, CLI)
-    assert shown[-2:] == ["loraflow.promotion.pending", "loraflow.promotion.rejected"], shown
+    ending = ["loraflow.promotion.pending", "loraflow.promotion.rejected"]
+    shown = events(stack, CLI, ending)
+    assert shown[-2:] == ending, shown
     assert "loraflow.model.promoted" not in shown
 
 
@@ -253,8 +262,9 @@ def test_no_answer_expires_and_the_run_completes(stack, waiting, monkeypatch):
     with on_stack(stack, monkeypatch), pytest.raises(LoraflowError, match="is expired"):
         answer_signoff(model_name=LATE, version="1", decision="approve", by="x", comment="")
     assert version_tags(stack, LATE) == tags
-    shown = events(stack, LATE)
-    assert shown[-2:] == ["loraflow.promotion.pending", "loraflow.promotion.expired"], shown
+    ending = ["loraflow.promotion.pending", "loraflow.promotion.expired"]
+    shown = events(stack, LATE, ending)
+    assert shown[-2:] == ending, shown
 
 
 def test_approve_in_the_prefect_ui(stack, waiting):
@@ -300,9 +310,10 @@ def test_approve_in_the_prefect_ui(stack, waiting):
     assert tags["approval.comment"] == "looks right on the examples"
     assert tags["promotion.outcome"] == "promoted", tags
     assert aliases(stack, UI) == {"challenger": "1", "champion": "1"}
-    shown = events(stack, UI)
-    assert shown[-3:] == ["loraflow.promotion.pending", "loraflow.promotion.approved",
-                          "loraflow.model.promoted"], shown  # fmt: skip
+    ending = ["loraflow.promotion.pending", "loraflow.promotion.approved"]
+    ending.append("loraflow.model.promoted")
+    shown = events(stack, UI, ending)
+    assert shown[-3:] == ending, shown
 
 
 def field(form, label: str):

@@ -63,7 +63,8 @@ def _rss(pid: int) -> tuple[int, int]:
     return found.get("VmRSS", 0), found.get("RssAnon", 0)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -109,8 +110,8 @@ class RankSampler:
         if self.ranks == 1:
             return {0: os.getpid()}
         if len(self._pids) < self.ranks:
-            for launcher in _children(os.getpid()):
-                for pid in _children(launcher):
+            for launcher in children(os.getpid()):
+                for pid in children(launcher):
                     rank = _rank(pid)
                     if rank is not None:
                         self._pids[rank] = pid

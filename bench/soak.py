@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.team_stack import REPO, TeamStack
+from bench.team_stack import TeamStack, deploy_code
 
 # No Prefect import at module level: Prefect reads its settings (the API URL and auth string of
 # the stack started below) when first imported.
@@ -49,10 +48,7 @@ def build_project(root: Path, n: int) -> tuple[Path, Path]:
     build_demo_base_model(base, pretrain_steps=20, hidden_size=64, num_layers=2, n_docs=2000)
     project = root / "project"
     project.mkdir()
-    for part in ("flows", "tasks", "models", "configs"):
-        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("prefect.yaml", "loraflow_deploy.py"):
-        shutil.copy(REPO / name, project / name)
+    deploy_code(project)
     for i in range(n):  # different sizes and seeds: different md5s
         build_demo_data(root / "incoming" / f"data-{i}", seed=i, n_train=128 + 8 * i, n_eval=16)
     dvc = [sys.executable, "-m", "dvc"]

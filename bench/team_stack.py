@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,16 @@ class Processes:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
+
+
+def deploy_code(project: Path) -> Path:
+    """The code a deployment runs, copied from this checkout into `project`: flows/, tasks/,
+    models/, configs/, prefect.yaml and its deploy steps (loraflow_deploy.py)."""
+    for part in ("flows", "tasks", "models", "configs"):
+        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("prefect.yaml", "loraflow_deploy.py"):
+        shutil.copy(REPO / name, project / name)
+    return project
 
 
 def cli(cmd: list[str], env: dict, cwd: Path, timeout: float = 600) -> str:

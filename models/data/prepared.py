@@ -41,6 +41,7 @@ from models.data.chat import bos_prefix
 from models.data.encoder import Chunk, chunks
 from models.data.formats import DataError
 from models.data.splits import SplitReport
+from models.hashing import file_digest, file_sha256
 
 PREPARED_VERSION = "1"
 FILES = ("ids.i32", "labels.i32", "offsets.i64", "lines.i64", "digests.u64")
@@ -105,14 +106,6 @@ def data_fields(data: DataSpec) -> dict:
     return fields
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def key_parts(path: str | Path, data: DataSpec, tokenizer) -> dict:
     """What the key of a split covers, readable (recorded in meta.json)."""
     path = Path(path)
@@ -120,7 +113,7 @@ def key_parts(path: str | Path, data: DataSpec, tokenizer) -> dict:
         raise DataError(f"{path}: split file not found")
     return {
         "version": PREPARED_VERSION,
-        "file_md5": file_md5(path),
+        "file_md5": file_digest(path, "md5"),
         "suffix": path.suffix.lower(),  # the extension decides how the bytes are read
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": data_fields(data),
@@ -171,14 +164,6 @@ class PreparedSplit:
         }
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _map(directory: Path, meta: dict, reused: bool) -> PreparedSplit:
     arrays = {}
     for name in FILES:
@@ -207,7 +192,7 @@ def read_complete(directory: Path) -> dict | None:
         files = meta["files"]
         for name in FILES:
             f = directory / name
-            if f.stat().st_size != files[name]["bytes"] or _file_sha256(f) != files[name]["sha256"]:
+            if f.stat().st_size != files[name]["bytes"] or file_sha256(f) != files[name]["sha256"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -241,7 +226,7 @@ class _Writer:
             os.fsync(f.fileno())
             f.close()
         meta["files"] = {
-            name: {"bytes": (self.dir / n).stat().st_size, "sha256": _file_sha256(self.dir / n)}
+            name: {"bytes": (self.dir / n).stat().st_size, "sha256": file_sha256(self.dir / n)}
             for name in FILES
             for n in [name]
         }

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench.team_stack import BIN, TeamStack, cli
+from bench.team_stack import BIN, TeamStack, cli, deploy_code
 from models.errors import LoraflowError
 from tests.browser import browser_page, require_chromium
 from tests.conftest import REPO
@@ -42,10 +42,7 @@ def stack(tmp_path_factory, project_template, tiny_base):
     root = tmp_path_factory.mktemp("signoff")
     project = root / "project"
     shutil.copytree(project_template, project, symlinks=True)
-    for part in ("flows", "tasks", "models", "configs"):
-        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("prefect.yaml", "loraflow_deploy.py"):
-        shutil.copy(REPO / name, project / name)
+    deploy_code(project)
     team = TeamStack(root, project, models=[UI, CLI, LATE], pool_limits={"gpu": 1, "cpu": 3},
                      ui=True)  # fmt: skip
     try:

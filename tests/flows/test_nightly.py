@@ -22,8 +22,8 @@ import time
 import boto3
 import pytest
 
-from bench.team_stack import BIN, TeamStack, cli
-from tests.conftest import REPO, free_port, moto_server
+from bench.team_stack import BIN, TeamStack, cli, deploy_code
+from tests.conftest import free_port, moto_server
 from tests.flows.test_team import (
     deployment_run_cmd,
     flow_run_record,
@@ -49,10 +49,7 @@ def nightly(tmp_path_factory, project_template, tiny_base):
     project = root / "project"
     shutil.copytree(project_template, project, symlinks=True)
     shutil.rmtree(project / "data")  # the data lives in the bucket only
-    for part in ("flows", "tasks", "models", "configs"):
-        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("prefect.yaml", "loraflow_deploy.py"):
-        shutil.copy(REPO / name, project / name)
+    deploy_code(project)
     with moto_server() as s3_url:
         aws = {**AWS, "AWS_ENDPOINT_URL": s3_url}
         s3 = boto3.client("s3", endpoint_url=s3_url, **_credentials())

@@ -23,7 +23,16 @@ import urllib.request
 import psutil
 import pytest
 
-from bench.team_stack import BIN, PIPELINE, READER, NoPostgres, TeamStack, cli, postgres
+from bench.team_stack import (
+    BIN,
+    PIPELINE,
+    READER,
+    NoPostgres,
+    TeamStack,
+    cli,
+    deploy_code,
+    postgres,
+)
 from models.training.checkpoints import CHECKPOINT_DONE
 from tests.conftest import REPO
 
@@ -44,10 +53,7 @@ def team(tmp_path_factory, project_template, tiny_base):
     root = tmp_path_factory.mktemp("team")
     project = root / "project"
     shutil.copytree(project_template, project, symlinks=True)
-    for part in ("flows", "tasks", "models", "configs"):
-        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("prefect.yaml", "loraflow_deploy.py"):
-        shutil.copy(REPO / name, project / name)
+    deploy_code(project)
     # Deployed as a new user would: no LORAFLOW_HOME, so the deploying checkout is used. The gpu
     # pool's worker computes with other kernels (torch's DEFAULT level), so the environment a
     # dispatched training records can be told from the pipeline's.

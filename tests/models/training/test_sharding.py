@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.sharding_big import children
 from models.hashing import file_sha256
 from models.methods import AdapterSpec
 from models.training.checkpoints import CHECKPOINT_DONE, checkpoint_step, latest_checkpoint
@@ -109,19 +110,6 @@ def test_fsdp_adapter_is_a_standard_peft_adapter(fsdp_lora, tiny_base):
         merged = model.merge_and_unload()(ids).logits
     assert not torch.allclose(before, after)  # the trained adapter changes the model
     assert torch.allclose(after, merged, atol=1e-5)
-
-
-def children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def kill_rank(rank: int) -> None:

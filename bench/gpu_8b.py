@@ -64,7 +64,7 @@ LLAMA3_8B = Shape(
     warmup=2,
     steps=5,
 )
-# The same code path on a CPU (tests/test_bench.py); rows longer than one chunk of logits so the
+# The same code path on a CPU (tests/test_bench_gpu.py); rows longer than one chunk of logits so the
 # chunked loss loops, two layers so checkpointing has something to recompute.
 TINY = Shape(
     hidden=64,

@@ -86,15 +86,17 @@ def summary_lines(out: Path) -> list[str]:
     )
     rows = _rows(check)
     setup = check or big or {}
-    lines = []
-    if setup.get("device") == "cpu":
-        lines.append("CPU dry run (--device cpu --tiny): these are not GPU figures.")
+    lines, dry = [], setup.get("device") == "cpu"
+    if dry:
+        lines.append("CPU dry run (--device cpu --tiny): not GPU figures, so no verdicts.")
     lines += [
         f"device: {setup.get('device', '?')}, torch {setup.get('torch', '?')}",
         "| goal (issue 36) | figure | goal | verdict |",
         "|---|---|---|---|",
     ]
     goals = [*_lora_085b(rows), _lora_8b(_rows(big)), _qlora(rows), _pipeline(pipeline)]
+    if dry:
+        goals = [(*cells[:3], "(dry run)") for cells in goals]
     return _tables(check, big) + lines + [f"| {' | '.join(cells)} |" for cells in goals]
 
 

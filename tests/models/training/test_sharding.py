@@ -256,6 +256,31 @@ def test_a_sharded_save_gathers_no_frozen_weight_and_writes_the_same_bytes(tiny_
         assert (tmp_path / f"checkpoint-{name}" / "adapter_model.safetensors").read_bytes() == saved
 
 
+@pytest.mark.slow
+def test_the_pipelines_checkpoints_of_a_sharded_base_gather_no_frozen_weight(
+    tiny_base, tiny_data, tmp_path
+):
+    """train_adapter itself, on a base sharded over 2 ranks with a checkpoint every step: the
+    profiler over each checkpoint save sees no collective that gathers a tensor on either rank
+    (with the Trainer's own save in train.py it saw 21 a save, every frozen weight: the test
+    above), while over a training step it sees FSDP's gathers."""
+    worker = Path(__file__).with_name("sharded_checkpoint_worker.py")
+    train = spec(tiny_base, tiny_data, batch_size=8, num_processes=2, sharding="fsdp")
+    train = dataclasses.replace(train, max_steps=2, save_steps=1)
+    (tmp_path / "spec.json").write_text(json.dumps(train.to_dict()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(worker), str(tmp_path / "spec.json"), str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"report-{rank}.json").read_text())
+        assert report["step"] > 0, report  # the profiler sees FSDP's gathers
+        assert report["saves"] == [0, 0], report  # a checkpoint at steps 1 and 2
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(("arch", "shards"), [("llama", True), ("opt", True), ("gpt2", False)])
 def test_the_check_refuses_a_base_whose_layers_the_fsdp_plan_misses(arch, shards):
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM

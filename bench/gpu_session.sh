@@ -33,6 +33,8 @@ mkdir -p "$OUT"
 if [ "${GPU_SESSION_DRY:-}" = cpu ]; then
   # The same parts on this CPU: tiny shapes, float32, 20 steps; three times the time limits.
   PY=${PY:-python3} DEVICE=(--device cpu --tiny) SCALE=3
+  # A relative PY (.venv/bin/python) must still name it after the pipeline row's cd.
+  [[ $PY == /* || $PY != */* ]] || PY=$REPO/$PY
   PIPELINE_SET=(--set training.device=cpu --set training.dtype=float32
     --set training.max_steps=20 --set training.warmup_steps=2 --set training.logging_steps=10)
   export PYTHONPATH=$REPO

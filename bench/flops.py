@@ -60,6 +60,12 @@ def _build_large_base(out: Path, hidden: int, layers: int) -> tuple[Path, int, i
     return out, total_params, matmul_params
 
 
+def flops_per_token(matmul_params: int, trainable_params: int) -> int:
+    """Training FLOPs per token of an adapter on a frozen base (the module docstring): 4 x the
+    base's matmul weights + 6 x the trainable parameters, attention scores not counted."""
+    return 4 * matmul_params + 6 * trainable_params
+
+
 @dataclass(frozen=True)
 class LargeRun:
     """The training of figures 6 and 8: a fresh Llama-shaped base of `hidden` x `layers`, batch
@@ -127,7 +133,7 @@ def _work(large: dict, tmp: str) -> dict:
     trained = train_large_lora(Path(tmp), LargeRun(**large), device=device)
     peak_after = matmul_peak(device, dtype, size)
     adapter_params = trained["result"].trainable_params
-    flops_per_token = 4 * trained["matmul_params"] + 6 * adapter_params
+    per_token = flops_per_token(trained["matmul_params"], adapter_params)
     return {
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
@@ -136,8 +142,8 @@ def _work(large: dict, tmp: str) -> dict:
         "matmul_params": trained["matmul_params"],
         "adapter_params": adapter_params,
         "tokens_per_second": trained["tokens_per_second"],
-        "flops_per_token": flops_per_token,
-        "achieved_flops": flops_per_token * trained["tokens_per_second"],
+        "flops_per_token": per_token,
+        "achieved_flops": per_token * trained["tokens_per_second"],
         "peak_flops": max(peak_before, peak_after),
         "peak_before_after": [peak_before, peak_after],
         "matmul_size": size,

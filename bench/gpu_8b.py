@@ -170,7 +170,7 @@ def row_8b(row_type, device: str, shape: Shape = LLAMA3_8B, peak_flops: float | 
     """The 8B-class row (see the module docstring); `row_type` is bench.gpu_check.Row."""
     import torch
 
-    from bench.flops import matmul_peak
+    from bench.flops import flops_per_token, matmul_peak
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if peak_flops is None:
@@ -196,7 +196,7 @@ def row_8b(row_type, device: str, shape: Shape = LLAMA3_8B, peak_flops: float | 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - timed_from
     tokens_per_second = shape.steps * batch_size * shape.seq_len / seconds
-    flops = (4 * matmul_params + 6 * n_trainable) * tokens_per_second
+    flops = flops_per_token(matmul_params, n_trainable) * tokens_per_second
     peak_mib = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     loss = float(loss)
     tried = f"; did not fit: batch {', '.join(failed)}" if failed else ""

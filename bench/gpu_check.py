@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench.assets import DEMO_BASE, train_lora
 from bench.data import write_long_data
-from bench.flops import LargeRun, _build_large_base, matmul_peak
+from bench.flops import LargeRun, _build_large_base, flops_per_token, matmul_peak
 from bench.gpu_levers import LEVERS_OFF, lever_rows
 
 # hidden 2048 x 16 layers: 0.85B parameters; batch 8 x 512 tokens.
@@ -123,7 +123,7 @@ class Check:
         result, tokens_per_second = self.train(method, method, **LEVERS_OFF)
         if not result.train_loss > 0:  # nan, or no completion token in the rows
             return Row(f"train {method}", "FAILED", note=f"train loss {result.train_loss}")
-        flops = (4 * self.matmul_params + 6 * result.trainable_params) * tokens_per_second
+        flops = flops_per_token(self.matmul_params, result.trainable_params) * tokens_per_second
         return Row(
             f"train {method}",
             "ok",
@@ -162,10 +162,10 @@ class Check:
         return Row("export round trip", "ok" if diff <= tolerance else "FAILED", note=note)
 
 
-def error_note(e: Exception) -> str:
-    """An exception in one line for a row's note."""
+def error_note(e: Exception, width: int = 120) -> str:
+    """An exception in one line for a row's note: its type and its message's first line."""
     lines = str(e).splitlines()
-    return f"{type(e).__name__}: {lines[0][:120] if lines else ''}"
+    return f"{type(e).__name__}: {lines[0][:width] if lines else ''}"
 
 
 def guarded(check: str, make_row) -> Row:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 import traceback
 
+from bench.flops import flops_per_token
+
 # Everything off: the baseline every lever is compared against.
 LEVERS_OFF = {
     "chunked_loss": "off",
@@ -118,7 +120,7 @@ def lever_rows(check, row_type):
 
 
 def _row(check, row_type, name: str, result, speed: float, note: str):
-    flops = (4 * check.matmul_params + 6 * result.trainable_params) * speed
+    flops = flops_per_token(check.matmul_params, result.trainable_params) * speed
     return row_type(
         name,
         "ok" if result.train_loss > 0 else "FAILED",  # nan, or no completion token trained

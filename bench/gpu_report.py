@@ -56,7 +56,9 @@ def answer(model_name: str, run_rc: int, out: Path) -> int:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
         record["answer"] = model.predict([PROMPT], params={"max_new_tokens": 16})[0]
     except Exception as e:  # noqa: BLE001 - recorded: the summary says what failed
-        record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        from bench.gpu_check import error_note
+
+        record["error"] = error_note(e, width=200)
     print(json.dumps(record, indent=1))
     out.write_text(json.dumps(record))
     return 0

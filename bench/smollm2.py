@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.flops import flops_per_token
 from bench.measure import Figure, median, paired_step_ratios
 from bench.overhead import GOAL, paired_rounds, run_config
 from bench.workers import ROOT, run_worker, worker_main
@@ -143,8 +144,8 @@ def run(*, steps: int = 12, reps: int = 3, probe_reps: int = 5) -> Figure:
     step_s = {name: median([s for r in rs for s in r["step_seconds"]]) for name, rs in runs.items()}
     tokens_per_step = median([r["tokens"] for r in runs["plain"]]) / steps
     losses = {name: [r["train_loss"] for r in rs] for name, rs in runs.items()}
-    flops_per_token = 4 * split["matmul_params"] + 6 * split["adapter_params"]
-    achieved = flops_per_token * tokens_per_step / step_s["pipeline"]
+    per_token = flops_per_token(split["matmul_params"], split["adapter_params"])
+    achieved = per_token * tokens_per_step / step_s["pipeline"]
     efficiency = achieved / got["peak_flops"]
     head_time = 1 - split["body_s"] / split["whole_s"]
     head_flops = split["head_params"] / split["matmul_params"]
@@ -165,7 +166,7 @@ def run(*, steps: int = 12, reps: int = 3, probe_reps: int = 5) -> Figure:
             "step_seconds": step_s,
             "tokens_per_step": tokens_per_step,
             "train_loss": losses,
-            "flops_per_token": flops_per_token,
+            "flops_per_token": per_token,
             "achieved_flops": achieved,
             "efficiency": efficiency,
             "head_time_share": head_time,
@@ -182,7 +183,7 @@ def run(*, steps: int = 12, reps: int = 3, probe_reps: int = 5) -> Figure:
             f"{1000 * step_s['plain']:.0f} ms plain",
             "final loss per round, pipeline: " + ", ".join(f"{v:.4f}" for v in losses["pipeline"]),
             "final loss per round, plain:    " + ", ".join(f"{v:.4f}" for v in losses["plain"]),
-            f"{tokens_per_step:.0f} real tokens/step x {flops_per_token / 1e6:.0f} MFLOP/token "
+            f"{tokens_per_step:.0f} real tokens/step x {per_token / 1e6:.0f} MFLOP/token "
             f"({split['matmul_params']:,} matmul weights, adapter {split['adapter_params']:,}) "
             f"/ {step_s['pipeline']:.3f} s = {achieved / 1e9:.1f} GFLOP/s; matmul peak "
             + " / ".join(f"{v / 1e9:.1f}" for v in got["peak_before_after"])
